@@ -1,0 +1,21 @@
+"""Python clients for the skill-router sidecar (router.v1.RouterService).
+
+    async with AsyncRouterClient("127.0.0.1:50051") as client:
+        resp = await client.execute("Summarise this contract", domain="legal", complexity=8)
+        print(resp.text, resp.cost.saved_usd)
+
+    with RouterClient("127.0.0.1:50051", timeout=5) as client:
+        print(client.route("2+2?", complexity=1).selections)
+
+Every call takes ``timeout`` (seconds; the gRPC deadline the sidecar bounds
+its backend calls by) and ``metadata`` (extra gRPC metadata, for example a
+W3C ``traceparent``). Errors are ``grpc.RpcError``; ``error_details`` reads
+the field violation or retry delay the sidecar attaches.
+"""
+
+from __future__ import annotations
+
+from ._client import (AsyncRouterClient, ErrorDetails, Priority, RouterClient, build_context, error_details)
+from router.v1 import router_pb2 as pb
+
+__all__ = ["AsyncRouterClient", "RouterClient", "ErrorDetails", "Priority", "build_context", "error_details", "pb"]

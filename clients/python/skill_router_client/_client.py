@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from router.v1 import router_pb2 as pb
+from router.v1 import router_pb2_grpc as pb_grpc
+
+Metadata = Sequence[tuple[str, str]]
+
+
+class Priority(enum.IntEnum):
+    LOW = pb.PRIORITY_LOW
+    NORMAL = pb.PRIORITY_NORMAL
+    HIGH = pb.PRIORITY_HIGH
+
+
+def build_context(
+    *,
+    domain: str = "",
+    complexity: float | None = None,
+    required_quality: float | None = None,
+    priority: Priority | int = 0,
+    top_k: int | None = None,
+    force_skills: Iterable[str] = (),
+    exclude_skills: Iterable[str] = (),
+    all_skills: bool = False,
+    metadata: Mapping[str, str] | None = None,
+) -> pb.QueryContext:
+    ctx = pb.QueryContext(domain=domain, priority=int(priority), force_skills=list(force_skills),
+                          exclude_skills=list(exclude_skills), all_skills=all_skills, metadata=dict(metadata or {}))
+    if complexity is not None:
+        ctx.complexity = complexity
+    if required_quality is not None:
+        ctx.required_quality = required_quality
+    if top_k is not None:
+        ctx.top_k = top_k
+    return ctx
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """What the sidecar attached to an error status."""
+
+    code: grpc.StatusCode
+    message: str
+    field: str | None = None  # the request field at fault (INVALID_ARGUMENT, NOT_FOUND)
+    retry_delay_s: float | None = None  # when to retry (RESOURCE_EXHAUSTED)
+
+
+def error_details(err: grpc.RpcError) -> ErrorDetails:
+    code = err.code()  # type: ignore[attr-defined]
+    message = err.details() or ""  # type: ignore[attr-defined]
+    field = None
+    delay = None
+    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key != "grpc-status-details-bin":
+            continue
+        st = status_pb2.Status.FromString(value)
+        for any_ in st.details:
+            if any_.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                br = error_details_pb2.BadRequest()
+                any_.Unpack(br)
+                if br.field_violations:
+                    field = br.field_violations[0].field
+            elif any_.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                ri = error_details_pb2.RetryInfo()
+                any_.Unpack(ri)
+                delay = ri.retry_delay.seconds + ri.retry_delay.nanos / 1e9
+    return ErrorDetails(code, message, field, delay)
+
+
+def _ctx(context: pb.QueryContext | None, kw: dict) -> pb.QueryContext:
+    if context is not None and kw:
+        raise TypeError("pass either context= or context keyword arguments, not both")
+    return context if context is not None else build_context(**kw)
+
+
+class AsyncRouterClient:
+    """grpc.aio client. Use as ``async with`` or call ``close()``."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float | None = 30.0,
+                 metadata: Metadata = (), channel: grpc.aio.Channel | None = None) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.RouterServiceStub(self._channel)
+        self.timeout = timeout
+        self.metadata = tuple(metadata)
+
+    async def __aenter__(self) -> "AsyncRouterClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        import asyncio
+        await asyncio.wait_for(self._channel.channel_ready(), timeout)
+
+    def _opts(self, timeout: float | None, metadata: Metadata) -> dict:
+        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self.metadata + tuple(metadata)}
+
+    async def route(self, query: str, *, context: pb.QueryContext | None = None, timeout: float | None = None,
+                    metadata: Metadata = (), **context_kw: object) -> pb.RouteResponse:
+        req = pb.RouteRequest(query=query, context=_ctx(context, context_kw))
+        return await self._stub.Route(req, **self._opts(timeout, metadata))
+
+    async def execute(self, query: str, *, context: pb.QueryContext | None = None, timeout: float | None = None,
+                      metadata: Metadata = (), **context_kw: object) -> pb.ExecuteResponse:
+        req = pb.ExecuteRequest(query=query, context=_ctx(context, context_kw))
+        return await self._stub.Execute(req, **self._opts(timeout, metadata))
+
+    async def stats(self, *, timeout: float | None = None, metadata: Metadata = (),
+                    request: pb.StatsRequest | None = None) -> pb.StatsResponse:
+        return await self._stub.Stats(request or pb.StatsRequest(), **self._opts(timeout, metadata))
+
+
+class RouterClient:
+    """Blocking client with the same methods as ``AsyncRouterClient``."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float | None = 30.0,
+                 metadata: Metadata = (), channel: grpc.Channel | None = None) -> None:
+        self._channel = channel or grpc.insecure_channel(target)
+        self._stub = pb_grpc.RouterServiceStub(self._channel)
+        self.timeout = timeout
+        self.metadata = tuple(metadata)
+
+    def __enter__(self) -> "RouterClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def _opts(self, timeout: float | None, metadata: Metadata) -> dict:
+        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self.metadata + tuple(metadata)}
+
+    def route(self, query: str, *, context: pb.QueryContext | None = None, timeout: float | None = None,
+              metadata: Metadata = (), **context_kw: object) -> pb.RouteResponse:
+        return self._stub.Route(pb.RouteRequest(query=query, context=_ctx(context, context_kw)),
+                                **self._opts(timeout, metadata))
+
+    def execute(self, query: str, *, context: pb.QueryContext | None = None, timeout: float | None = None,
+                metadata: Metadata = (), **context_kw: object) -> pb.ExecuteResponse:
+        return self._stub.Execute(pb.ExecuteRequest(query=query, context=_ctx(context, context_kw)),
+                                  **self._opts(timeout, metadata))
+
+    def stats(self, *, timeout: float | None = None, metadata: Metadata = (),
+              request: pb.StatsRequest | None = None) -> pb.StatsResponse:
+        return self._stub.Stats(request or pb.StatsRequest(), **self._opts(timeout, metadata))

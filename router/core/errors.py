@@ -1,0 +1,109 @@
+"""The project's error hierarchy. Third-party exceptions (httpx, grpc,
+psycopg) are wrapped at the edges into these; one interceptor in
+``router.service`` maps them to gRPC status codes.
+
+::
+
+    RouterError
+    ├── InvalidArgument          bad request field      → INVALID_ARGUMENT
+    │   └── UnknownSkill         a skill name not configured → NOT_FOUND
+    ├── Overloaded               every candidate saturated → RESOURCE_EXHAUSTED (+ RetryInfo)
+    ├── AllSkillsFailed          every chosen skill failed → UNAVAILABLE
+    ├── ShuttingDown             the sidecar is draining  → UNAVAILABLE
+    ├── DeadlineExceeded         the caller's deadline passed → DEADLINE_EXCEEDED
+    ├── ConfigError              bad config file (start-up, check-config)
+    └── BackendError             one backend call failed (kept in the skill's result)
+        ├── BackendTimeout
+        ├── BackendConnectionError
+        ├── BackendStatusError   non-2xx answer (status_code, retry_after_s)
+        └── BackendProtocolError answer not in the expected shape
+"""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Base of every error the router raises on purpose."""
+
+
+class InvalidArgument(RouterError):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class UnknownSkill(InvalidArgument):
+    def __init__(self, field: str, name: str, known: list[str]) -> None:
+        super().__init__(field, f"unknown skill {name!r} (configured: {', '.join(known)})")
+        self.name = name
+
+
+class Overloaded(RouterError):
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class AllSkillsFailed(RouterError):
+    def __init__(self, errors: dict[str, str]) -> None:
+        detail = "; ".join(f"{skill}: {err}" for skill, err in errors.items())
+        super().__init__(f"every chosen skill failed: {detail}" if errors else "no skill could answer")
+        self.errors = dict(errors)
+
+
+class ShuttingDown(RouterError):
+    def __init__(self) -> None:
+        super().__init__("the sidecar is shutting down; retry on another replica")
+
+
+class DeadlineExceeded(RouterError):
+    pass
+
+
+class ConfigError(RouterError):
+    """A config problem: ``source`` is the file (or env var), ``path`` the key path."""
+
+    def __init__(self, source: str, path: str, problem: str) -> None:
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {problem}")
+        self.source = source
+        self.path = path
+        self.problem = problem
+
+
+class BackendError(RouterError):
+    """One backend call failed. ``retryable`` says whether trying again may help."""
+
+    kind = "error"
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class BackendTimeout(BackendError):
+    kind = "timeout"
+    retryable = False  # the deadline is spent; a retry could not finish in time
+
+
+class BackendConnectionError(BackendError):
+    kind = "connection"
+    retryable = True
+
+
+class BackendStatusError(BackendError):
+    kind = "status"
+
+    def __init__(self, status_code: int, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(f"HTTP {status_code}: {message}")
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return self.status_code == 429 or self.status_code >= 500
+
+
+class BackendProtocolError(BackendError):
+    kind = "protocol"

@@ -1,0 +1,90 @@
+"""One query's routing decision: score → select top-k → choose an
+implementation per chosen skill. The pure part of Route and Execute.
+
+A chosen skill with no usable implementation is rejected and the next-best
+skill below the top k steps in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from .implementations import ImplementationChoice, choose_implementation
+from .scoring import score_skills
+from .selection import Chosen, RejectionReason, SelectionResult, SkillRejection, select
+from .synthesis import baseline_cost
+from .types import Query, RoutingPolicy, SkillSpec
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedSkill:
+    chosen: Chosen
+    choice: ImplementationChoice
+
+    @property
+    def name(self) -> str:
+        return self.chosen.name
+
+    @property
+    def skill(self) -> SkillSpec:
+        return self.chosen.score.skill
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    query: Query
+    k: int
+    planned: tuple[PlannedSkill, ...]
+    rejected: tuple[SkillRejection, ...]
+    standby: tuple[PlannedSkill, ...]  # next-best activated skills, best first, with implementations
+    baseline_cost: float
+    baseline_skills: int
+    moe_enabled: bool
+
+
+def plan_route(
+    skills: tuple[SkillSpec, ...],
+    query: Query,
+    policy: RoutingPolicy,
+    success_rates: Mapping[str, float],
+    unavailable: Mapping[str, Mapping[str, str]] | None = None,
+) -> RoutePlan:
+    """``unavailable`` maps skill → implementation → why it cannot be used now."""
+    unavailable = unavailable or {}
+    scores = score_skills(skills, query, success_rates, policy.default_success_rate)
+    sel: SelectionResult = select(scores, query, policy)
+    dynamic = policy.moe_enabled and policy.dynamic_routing_enabled
+
+    def choose(c: Chosen) -> ImplementationChoice:
+        return choose_implementation(c.score.skill, query, dynamic=dynamic,
+                                     strict_floor=policy.strict_quality_floor,
+                                     unavailable=unavailable.get(c.name, {}))
+
+    planned: list[PlannedSkill] = []
+    rejected = list(sel.rejected)
+    below = [r for r in rejected if r.reason is RejectionReason.BELOW_TOP_K]
+    standby: list[PlannedSkill] = []
+    for c in sel.chosen:
+        ch = choose(c)
+        if ch.implementation is None:
+            rejected.append(SkillRejection(c.score, RejectionReason.NO_IMPLEMENTATION, ch.reason))
+            # The next-best skill below the top k steps in.
+            while below:
+                nxt = below.pop(0)
+                nch = choose(Chosen(nxt.score))
+                rejected.remove(nxt)
+                if nch.implementation is not None:
+                    planned.append(PlannedSkill(Chosen(nxt.score), nch))
+                    break
+                rejected.append(SkillRejection(nxt.score, RejectionReason.NO_IMPLEMENTATION, nch.reason))
+        else:
+            planned.append(PlannedSkill(c, ch))
+    for r in below:
+        nch = choose(Chosen(r.score))
+        if nch.implementation is not None:
+            standby.append(PlannedSkill(Chosen(r.score), nch))
+    base, n = baseline_cost(s.skill for s in sel.activated)
+    return RoutePlan(query, sel.k, tuple(planned), tuple(rejected), tuple(standby), base, n, policy.moe_enabled)
+
+

@@ -1,0 +1,93 @@
+"""Weighted synthesis of the skills' results and the cost ledger.
+
+A skill's weight is its share of the chosen skills' relevance scores (the
+seed's ``skill.score / totalScore``). The synthesized text lists the answers
+that succeeded, heaviest first; quality is the weighted mean of the declared
+quality of the implementations that answered.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from .types import SkillSpec
+
+
+class Status(enum.Enum):
+    OK = "ok"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(frozen=True, slots=True)
+class SkillOutcome:
+    """What one chosen skill's call produced."""
+
+    skill: str
+    implementation: str
+    model: str
+    score: float
+    status: Status
+    output: str = ""
+    error: str = ""
+    cost: float = 0.0
+    latency_ms: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    quality: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+
+@dataclass(frozen=True, slots=True)
+class CostLedger:
+    actual: float
+    baseline: float
+    baseline_skills: int
+
+    @property
+    def saved(self) -> float:
+        return self.baseline - self.actual
+
+    @property
+    def saved_fraction(self) -> float:
+        return self.saved / self.baseline if self.baseline > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Synthesis:
+    text: str
+    weights: tuple[float, ...]  # per outcome, in the outcomes' order
+    quality: float
+    ledger: CostLedger
+
+    @property
+    def any_ok(self) -> bool:
+        return bool(self.text)
+
+
+def weights_of(scores: Sequence[float]) -> tuple[float, ...]:
+    total = sum(scores)
+    if total <= 0:
+        return tuple(1.0 / len(scores) for _ in scores) if scores else ()
+    return tuple(s / total for s in scores)
+
+
+def baseline_cost(activated: Iterable[SkillSpec]) -> tuple[float, int]:
+    """What firing every activated skill with its default implementation costs."""
+    skills = list(activated)
+    return sum(s.default_implementation.cost_per_query for s in skills), len(skills)
+
+
+def synthesize(outcomes: Sequence[SkillOutcome], baseline: float, baseline_skills: int) -> Synthesis:
+    weights = weights_of([o.score for o in outcomes])
+    ok = sorted(((w, i, o) for i, (w, o) in enumerate(zip(weights, outcomes)) if o.ok), key=lambda t: (-t[0], t[1]))
+    parts = [f"### {o.skill} (weight: {w:.2f})\n{o.output}" for w, _, o in ok]
+    ok_weight = sum(w for w, _, _ in ok)
+    quality = sum(w * o.quality for w, _, o in ok) / ok_weight if ok_weight > 0 else 0.0
+    actual = sum(o.cost for o in outcomes)
+    return Synthesis("\n\n".join(parts), weights, quality, CostLedger(actual, baseline, baseline_skills))

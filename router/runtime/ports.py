@@ -1,0 +1,64 @@
+"""The ports the runtime calls out through. Edges implement them
+(``router.backends`` for HTTP, ``router.telemetry`` for observation); the
+runtime never imports an edge library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, Sequence
+
+from router.core.errors import BackendError
+from router.core.types import ImplementationSpec
+
+
+@dataclass(frozen=True, slots=True)
+class SkillCall:
+    """One call to one implementation of one skill."""
+
+    query_id: str
+    skill: str
+    implementation: ImplementationSpec
+    query: str
+    domain: str
+    complexity: float
+    system_prompt: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    # Propagation headers (W3C traceparent/tracestate) for the backend call.
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SkillReply:
+    """A backend's answer. ``cost`` is None when the backend cannot price it
+    (the declared cost per query is used then)."""
+
+    output: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = None
+    model: str = ""
+
+
+class Backend(Protocol):
+    """A warm, pooled client for one implementation's backend."""
+
+    implementation: ImplementationSpec
+
+    async def warm(self) -> None:
+        """Open the pool's connections; raise if the backend is unreachable."""
+
+    async def call(self, call: SkillCall, timeout_s: float) -> SkillReply:
+        """One call. Raises a ``router.core.errors.BackendError`` on failure."""
+
+    async def call_batch(self, calls: Sequence[SkillCall], timeout_s: float) -> list[SkillReply | BackendError]:
+        """Several calls in one backend request, one result per call, in
+        order. Backends that cannot batch raise NotImplementedError."""
+
+    @property
+    def supports_batch(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BackendFactory(Protocol):
+    def __call__(self, implementation: ImplementationSpec) -> Backend: ...
