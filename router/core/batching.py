@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .types import Priority
 
 __all__ = [
     "BatchKeyMode",
-    "BatchingSettings",
     "FlushNow",
     "FlushPolicy",
     "FlushReason",
@@ -129,13 +128,14 @@ class BatchKeyMode(enum.Enum):
     """What besides (skill, implementation) separates batches.
 
     ``IMPLEMENTATION`` (default): every call to one implementation of one
-    skill may share a batch. ``CONTEXT``: the seed's key, so a batch holds
-    queries of one domain, routed to the same skill set, of the same whole
-    complexity (similar queries, similar prompts).
+    skill may share a batch. ``SEED``: the seed's key as well, so a batch
+    holds queries of one domain, routed to the same skill set, of the same
+    whole complexity (similar queries, similar prompts). The values are the
+    config's ``batching.key``.
     """
 
     IMPLEMENTATION = "implementation"
-    CONTEXT = "context"
+    SEED = "seed"
 
     @classmethod
     def parse(cls, value: str) -> BatchKeyMode:
@@ -169,16 +169,19 @@ def should_batch(
     *,
     enabled: bool = True,
     supports_batch: bool = True,
+    priority_bypass: bool = True,
     bypass_priority: int = Priority.HIGH,
 ) -> tuple[bool, str]:
     """Whether a call goes through a batcher, and if not, why not (for the
-    span). A call that does not batch may still share an identical
-    in-flight call (single flight)."""
+    span). ``enabled``: batching is on for this skill (config ``enabled``,
+    a window > 0 and a max batch size > 1). With ``priority_bypass``, a query
+    of ``bypass_priority`` or above never waits for a batch. A call that does
+    not batch may still share an identical in-flight call (single flight)."""
     if not enabled:
         return False, "batching disabled"
     if not supports_batch:
         return False, "backend cannot batch"
-    if priority >= bypass_priority:
+    if priority_bypass and priority >= bypass_priority:
         return False, f"priority {int(priority)} >= bypass priority {int(bypass_priority)}"
     return True, ""
 
@@ -189,37 +192,3 @@ def split_cost(total: float, n: int) -> float:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n!r}")
     return total / n
-
-
-@dataclass(frozen=True, slots=True)
-class BatchingSettings:
-    """The batching knobs as configured (``BRAIN_MOE_BATCHING_WINDOW_MS``
-    sets ``window_ms``). ``enabled`` false, ``window_ms`` 0 or
-    ``max_batch_size`` 1 all mean: no batcher."""
-
-    enabled: bool = True
-    window_ms: float = 100.0
-    max_batch_size: int = 8
-    key_mode: BatchKeyMode = BatchKeyMode.IMPLEMENTATION
-    bypass_priority: int = Priority.HIGH
-    single_flight: bool = True
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(key, problem) pairs; empty when the settings are valid."""
-        out: list[tuple[str, str]] = []
-        if not (math.isfinite(self.window_ms) and self.window_ms >= 0):
-            out.append(("window_ms", f"must be a finite number >= 0, got {self.window_ms!r}"))
-        if self.max_batch_size < 1:
-            out.append(("max_batch_size", f"must be >= 1, got {self.max_batch_size!r}"))
-        return out
-
-    @property
-    def window_s(self) -> float:
-        return self.window_ms / 1000.0
-
-    @property
-    def active(self) -> bool:
-        return self.enabled and self.window_ms > 0 and self.max_batch_size > 1
-
-    def policy(self) -> FlushPolicy:
-        return FlushPolicy(window_s=self.window_s, max_batch_size=self.max_batch_size)

@@ -65,21 +65,26 @@ def plan_route(
     rejected = list(sel.rejected)
     below = [r for r in rejected if r.reason is RejectionReason.BELOW_TOP_K]
     standby: list[PlannedSkill] = []
+    missing = 0
     for c in sel.chosen:
         ch = choose(c)
         if ch.implementation is None:
             rejected.append(SkillRejection(c.score, RejectionReason.NO_IMPLEMENTATION, ch.reason))
-            # The next-best skill below the top k steps in.
-            while below:
-                nxt = below.pop(0)
-                nch = choose(Chosen(nxt.score))
-                rejected.remove(nxt)
-                if nch.implementation is not None:
-                    planned.append(PlannedSkill(Chosen(nxt.score), nch))
-                    break
-                rejected.append(SkillRejection(nxt.score, RejectionReason.NO_IMPLEMENTATION, nch.reason))
+            missing += 1
         else:
             planned.append(PlannedSkill(c, ch))
+    # For each chosen skill without an implementation, the next-best skill
+    # below the top k steps in. They go after the chosen ones, so the plan
+    # stays best first (forced first), like the selection.
+    while missing and below:
+        nxt = below.pop(0)
+        rejected.remove(nxt)
+        nch = choose(Chosen(nxt.score))
+        if nch.implementation is not None:
+            planned.append(PlannedSkill(Chosen(nxt.score), nch))
+            missing -= 1
+        else:
+            rejected.append(SkillRejection(nxt.score, RejectionReason.NO_IMPLEMENTATION, nch.reason))
     for r in below:
         nch = choose(Chosen(r.score))
         if nch.implementation is not None:

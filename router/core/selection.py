@@ -68,7 +68,12 @@ def select(scores: tuple[SkillScore, ...], query: Query, policy: RoutingPolicy) 
     rejected: list[SkillRejection] = []
     eligible: list[SkillScore] = []
     by_name = {s.name: s for s in scores}
-    forced_names = [n for n in query.force_skills if n in by_name]
+    # A disabled or excluded skill is never run, even when forced: it gets its
+    # DISABLED / EXCLUDED rejection below and no place among the chosen.
+    forced_names = list(dict.fromkeys(
+        n for n in query.force_skills
+        if n in by_name and by_name[n].skill.enabled and n not in query.exclude_skills
+    ))
     for s in scores:
         if not s.skill.enabled:
             rejected.append(SkillRejection(s, RejectionReason.DISABLED, "disabled in the configuration"))
@@ -81,7 +86,7 @@ def select(scores: tuple[SkillScore, ...], query: Query, policy: RoutingPolicy) 
         else:
             eligible.append(s)
 
-    forced = [Chosen(by_name[n], forced=True) for n in dict.fromkeys(forced_names) if n not in query.exclude_skills]
+    forced = [Chosen(by_name[n], forced=True) for n in forced_names]
     activated = tuple(sorted(eligible + [c.score for c in forced if c.score.activated], key=rank_key))
 
     if not policy.moe_enabled:

@@ -88,6 +88,13 @@ def synthesize(outcomes: Sequence[SkillOutcome], baseline: float, baseline_skill
     ok = sorted(((w, i, o) for i, (w, o) in enumerate(zip(weights, outcomes)) if o.ok), key=lambda t: (-t[0], t[1]))
     parts = [f"### {o.skill} (weight: {w:.2f})\n{o.output}" for w, _, o in ok]
     ok_weight = sum(w for w, _, _ in ok)
-    quality = sum(w * o.quality for w, _, o in ok) / ok_weight if ok_weight > 0 else 0.0
+    if ok_weight > 0:
+        quality = sum(w * o.quality for w, _, o in ok) / ok_weight
+    elif ok:
+        # Only zero-weight skills answered (forced, not activated: score 0);
+        # they did answer, so their plain mean, not 0.
+        quality = sum(o.quality for _, _, o in ok) / len(ok)
+    else:
+        quality = 0.0
     actual = sum(o.cost for o in outcomes)
     return Synthesis("\n\n".join(parts), weights, quality, CostLedger(actual, baseline, baseline_skills))

@@ -35,6 +35,11 @@ class ActivationRule:
     max_complexity: float = 10.0
     keywords: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # Matching is case-insensitive: the query is lowercased once per query,
+        # so the keywords are lowercased once here.
+        object.__setattr__(self, "keywords", tuple(k.lower() for k in self.keywords))
+
     def matches(self, query_lower: str, domain: str, complexity: float) -> tuple[bool, str]:
         if self.domains and domain not in self.domains:
             return False, f"domain {domain!r} not in {sorted(self.domains)}"

@@ -1,0 +1,107 @@
+"""The composition root: the only module that wires the parts together.
+
+    config → backend pool (warm) → live registry → pipeline → servicer → server
+                                   telemetry (observer) ┘      metrics store (sink)
+
+Start-up order: listen with health NOT_SERVING, warm every backend's pool,
+open the metrics store, then SERVING. Shutdown order: NOT_SERVING, stop
+taking calls and give in-flight ones the grace period, close the pools,
+flush the store and the telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+
+from router.backends import BackendPool
+from router.config import RouterConfig
+from router.runtime.pipeline import Pipeline
+from router.runtime.registry import LiveRegistry
+from router.runtime.stats import Snapshot, skill_snapshots
+from router.service.servicer import RouterServicer
+from router.service.server import RouterServer
+
+log = logging.getLogger("router")
+
+
+@dataclass
+class App:
+    config: RouterConfig
+    pool: BackendPool
+    registry: LiveRegistry
+    pipeline: Pipeline
+    server: RouterServer
+    started_at: float = field(default_factory=time.monotonic)
+    _stopped: bool = False
+    warm_failures: dict = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def snapshot(self) -> Snapshot:
+        limits = {s.name: s.concurrency_limit for s in self.config.skills}
+        return Snapshot(skill_snapshots(self.registry, limits), self.registry.totals,
+                        time.monotonic() - self.started_at, self.pipeline.policy.moe_enabled)
+
+    async def start(self) -> None:
+        await self.server.start()
+        # Warm every pool before SERVING. A backend that cannot be reached now
+        # is logged, not fatal: its calls fail (and its breaker opens) until
+        # it comes up, while the other skills serve.
+        self.warm_failures = await self.pool.warm_all(strict=False)
+        await self.server.set_serving(True)
+        log.info("skill-router serving on %s (%d skills, moe %s)", self.address, len(self.config.skills),
+                 "on" if self.pipeline.policy.moe_enabled else "off")
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.config.server.grace_period_s if grace_s is None else grace_s
+        await self.server.set_serving(False)
+        self.pipeline.start_draining()
+        await self.server.stop(grace)
+        await self.pool.aclose()
+
+    async def __aenter__(self) -> "App":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def build_app(config: RouterConfig, listen: str | None = None) -> App:
+    pool = BackendPool.from_skills(
+        config.skills, batch=lambda s, i: config.implementation_options(s.name, i.name).can_batch)
+    registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
+                            default_success_rate=config.policy.default_success_rate)
+    pipeline = Pipeline(config.skills, config.policy, pool, registry,
+                        default_deadline_s=config.server.default_deadline_s)
+    app_ref: list[App] = []
+    servicer = RouterServicer(pipeline, lambda: app_ref[0].snapshot())
+    server = RouterServer(servicer, listen or config.server.listen,
+                          max_concurrent_rpcs=config.server.max_concurrent_rpcs)
+    app = App(config, pool, registry, pipeline, server)
+    app_ref.append(app)
+    return app
+
+
+async def serve(config: RouterConfig, listen: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    app = build_app(config, listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    try:
+        await stop.wait()
+        log.info("shutting down: draining in-flight calls for up to %.1fs", config.server.grace_period_s)
+    finally:
+        await app.stop()

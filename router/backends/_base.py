@@ -1,0 +1,218 @@
+"""What every HTTP backend shares: one warm, pooled keep-alive client per
+implementation, the whole-call deadline, header pass-through and error
+mapping. The kinds (``_openai``, ``_http``) only build payloads and read
+answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import urllib.parse
+from typing import Any, ClassVar, Mapping, Sequence
+
+import httpx
+
+from router.backends._errors import decode_json, map_httpx_exceptions, protocol_error, status_error
+from router.core.errors import BackendConnectionError, BackendError, BackendTimeout
+from router.core.types import ImplementationSpec
+from router.runtime.ports import SkillCall, SkillReply
+
+logger = logging.getLogger("router.backends")
+
+_USER_AGENT = "skill-router/0.1"
+_DEFAULT = object()
+
+
+def _base_url(url: str) -> str:
+    """The implementation's URL as the client's base. A trailing ``/v1``
+    is dropped, so ``https://api.openai.com/v1`` and ``https://api.openai.com``
+    both work with the ``/v1/...`` paths the backends use."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")]
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+def price(implementation: ImplementationSpec, input_tokens: int, output_tokens: int) -> float | None:
+    """Cost from usage when the implementation has per-token prices, else None."""
+    p_in = implementation.price_per_input_token
+    p_out = implementation.price_per_output_token
+    if p_in is None and p_out is None:
+        return None
+    return input_tokens * (p_in or 0.0) + output_tokens * (p_out or 0.0)
+
+
+class PooledBackend:
+    """Base of the HTTP backends (``router.runtime.ports.Backend``).
+
+    Options:
+      ``batch``            whether ``call_batch`` is available (``supports_batch``).
+      ``warm_path``        GET by ``warm()``; None skips the request (default per kind).
+      ``warm_connections`` how many connections ``warm()`` opens at once (≤ max_connections).
+      ``warm_timeout_s``   bound of ``warm()`` (default: min(implementation.timeout_s, 10)).
+      ``keepalive_expiry`` seconds an idle pooled connection is kept.
+      ``trust_env``        honour HTTP(S)_PROXY/NO_PROXY and SSL env vars (httpx's default).
+    """
+
+    kind: ClassVar[str] = ""
+    default_warm_path: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        implementation: ImplementationSpec,
+        *,
+        batch: bool = False,
+        warm_path: str | None | object = _DEFAULT,
+        warm_connections: int = 1,
+        warm_timeout_s: float | None = None,
+        keepalive_expiry: float = 30.0,
+        trust_env: bool = True,
+    ) -> None:
+        self.implementation = implementation
+        self._batch = batch
+        self.warm_path: str | None = self.default_warm_path if warm_path is _DEFAULT else warm_path  # type: ignore[assignment]
+        self._warm_connections = max(1, min(warm_connections, implementation.max_connections))
+        self._warm_timeout_s = warm_timeout_s if warm_timeout_s is not None else min(implementation.timeout_s, 10.0)
+        self._where = f"{self.kind} backend {implementation.name!r} ({implementation.url})"
+        self._in_flight = 0
+        self._closed = False
+
+        headers = {"User-Agent": _USER_AGENT}
+        key_env = implementation.api_key_env
+        if key_env:
+            key = os.environ.get(key_env)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            else:
+                logger.warning(
+                    "%s: environment variable %s is not set; calling without an API key", self._where, key_env
+                )
+        limits = httpx.Limits(
+            max_connections=implementation.max_connections,
+            max_keepalive_connections=implementation.max_connections,
+            keepalive_expiry=keepalive_expiry,
+        )
+        self._client = httpx.AsyncClient(
+            base_url=_base_url(implementation.url),
+            headers=headers,
+            timeout=httpx.Timeout(implementation.timeout_s),
+            limits=limits,
+            trust_env=trust_env,
+        )
+
+    # -- Backend port ------------------------------------------------------------
+
+    @property
+    def supports_batch(self) -> bool:
+        return self._batch
+
+    async def warm(self) -> None:
+        """Open ``warm_connections`` pooled connections with concurrent GETs
+        of ``warm_path``. Raises ``BackendConnectionError`` when the backend
+        cannot be reached, does not answer in time or answers non-2xx."""
+        if self.warm_path is None:
+            return
+        path = self.warm_path
+        results = await asyncio.gather(
+            *(self._warm_one(path) for _ in range(self._warm_connections)), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        logger.debug("%s: warm (%d connection(s))", self._where, self._warm_connections)
+
+    async def _warm_one(self, path: str) -> None:
+        try:
+            response = await self._send("GET", path, None, None, self._warm_timeout_s)
+        except BackendError as exc:
+            raise BackendConnectionError(f"cannot warm {exc}") from exc
+        if not response.is_success:
+            raise BackendConnectionError(
+                f"cannot warm {self._where}: GET {path} answered HTTP {response.status_code}"
+            )
+
+    async def call(self, call: SkillCall, timeout_s: float) -> SkillReply:
+        raise NotImplementedError
+
+    async def call_batch(self, calls: Sequence[SkillCall], timeout_s: float) -> list[SkillReply | BackendError]:
+        raise NotImplementedError(f"{self._where} is not configured for batching")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._client.aclose()
+
+    def __repr__(self) -> str:
+        impl = self.implementation
+        state = "closed" if self._closed else f"in-flight {self._in_flight}/{impl.max_connections}"
+        batch = " | batch" if self._batch else ""
+        return f"<{type(self).__name__} {impl.name} {impl.model} {impl.url} | {state}{batch}>"
+
+    # -- the wire ------------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        payload: Any,
+        headers: Mapping[str, str] | None,
+        timeout_s: float,
+    ) -> httpx.Response:
+        """One request whose whole duration (pool wait, connect, send, read
+        of the full body) is bounded by ``timeout_s``; every failure mapped."""
+        if not timeout_s > 0:
+            raise BackendTimeout(f"{self._where}: no time left for the call ({timeout_s:g}s)")
+        if self._closed:
+            raise BackendConnectionError(f"{self._where}: the backend's client is closed")
+        self._in_flight += 1
+        try:
+            with map_httpx_exceptions(self._where):
+                async with asyncio.timeout(timeout_s):
+                    return await self._client.request(
+                        method,
+                        path,
+                        json=payload,
+                        headers=dict(headers) if headers else None,
+                        timeout=timeout_s,
+                    )
+        except TimeoutError as exc:
+            raise BackendTimeout(f"{self._where}: no answer within {timeout_s:g}s") from exc
+        finally:
+            self._in_flight -= 1
+
+    async def _post_json(
+        self, path: str, payload: Any, headers: Mapping[str, str] | None, timeout_s: float
+    ) -> Any:
+        response = await self._send("POST", path, payload, headers, timeout_s)
+        if not response.is_success:
+            raise status_error(response, self._where)
+        return decode_json(response, self._where)
+
+
+def token_count(value: Any, what: str, where: str) -> int:
+    """A usage count from an answer: a non-negative integer, or 0 when absent."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise protocol_error(where, f"{what} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def split_tokens(total: int, weights: Sequence[int]) -> list[int]:
+    """Share ``total`` among items in proportion to ``weights`` (largest
+    remainder), so the shares add up to ``total`` exactly."""
+    n = len(weights)
+    if n == 0:
+        return []
+    weight_sum = sum(weights)
+    if weight_sum <= 0:
+        weights = [1] * n
+        weight_sum = n
+    exact = [total * w / weight_sum for w in weights]
+    shares = [int(x) for x in exact]
+    leftover = total - sum(shares)
+    by_remainder = sorted(range(n), key=lambda i: exact[i] - shares[i], reverse=True)
+    for i in by_remainder[:leftover]:
+        shares[i] += 1
+    return shares

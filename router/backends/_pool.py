@@ -1,0 +1,125 @@
+"""Building backends from the config, and the pool that owns them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from router.backends._base import PooledBackend
+from router.backends._http import HttpBackend
+from router.backends._openai import OpenAIBackend
+from router.core.errors import BackendConnectionError, BackendError, ConfigError
+from router.core.types import ImplementationSpec, SkillSpec
+from router.runtime.ports import Backend, BackendFactory
+
+logger = logging.getLogger("router.backends")
+
+_KINDS: dict[str, type[PooledBackend]] = {"openai": OpenAIBackend, "http": HttpBackend}
+
+
+def build_backend(implementation: ImplementationSpec, *, batch: bool = False, **options: Any) -> Backend:
+    """The backend for ``implementation.backend`` ("openai" or "http").
+    ``options`` go to ``PooledBackend`` (warm_path, warm_connections,
+    warm_timeout_s, keepalive_expiry, trust_env)."""
+    cls = _KINDS.get(implementation.backend)
+    if cls is None:
+        raise ConfigError(
+            "implementation",
+            f"{implementation.name}.backend",
+            f"unknown backend kind {implementation.backend!r} (expected one of {sorted(_KINDS)})",
+        )
+    return cls(implementation, batch=batch, **options)
+
+
+Key = tuple[str, str]  # (skill name, implementation name)
+
+
+class BackendPool:
+    """One warm backend per (skill, implementation), built at start-up,
+    warmed before the sidecar reports healthy, closed at shutdown."""
+
+    def __init__(self, backends: Mapping[Key, Backend] | None = None) -> None:
+        self._backends: dict[Key, Backend] = dict(backends or {})
+
+    @classmethod
+    def from_skills(
+        cls,
+        skills: Iterable[SkillSpec],
+        factory: BackendFactory | None = None,
+        *,
+        batch: bool | Callable[[SkillSpec, ImplementationSpec], bool] = False,
+    ) -> BackendPool:
+        """A backend for every implementation of every skill. Without a
+        ``factory``, ``build_backend`` is used with ``batch`` (a flag, or a
+        function of the skill and implementation)."""
+        pool = cls()
+        for skill in skills:
+            for impl in skill.implementations:
+                if factory is not None:
+                    backend = factory(impl)
+                else:
+                    wants_batch = batch(skill, impl) if callable(batch) else batch
+                    backend = build_backend(impl, batch=wants_batch)
+                pool.add(skill.name, backend)
+        return pool
+
+    def add(self, skill: str, backend: Backend) -> None:
+        key = (skill, backend.implementation.name)
+        if key in self._backends:
+            raise ValueError(f"skill {skill!r} already has a backend for implementation {key[1]!r}")
+        self._backends[key] = backend
+
+    def get(self, skill: str, implementation: str) -> Backend:
+        try:
+            return self._backends[(skill, implementation)]
+        except KeyError:
+            raise KeyError(f"no backend for skill {skill!r}, implementation {implementation!r}") from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._backends
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._backends)
+
+    def items(self) -> Iterable[tuple[Key, Backend]]:
+        return self._backends.items()
+
+    async def warm_all(self, *, concurrency: int = 16, strict: bool = True) -> dict[Key, BackendError]:
+        """Warm every backend, at most ``concurrency`` at once. Returns the
+        failures; with ``strict`` (the default) raises one
+        ``BackendConnectionError`` naming every backend that failed."""
+        limit = asyncio.Semaphore(max(1, concurrency))
+        failures: dict[Key, BackendError] = {}
+
+        async def warm(key: Key, backend: Backend) -> None:
+            async with limit:
+                try:
+                    await backend.warm()
+                except BackendError as exc:
+                    failures[key] = exc
+
+        async with asyncio.TaskGroup() as group:
+            for key, backend in self._backends.items():
+                group.create_task(warm(key, backend))
+        for (skill, impl), exc in failures.items():
+            logger.warning("backend %s/%s did not warm: %s", skill, impl, exc)
+        if failures and strict:
+            detail = "; ".join(f"{skill}/{impl}: {exc}" for (skill, impl), exc in failures.items())
+            raise BackendConnectionError(f"{len(failures)} of {len(self._backends)} backend(s) failed to warm: {detail}")
+        return failures
+
+    async def aclose(self) -> None:
+        """Close every backend's client (idempotent; one failing close does
+        not keep the others open)."""
+        backends = list(self._backends.values())
+        results = await asyncio.gather(*(b.aclose() for b in backends), return_exceptions=True)
+        for backend, result in zip(backends, results):
+            if isinstance(result, Exception):
+                logger.warning("closing %r failed: %s", backend, result)
+
+    def __repr__(self) -> str:
+        return f"<BackendPool {len(self._backends)} backend(s)>"

@@ -1,0 +1,178 @@
+"""The ``skill-router`` command line.
+
+    skill-router serve [--config PATH] [--listen HOST:PORT] [--demo]
+    skill-router route "QUERY" [--domain D] [--complexity C] [--target HOST:PORT] [--json]
+    skill-router execute "QUERY" [...]
+    skill-router stats [--target HOST:PORT] [--json]
+    skill-router check-config PATH
+    skill-router demo [--queries N] [--json]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+
+import click
+import grpc
+from google.protobuf import json_format
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _load(path: str | None, **kw):  # type: ignore[no-untyped-def]
+    from router.config import load_config
+    from router.core.errors import ConfigError
+    try:
+        return load_config(path or os.environ.get("SKILL_ROUTER_CONFIG"), **kw)
+    except ConfigError as exc:
+        raise click.ClickException(f"bad config: {exc}") from None
+
+
+def _rpc(fn):  # type: ignore[no-untyped-def]
+    """Run a client call, turning gRPC errors into a one-line message."""
+    from skill_router_client import error_details
+    try:
+        return fn()
+    except grpc.RpcError as err:
+        d = error_details(err)
+        extra = f" (field {d.field})" if d.field else ""
+        extra += f" (retry in {d.retry_delay_s:.2f}s)" if d.retry_delay_s is not None else ""
+        raise click.ClickException(f"{d.code.name}: {d.message}{extra}") from None
+
+
+def _print_json(msg) -> None:  # type: ignore[no-untyped-def]
+    click.echo(json_format.MessageToJson(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default=os.environ.get("SKILL_ROUTER_LOG_LEVEL", "INFO"), show_default=True)
+def main(log_level: str) -> None:
+    """skill-router: route each query to the top-k skills, call them, merge the answers."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(), help="Skills config (YAML). Default: the bundled one.")
+@click.option("--listen", help="HOST:PORT to listen on (default from config: 127.0.0.1:50051).")
+@click.option("--demo", is_flag=True, help="Use the bundled config pointed at emulated backends started here.")
+def serve(config_path: str | None, listen: str | None, demo: bool) -> None:
+    """Run the sidecar until SIGTERM/SIGINT."""
+    from router.app import serve as run
+
+    config = _load(config_path)
+
+    async def go() -> None:
+        if demo:
+            from router.demo import emulator_for
+            async with emulator_for(config) as emu:
+                click.echo(f"emulated backends on {emu.url}", err=True)
+                await run(config.with_urls(emu.url), listen)
+        else:
+            await run(config, listen)
+
+    asyncio.run(go())
+
+
+def _query_options(f):  # type: ignore[no-untyped-def]
+    for opt in reversed([
+        click.argument("query"),
+        click.option("--domain", default="", help="Query domain (e.g. legal, code)."),
+        click.option("--complexity", type=float, help="Complexity 0–10."),
+        click.option("--quality", "required_quality", type=float, help="Required quality 0–1."),
+        click.option("--top-k", type=int, help="Override k."),
+        click.option("--force", "force_skills", multiple=True, help="Skill that must run (repeatable)."),
+        click.option("--exclude", "exclude_skills", multiple=True, help="Skill that must not run (repeatable)."),
+        click.option("--all-skills", is_flag=True, help="Run every activated skill."),
+        click.option("--priority", type=click.Choice(["low", "normal", "high"]), default="normal"),
+        click.option("--target", default=DEFAULT_TARGET, show_default=True),
+        click.option("--timeout", type=float, default=30.0, show_default=True, help="Deadline in seconds."),
+        click.option("--json", "as_json", is_flag=True, help="Print the response as JSON."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _context(kw: dict):  # type: ignore[no-untyped-def]
+    from skill_router_client import Priority, build_context
+    return build_context(domain=kw["domain"], complexity=kw["complexity"], required_quality=kw["required_quality"],
+                         top_k=kw["top_k"], force_skills=kw["force_skills"], exclude_skills=kw["exclude_skills"],
+                         all_skills=kw["all_skills"], priority=Priority[kw["priority"].upper()])
+
+
+@main.command()
+@_query_options
+def route(query: str, target: str, timeout: float, as_json: bool, **kw: object) -> None:
+    """Show which skills would answer QUERY (no backend is called)."""
+    from skill_router_client import RouterClient
+    with RouterClient(target, timeout=timeout) as c:
+        resp = _rpc(lambda: c.route(query, context=_context(kw)))
+    if as_json:
+        return _print_json(resp)
+    from router.render import render_route
+    render_route(resp)
+
+
+@main.command()
+@_query_options
+def execute(query: str, target: str, timeout: float, as_json: bool, **kw: object) -> None:
+    """Route QUERY, call the chosen skills and print the synthesis."""
+    from skill_router_client import RouterClient
+    with RouterClient(target, timeout=timeout) as c:
+        resp = _rpc(lambda: c.execute(query, context=_context(kw)))
+    if as_json:
+        return _print_json(resp)
+    from router.render import render_execute
+    render_execute(resp)
+
+
+@main.command()
+@click.option("--target", default=DEFAULT_TARGET, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def stats(target: str, as_json: bool) -> None:
+    """Show live per-skill load and the totals since start."""
+    from skill_router_client import RouterClient
+    with RouterClient(target, timeout=10) as c:
+        resp = _rpc(lambda: c.stats())
+    if as_json:
+        return _print_json(resp)
+    from router.render import render_stats
+    render_stats(resp)
+
+
+@main.command("check-config")
+@click.argument("path", type=click.Path())
+def check_config(path: str) -> None:
+    """Validate a config file (and the BRAIN_* environment overrides) without starting."""
+    from router.config import check_config as check
+    from router.core.errors import ConfigError
+    try:
+        click.echo(check(path))
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--queries", "n", type=int, default=200, show_default=True, help="Queries per mode.")
+@click.option("--concurrency", type=int, default=16, show_default=True)
+@click.option("--config", "config_path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object {moe, all_skills}.")
+def demo(n: int, concurrency: int, config_path: str | None, as_json: bool) -> None:
+    """Compare top-k routing with firing every activated skill, on emulated backends."""
+    from router.demo import run_demo
+    if n < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--queries")
+    result = asyncio.run(run_demo(config_path, n, concurrency, progress=not as_json))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        from router.render import render_demo
+        render_demo(result, n)
+
+
+if __name__ == "__main__":
+    main()

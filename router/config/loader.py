@@ -1,0 +1,268 @@
+"""Read the YAML file, apply the environment, validate, build ``RouterConfig``.
+
+Every problem becomes an ``InvalidConfig`` (a ``router.core.errors.ConfigError``)
+naming the file and line (or the environment variable), the key path and what
+is wrong; all problems found in one pass are listed together.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import ValidationError
+
+from router.core.types import ActivationRule, ImplementationSpec, SkillSpec
+
+from .env import EnvOverride, parse_env
+from .model import ImplementationOptions, RouterConfig, SkillOptions
+from .problems import ConfigIssue, InvalidConfig, format_path, translate
+from .schema import ConfigFile
+
+__all__ = ["check_config", "default_config_path", "load_config", "parse_config"]
+
+Loc = tuple[str | int, ...]
+
+
+def default_config_path() -> Path:
+    """The bundled config: the seed application's skills."""
+    return Path(__file__).with_name("default.yaml")
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> RouterConfig:
+    """Load and validate a config file (``None``: the bundled ``default.yaml``);
+    the seed's ``BRAIN_*`` variables in ``env`` (``None``: ``os.environ``)
+    override it. Raises ``ConfigError`` (an ``InvalidConfig``)."""
+    file = default_config_path() if path is None else Path(path)
+    source = str(file) if path is None else os.fspath(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidConfig([ConfigIssue(source, "", "file not found")]) from None
+    except IsADirectoryError:
+        raise InvalidConfig([ConfigIssue(source, "", "is a directory, not a config file")]) from None
+    except PermissionError:
+        raise InvalidConfig([ConfigIssue(source, "", "permission denied")]) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidConfig([ConfigIssue(source, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+    except OSError as exc:
+        raise InvalidConfig([ConfigIssue(source, "", f"cannot be read: {exc.strerror or exc}")]) from None
+    data, root = _parse_yaml(text, source)
+    return _build(data, source, env, _Locator(root))
+
+
+def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None) -> RouterConfig:
+    """Validate already-parsed config data (``source`` names it in errors)."""
+    return _build(data, source, env, _Locator(None))
+
+
+def check_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> str:
+    """The human summary ``skill-router check-config PATH`` prints; raises
+    ``ConfigError`` when the config is bad."""
+    env = os.environ if env is None else env
+    return load_config(path, env).summary(env)
+
+
+# --- YAML ------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps
+    the last silently, which hides typos such as two ``kimiK2:`` blocks)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # unhashable: SafeLoader reports it
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {key!r} (first at line {first})", key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        where = f"column {mark.column + 1}: " if mark is not None else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise InvalidConfig([ConfigIssue(source, "", f"YAML syntax error, {where}{problem}", line)]) from None
+    except yaml.YAMLError as exc:
+        raise InvalidConfig([ConfigIssue(source, "", f"YAML error: {exc}")]) from None
+    finally:
+        loader.dispose()
+    return data, root
+
+
+class _Locator:
+    """The line a key path starts at, from the composed YAML node tree."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self.root = root
+
+    def line(self, loc: Loc) -> int | None:
+        node = self.root
+        if node is None:
+            return None
+        line = node.start_mark.line + 1
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                for key_node, value_node in node.value:
+                    if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):
+                        line, node = key_node.start_mark.line + 1, value_node
+                        break
+                else:
+                    return line
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                return line
+        return line
+
+
+# --- validation and build ---------------------------------------------------------
+
+
+def _apply_env(data: dict[str, Any], overrides: list[EnvOverride]) -> dict[Loc, str]:
+    """Write the overrides into ``data``; returns key path → variable for
+    the ones written (a section that is not a mapping is left for validation
+    to report)."""
+    applied: dict[Loc, str] = {}
+    for o in overrides:
+        parts = tuple(o.path.split("."))
+        node: Any = data
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                break
+        else:
+            node[parts[-1]] = o.value
+            applied[parts] = o.var
+    return applied
+
+
+def _build(data: Any, source: str, env: Mapping[str, str] | None, locator: _Locator) -> RouterConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidConfig([ConfigIssue(
+            source, "", f"the top level must be a mapping of sections (routing, server, ..., skills), got {type(data).__name__}",
+            locator.line(()),
+        )])
+    overrides, bad = parse_env(os.environ if env is None else env)
+    issues = [ConfigIssue(var.name, var.dotted, problem) for var, problem in bad]
+    data = copy.deepcopy(data)
+    from_env = _apply_env(data, overrides)
+    try:
+        cfg = ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        found = []
+        for err in exc.errors():
+            loc, problem = translate(err)
+            var = from_env.get(loc)
+            if var is not None:
+                found.append(ConfigIssue(var, format_path(loc), problem))
+            else:
+                found.append(ConfigIssue(source, format_path(loc), problem, locator.line(loc)))
+        # Env problems first, then the file's in line order.
+        found.sort(key=lambda i: (i.line is not None, i.line or 0))
+        issues += found
+        cfg = None
+    if issues or cfg is None:
+        raise InvalidConfig(issues)
+    return _router_config(cfg, source, tuple(o for o in overrides if tuple(o.path.split(".")) in from_env))
+
+
+def _router_config(cfg: ConfigFile, source: str, overrides: tuple[EnvOverride, ...]) -> RouterConfig:
+    adm, bat = cfg.admission, cfg.batching
+    skills: list[SkillSpec] = []
+    skill_opts: dict[str, SkillOptions] = {}
+    impl_opts: dict[tuple[str, str], ImplementationOptions] = {}
+    for name, s in cfg.skills.items():
+        impls = []
+        for i in s.implementations:
+            impls.append(ImplementationSpec(
+                name=i.name,
+                backend=i.backend,
+                url=i.url,
+                model=i.model,
+                quality=i.quality,
+                cost_per_query=i.derived_cost,
+                expected_latency_ms=i.expected_latency_ms,
+                optimal_complexity=s.optimal_complexity if i.optimal_complexity is None else i.optimal_complexity,
+                api_key_env=i.api_key_env,
+                price_per_input_token=i.price_per_input_token,
+                price_per_output_token=i.price_per_output_token,
+                timeout_s=i.timeout_s,
+                max_connections=i.max_connections,
+            ))
+            impl_opts[(name, i.name)] = ImplementationOptions(
+                skill=name,
+                implementation=i.name,
+                batch=i.batch,
+                expected_input_tokens=i.expected_input_tokens,
+                expected_output_tokens=i.expected_output_tokens,
+                cost_derived=i.cost_per_query is None,
+            )
+        skills.append(SkillSpec(
+            name=name,
+            priority=s.priority,
+            activation=ActivationRule(
+                domains=frozenset(s.activation.domains),
+                min_complexity=s.activation.min_complexity,
+                max_complexity=s.activation.max_complexity,
+                keywords=tuple(s.activation.keywords),
+            ),
+            preferred_domains=frozenset(s.preferred_domains),
+            optimal_complexity=s.optimal_complexity,
+            concurrency_limit=adm.default_concurrency_limit if s.concurrency_limit is None else s.concurrency_limit,
+            queue_depth=adm.default_queue_depth if s.queue_depth is None else s.queue_depth,
+            implementations=tuple(impls),
+            default_index=s.default_index,
+            enabled=s.enabled,
+            description=s.description.strip(),
+            system_prompt=s.system_prompt.strip(),
+        ))
+        o = s.batching
+        skill_opts[name] = SkillOptions(
+            skill=name,
+            queue_timeout_s=adm.queue_timeout_s if s.queue_timeout_s is None else s.queue_timeout_s,
+            batching_enabled=bat.enabled if o.enabled is None else o.enabled,
+            batch_window_ms=bat.window_ms if o.window_ms is None else o.window_ms,
+            max_batch_size=bat.max_batch_size if o.max_batch_size is None else o.max_batch_size,
+            concurrency_limit_set=s.concurrency_limit is not None,
+            queue_depth_set=s.queue_depth is not None,
+        )
+    return RouterConfig(
+        skills=tuple(skills),
+        policy=cfg.routing.to_policy(),
+        routing=cfg.routing,
+        server=cfg.server,
+        admission=cfg.admission,
+        batching=cfg.batching,
+        telemetry=cfg.telemetry,
+        storage=cfg.storage,
+        source=source,
+        env_overrides=overrides,
+        skill_opts=skill_opts,
+        implementation_opts=impl_opts,
+    )

@@ -1,0 +1,474 @@
+"""The config file's shape, validated with pydantic v2.
+
+Every model forbids unknown keys (a typo is an error, not a silent default)
+and is strict about types (``top_k: "3"`` or ``enabled: 1`` is an error; an
+integer is accepted where a number is expected). Ranges raise messages of the
+form ``must be between 0 and 1, got 1.5``.
+
+The sections that are plain settings (``routing``, ``server``, ``admission``,
+``batching``, ``telemetry``, ``storage``) are frozen and are handed out as is
+by ``RouterConfig``; the ``skills`` entries are turned into the core's
+``SkillSpec``/``ImplementationSpec`` by ``router.config.loader``.
+
+A cross-field check that fails raises ``FieldProblem`` with the key path below
+the model it is raised in, so the error names the exact key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from router.core.selection import MAX_TOP_K
+from router.core.types import DynamicKRule, RoutingPolicy
+
+__all__ = [
+    "AdaptiveLimitSettings",
+    "AdmissionSettings",
+    "ActivationEntry",
+    "BatchingSettings",
+    "BreakerSettings",
+    "ConfigFile",
+    "DynamicKSettings",
+    "FieldProblem",
+    "ImplementationEntry",
+    "RetrySettings",
+    "RoutingSettings",
+    "ServerSettings",
+    "SkillBatchingOverride",
+    "SkillEntry",
+    "StorageSettings",
+    "TelemetrySettings",
+]
+
+
+class FieldProblem(ValueError):
+    """A cross-field check failed at ``subpath`` below the model raising it."""
+
+    def __init__(self, subpath: tuple[str | int, ...], problem: str) -> None:
+        super().__init__(problem)
+        self.subpath = subpath
+        self.problem = problem
+
+
+def _num(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _range(
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> AfterValidator:
+    """A bound check with a message a person reads once and understands."""
+    if lo is not None and hi is not None and not lo_open and not hi_open:
+        want = f"must be between {_num(lo)} and {_num(hi)}"
+    else:
+        parts = []
+        if lo is not None:
+            parts.append(f"greater than {_num(lo)}" if lo_open else f"at least {_num(lo)}")
+        if hi is not None:
+            parts.append(f"less than {_num(hi)}" if hi_open else f"at most {_num(hi)}")
+        want = "must be " + " and ".join(parts)
+
+    def check(v: Any) -> Any:
+        ok = True
+        if lo is not None:
+            ok = ok and (v > lo if lo_open else v >= lo)
+        if hi is not None:
+            ok = ok and (v < hi if hi_open else v <= hi)
+        if not ok:
+            raise ValueError(f"{want}, got {_num(v)}")
+        return v
+
+    return AfterValidator(check)
+
+
+Unit = Annotated[float, _range(0.0, 1.0)]
+Complexity = Annotated[float, _range(0.0, 10.0)]
+PositiveInt = Annotated[int, _range(1)]
+NonNegativeInt = Annotated[int, _range(0)]
+PositiveFloat = Annotated[float, _range(0.0, lo_open=True)]
+NonNegativeFloat = Annotated[float, _range(0.0)]
+TopK = Annotated[int, _range(1, MAX_TOP_K)]
+
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+_ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+_SECRET_PREFIXES = ("SK-", "SK_", "BEARER", "GHP_", "XOX", "AIZA")
+
+
+def _name(kind: str):
+    def check(v: str) -> str:
+        if not _NAME_RE.fullmatch(v):
+            raise ValueError(
+                f"{kind} name {v!r} must start with a letter and hold only letters, digits, '_', '.', '-' (at most 64)"
+            )
+        return v
+
+    return AfterValidator(check)
+
+
+SkillName = Annotated[str, _name("skill")]
+ImplementationName = Annotated[str, _name("implementation")]
+
+
+def _nonempty(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
+NonEmptyStr = Annotated[str, AfterValidator(_nonempty)]
+
+
+def _lower_list(values: list[str]) -> list[str]:
+    out = []
+    for v in values:
+        v = v.strip().lower()
+        if not v:
+            raise ValueError("entries must not be empty")
+        out.append(v)
+    return list(dict.fromkeys(out))
+
+
+LowerList = Annotated[list[str], AfterValidator(_lower_list)]
+
+
+class Section(BaseModel):
+    """Base of every model: strict, frozen, no unknown keys, and an empty
+    section (``batching:`` with every key commented out) means the defaults."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_is_empty(cls, data: Any) -> Any:
+        return {} if data is None else data
+
+
+# --- routing -------------------------------------------------------------------
+
+
+class DynamicKSettings(Section):
+    """k for a query when no fixed top_k is set: complexity > threshold → high_k, else low_k."""
+
+    threshold: Complexity = 7.0
+    high_k: TopK = 5
+    low_k: TopK = 3
+
+    @model_validator(mode="after")
+    def _grows(self) -> DynamicKSettings:
+        if self.high_k < self.low_k:
+            raise FieldProblem(("high_k",), f"must be at least low_k ({self.low_k}): k grows for complex queries, got {self.high_k}")
+        return self
+
+    def to_rule(self) -> DynamicKRule:
+        return DynamicKRule(threshold=self.threshold, high_k=self.high_k, low_k=self.low_k)
+
+
+class RoutingSettings(Section):
+    moe_enabled: bool = True
+    top_k: TopK | None = None
+    dynamic_k: DynamicKSettings = DynamicKSettings()
+    dynamic_routing_enabled: bool = True
+    quality_threshold: Unit = 0.85
+    strict_quality_floor: bool = False
+    default_complexity: Complexity = 5.0
+    default_success_rate: Unit = 1.0
+    success_window: PositiveInt = 50
+
+    def to_policy(self) -> RoutingPolicy:
+        return RoutingPolicy(
+            moe_enabled=self.moe_enabled,
+            top_k=self.top_k,
+            dynamic_k=self.dynamic_k.to_rule(),
+            dynamic_routing_enabled=self.dynamic_routing_enabled,
+            quality_threshold=self.quality_threshold,
+            strict_quality_floor=self.strict_quality_floor,
+            default_complexity=self.default_complexity,
+            default_success_rate=self.default_success_rate,
+        )
+
+
+# --- server --------------------------------------------------------------------
+
+_LISTEN_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+
+
+def _listen(v: str) -> str:
+    if v.startswith("unix:") and len(v) > 5:
+        return v
+    m = _LISTEN_RE.fullmatch(v)
+    if not m or int(m.group(1)) > 65535:
+        raise ValueError(f"must be HOST:PORT (port 0-65535, 0 picks a free one), [IPv6]:PORT or unix:PATH, got {v!r}")
+    return v
+
+
+class ServerSettings(Section):
+    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:50051"
+    grace_period_s: NonNegativeFloat = 10.0
+    default_deadline_s: PositiveFloat = 30.0
+    max_concurrent_rpcs: PositiveInt | None = None
+
+
+# --- admission -----------------------------------------------------------------
+
+
+class BreakerSettings(Section):
+    failure_threshold: PositiveInt = 5
+    failure_rate: Annotated[float, _range(0.0, 1.0, lo_open=True)] = 0.5
+    window: PositiveInt = 20
+    min_calls: PositiveInt = 10
+    cooldown_s: PositiveFloat = 30.0
+    half_open_probes: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _fits_window(self) -> BreakerSettings:
+        if self.min_calls > self.window:
+            raise FieldProblem(("min_calls",), f"must be at most window ({self.window}), got {self.min_calls}")
+        return self
+
+
+class RetrySettings(Section):
+    max_attempts: PositiveInt = 3
+    base_backoff_ms: NonNegativeFloat = 50.0
+    max_backoff_ms: NonNegativeFloat = 2000.0
+    jitter: Unit = 0.2
+    budget_ratio: Unit = 0.2
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetrySettings:
+        if self.max_backoff_ms < self.base_backoff_ms:
+            raise FieldProblem(
+                ("max_backoff_ms",),
+                f"must be at least base_backoff_ms ({_num(self.base_backoff_ms)}), got {_num(self.max_backoff_ms)}",
+            )
+        return self
+
+
+class AdaptiveLimitSettings(Section):
+    enabled: bool = False
+    algorithm: Literal["aimd", "gradient2"] = "aimd"
+    min_limit: PositiveInt = 1
+    max_limit: PositiveInt = 100
+    backoff_ratio: Annotated[float, _range(0.0, 1.0, lo_open=True, hi_open=True)] = 0.9
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveLimitSettings:
+        if self.max_limit < self.min_limit:
+            raise FieldProblem(("max_limit",), f"must be at least min_limit ({self.min_limit}), got {self.max_limit}")
+        return self
+
+
+class AdmissionSettings(Section):
+    enabled: bool = True
+    default_concurrency_limit: PositiveInt = 10
+    default_queue_depth: NonNegativeInt = 50
+    queue_timeout_s: PositiveFloat = 5.0
+    breaker: BreakerSettings = BreakerSettings()
+    retry: RetrySettings = RetrySettings()
+    load_bias: NonNegativeFloat = 0.0
+    adaptive_limit: AdaptiveLimitSettings = AdaptiveLimitSettings()
+
+
+# --- batching, telemetry, storage ---------------------------------------------
+
+
+class BatchingSettings(Section):
+    enabled: bool = False
+    window_ms: NonNegativeFloat = 100.0
+    max_batch_size: PositiveInt = 16
+    key: Literal["implementation", "seed"] = "implementation"
+    priority_bypass: bool = True
+
+
+class TelemetrySettings(Section):
+    record_query_text: bool = False
+    service_name: NonEmptyStr = "skill-router"
+
+
+class StorageSettings(Section):
+    sqlite_path: NonEmptyStr | None = "skill-router-metrics.db"
+    postgres_dsn: NonEmptyStr | None = None
+    retention_days: PositiveInt | None = 30
+    batch_size: PositiveInt = 200
+    flush_interval_s: PositiveFloat = 1.0
+    buffer_size: PositiveInt = 10000
+
+    @model_validator(mode="after")
+    def _buffer_holds_a_batch(self) -> StorageSettings:
+        if self.buffer_size < self.batch_size:
+            raise FieldProblem(("buffer_size",), f"must be at least batch_size ({self.batch_size}), got {self.buffer_size}")
+        return self
+
+
+# --- skills --------------------------------------------------------------------
+
+
+class ActivationEntry(Section):
+    domains: LowerList = []
+    min_complexity: Complexity = 0.0
+    max_complexity: Complexity = 10.0
+    keywords: LowerList = []
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ActivationEntry:
+        if self.max_complexity < self.min_complexity:
+            raise FieldProblem(
+                ("max_complexity",),
+                f"must be at least min_complexity ({_num(self.min_complexity)}), got {_num(self.max_complexity)}",
+            )
+        return self
+
+
+class SkillBatchingOverride(Section):
+    enabled: bool | None = None
+    window_ms: NonNegativeFloat | None = None
+    max_batch_size: PositiveInt | None = None
+
+
+def check_url(v: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc}): {v!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {v!r}")
+    return v
+
+
+class ImplementationEntry(Section):
+    name: ImplementationName
+    backend: Literal["openai", "http"]
+    url: Annotated[str, AfterValidator(check_url)]
+    model: str = ""
+    api_key_env: str | None = None
+    quality: Unit
+    cost_per_query: NonNegativeFloat | None = None
+    price_per_input_token: NonNegativeFloat | None = None
+    price_per_output_token: NonNegativeFloat | None = None
+    expected_input_tokens: NonNegativeInt | None = None
+    expected_output_tokens: NonNegativeInt | None = None
+    expected_latency_ms: PositiveFloat
+    optimal_complexity: Complexity | None = None  # None: the skill's
+    timeout_s: PositiveFloat = 30.0
+    max_connections: PositiveInt = 10
+    batch: Literal["none", "openai_completions", "http_batch"] = "none"
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        # Never echo the value: it may be the key itself.
+        looks_secret = (
+            v.upper().startswith(_SECRET_PREFIXES)
+            or (len(v) >= 16 and "_" not in v and any(c.isdigit() for c in v))
+        )
+        if not _ENV_NAME_RE.fullmatch(v) or looks_secret:
+            raise ValueError(
+                "must be the NAME of the environment variable holding the key (upper-case letters, digits "
+                "and '_', e.g. OPENROUTER_API_KEY), not the key itself; the value given is not shown"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImplementationEntry:
+        if self.backend == "openai" and not self.model.strip():
+            raise FieldProblem(("model",), "is required for the openai backend (the model id sent in the request)")
+        if self.batch == "openai_completions" and self.backend != "openai":
+            raise FieldProblem(("batch",), f"'openai_completions' needs backend 'openai', not {self.backend!r}")
+        if self.batch == "http_batch" and self.backend != "http":
+            raise FieldProblem(("batch",), f"'http_batch' needs backend 'http', not {self.backend!r}")
+        if self.cost_per_query is None:
+            missing = [
+                k for k in ("price_per_input_token", "price_per_output_token", "expected_input_tokens", "expected_output_tokens")
+                if getattr(self, k) is None
+            ]
+            if missing:
+                raise FieldProblem(
+                    ("cost_per_query",),
+                    "is required unless price_per_input_token, price_per_output_token, expected_input_tokens "
+                    f"and expected_output_tokens are all set to derive it (missing: {', '.join(missing)})",
+                )
+        return self
+
+    @property
+    def derived_cost(self) -> float:
+        """The declared cost per query, or the one the per-token prices give."""
+        if self.cost_per_query is not None:
+            return self.cost_per_query
+        assert self.price_per_input_token is not None and self.price_per_output_token is not None
+        assert self.expected_input_tokens is not None and self.expected_output_tokens is not None
+        cost = (
+            self.price_per_input_token * self.expected_input_tokens
+            + self.price_per_output_token * self.expected_output_tokens
+        )
+        return cost if math.isfinite(cost) else 0.0
+
+
+class SkillEntry(Section):
+    description: str = ""
+    enabled: bool = True
+    priority: PositiveInt = 1
+    activation: ActivationEntry = ActivationEntry()
+    preferred_domains: LowerList = []
+    optimal_complexity: Complexity = 5.0
+    concurrency_limit: PositiveInt | None = None  # None: admission.default_concurrency_limit
+    queue_depth: NonNegativeInt | None = None  # None: admission.default_queue_depth
+    queue_timeout_s: PositiveFloat | None = None  # None: admission.queue_timeout_s
+    batching: SkillBatchingOverride = SkillBatchingOverride()
+    system_prompt: str = ""
+    implementations: Annotated[list[ImplementationEntry], Field(min_length=1)]
+    default_implementation: str | None = None  # None: the first
+
+    @model_validator(mode="after")
+    def _names(self) -> SkillEntry:
+        seen: dict[str, int] = {}
+        for i, impl in enumerate(self.implementations):
+            if impl.name in seen:
+                raise FieldProblem(
+                    ("implementations", i, "name"),
+                    f"duplicate implementation name {impl.name!r} (also implementations[{seen[impl.name]}])",
+                )
+            seen[impl.name] = i
+        if self.default_implementation is not None and self.default_implementation not in seen:
+            raise FieldProblem(
+                ("default_implementation",),
+                f"{self.default_implementation!r} names no implementation of this skill (have: {', '.join(seen)})",
+            )
+        return self
+
+    @property
+    def default_index(self) -> int:
+        if self.default_implementation is None:
+            return 0
+        return [i.name for i in self.implementations].index(self.default_implementation)
+
+
+class ConfigFile(Section):
+    """The whole file."""
+
+    routing: RoutingSettings = RoutingSettings()
+    server: ServerSettings = ServerSettings()
+    admission: AdmissionSettings = AdmissionSettings()
+    batching: BatchingSettings = BatchingSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    storage: StorageSettings = StorageSettings()
+    skills: dict[SkillName, SkillEntry] = {}
+
+    @model_validator(mode="after")
+    def _some_skill(self) -> ConfigFile:
+        if not self.skills:
+            raise FieldProblem(("skills",), "at least one skill must be configured")
+        if not any(s.enabled for s in self.skills.values()):
+            raise FieldProblem(("skills",), "every skill is disabled; enable at least one")
+        return self

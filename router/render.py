@@ -1,0 +1,88 @@
+"""Readable terminal output for the CLI (rich tables)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from router.v1 import router_pb2 as pb
+
+console = Console()
+
+
+def _reason(r: pb.Rejection) -> str:
+    return pb.RejectionReason.Name(r.reason).removeprefix("REJECTION_REASON_").lower()
+
+
+def _selection_table(resp: pb.RouteResponse | pb.ExecuteResponse) -> Table:
+    t = Table(title=f"top-{resp.k} skills" if resp.moe_enabled else "every activated skill (MoE off)")
+    for col in ("#", "skill", "score", "rank", "domain", "complexity", "success", "implementation", "why"):
+        t.add_column(col)
+    for i, s in enumerate(resp.selections, 1):
+        impl = s.implementation.implementation
+        t.add_row(str(i), s.skill + (" (forced)" if s.forced else ""), f"{s.score:.3f}", f"{s.parts.rank_score:.3f}",
+                  f"+{s.parts.domain_bonus:.1f}", f"+{s.parts.complexity_fit:.2f}", f"×{s.parts.success_factor:.2f}",
+                  f"{impl.name} ({impl.model})", s.implementation.reason)
+    return t
+
+
+def _rejections(resp: pb.RouteResponse | pb.ExecuteResponse) -> None:
+    for r in resp.rejections:
+        console.print(f"  [dim]not chosen: {r.skill} — {_reason(r)}: {r.detail}[/dim]")
+
+
+def render_route(resp: pb.RouteResponse) -> None:
+    console.print(_selection_table(resp))
+    _rejections(resp)
+    console.print(f"selection took {resp.selection_time_us} µs · query {resp.query_id}")
+
+
+def render_execute(resp: pb.ExecuteResponse) -> None:
+    console.print(_selection_table(resp))
+    _rejections(resp)
+    t = Table(title="results")
+    for col in ("skill", "implementation", "weight", "status", "cost $", "latency ms", "error"):
+        t.add_column(col)
+    for r in resp.results:
+        t.add_row(r.skill, r.implementation, f"{r.weight:.2f}", pb.SkillStatus.Name(r.status).removeprefix("SKILL_STATUS_"),
+                  f"{r.cost_usd:.4f}", f"{r.latency_ms:.0f}", r.error)
+    console.print(t)
+    console.print(resp.text)
+    c, tm = resp.cost, resp.timing
+    console.print(f"cost ${c.actual_usd:.4f} vs all-skills ${c.baseline_usd:.4f} → saved ${c.saved_usd:.4f} "
+                  f"({c.saved_fraction:.0%}) · quality {resp.quality:.2f}")
+    console.print(f"selection {tm.selection_us} µs · execution {tm.execution_us / 1000:.1f} ms · "
+                  f"total {tm.total_us / 1000:.1f} ms · query {resp.query_id}"
+                  + (f" · trace {resp.trace_id}" if resp.trace_id else ""))
+
+
+def render_stats(resp: pb.StatsResponse) -> None:
+    t = Table(title=f"skills (up {resp.uptime_seconds:.0f}s, MoE {'on' if resp.moe_enabled else 'off'})")
+    for col in ("skill", "in-flight", "limit", "util", "queued", "calls", "failures", "success", "p50 ms", "p99 ms"):
+        t.add_column(col)
+    for s in resp.skills:
+        t.add_row(s.skill, str(s.in_flight), str(s.concurrency_limit), f"{s.utilization:.0%}", str(s.queue_depth),
+                  str(s.calls), str(s.failures), f"{s.success_rate:.0%}", f"{s.latency_p50_ms:.0f}",
+                  f"{s.latency_p99_ms:.0f}")
+    console.print(t)
+    tt = resp.totals
+    console.print(f"queries {tt.queries} (failed {tt.failed_queries}) · routes {tt.routes} · "
+                  f"skills/query {tt.avg_skills_per_query:.2f} · cost ${tt.cost_usd:.4f} · "
+                  f"saved ${tt.cost_saved_usd:.4f} of ${tt.baseline_cost_usd:.4f}")
+
+
+def render_demo(result: dict, n: int) -> None:
+    moe, allx = result["moe"], result["all_skills"]
+    t = Table(title=f"top-k routing vs every activated skill ({n} queries each, emulated backends)")
+    t.add_column("metric")
+    t.add_column("all skills (BRAIN_MOE_ENABLED=false)", justify="right")
+    t.add_column("top-k (MoE)", justify="right")
+    t.add_column("change", justify="right")
+    rows = [("avg response time", "avg_ms", "{:.0f} ms"), ("p99 latency", "p99_ms", "{:.0f} ms"),
+            ("cost per query", "cost_per_query", "${:.4f}"), ("throughput", "throughput_qps", "{:.1f} qps"),
+            ("skills per query", "skills_per_query", "{:.2f}"), ("quality", "quality", "{:.3f}")]
+    for label, key, fmt in rows:
+        a, m = allx[key], moe[key]
+        change = f"{(m - a) / a:+.0%}" if a else "—"
+        t.add_row(label, fmt.format(a), fmt.format(m), change)
+    console.print(t)

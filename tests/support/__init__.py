@@ -1,0 +1,1 @@
+"""Test support: real servers tests talk to (an OTLP receiver, ...)."""
