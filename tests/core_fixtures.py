@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
-# The repository root, so ``router`` imports without an installed package
-# (pytest puts only this directory on sys.path).
+# Fallback for a checkout without the editable install: pytest puts only this
+# directory on sys.path, so add the repository root for ``router``.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from router.core.scoring import SkillScore, score_skills  # noqa: E402
-from router.core.selection import SelectionResult, select  # noqa: E402
-from router.core.types import (  # noqa: E402
+from router.core.scoring import SkillScore, score_skills
+from router.core.selection import SelectionResult, select
+from router.core.types import (
     ActivationRule,
     DynamicKRule,
     ImplementationSpec,
@@ -31,10 +31,24 @@ from router.core.types import (  # noqa: E402
 )
 
 __all__ = [
-    "impl", "skill", "query", "policy", "scores_for", "run_select",
-    "names", "KIMI_K2_IMPLS", "kimi_k2", "seed_skills", "SEED_DEFAULT_COSTS",
-    "ActivationRule", "DynamicKRule", "ImplementationSpec", "Priority", "Query",
-    "RoutingPolicy", "SkillSpec",
+    "KIMI_K2_IMPLS",
+    "SEED_DEFAULT_COSTS",
+    "ActivationRule",
+    "DynamicKRule",
+    "ImplementationSpec",
+    "Priority",
+    "Query",
+    "RoutingPolicy",
+    "SkillSpec",
+    "impl",
+    "kimi_k2",
+    "names",
+    "policy",
+    "query",
+    "run_select",
+    "scores_for",
+    "seed_skills",
+    "skill",
 ]
 
 

@@ -22,7 +22,7 @@ from router.core.errors import (
     DeadlineExceeded,
     ShuttingDown,
 )
-from router.runtime.batcher import Batch, Batcher, BatchItemResult, SingleFlight
+from router.runtime.batcher import Batch, Batcher, BatcherGroup, BatchItemResult, SingleFlight
 
 NEVER = 3600.0  # a window that never closes within a test
 GUARD_S = 10.0  # a hung test fails instead of hanging
@@ -377,6 +377,87 @@ async def test_repr_shows_live_state():
     async with asyncio.timeout(GUARD_S):
         await asyncio.gather(first, second)
         await batcher.aclose()
+    assert_no_other_tasks()
+
+
+async def test_reconsider_sends_pending_items_once_the_skill_is_idle():
+    gate_busy = True
+    backend = Backend()
+    batcher = Batcher(backend, window_s=NEVER, max_batch_size=8, is_idle=lambda: not gate_busy)
+    async with asyncio.timeout(GUARD_S):
+        callers = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+        await settle()
+        batcher.reconsider()  # still busy: nothing happens
+        assert batcher.pending == 2 and backend.batches == []
+        gate_busy = False  # e.g. the gate released its last permit
+        batcher.reconsider()
+        results = await asyncio.gather(*callers)
+    assert [r.value for r in results] == [10, 20]
+    assert backend.reasons == [FlushReason.IDLE]
+    await batcher.aclose()
+    assert_no_other_tasks()
+
+
+async def test_batcher_group_makes_one_batcher_per_key_and_drops_empty_ones():
+    backend = Backend(hold=True)
+    made: list[tuple] = []
+
+    def make(key: tuple) -> Batcher[int, int]:
+        made.append(key)
+        return Batcher(backend, window_s=NEVER, max_batch_size=2, is_idle=busy, name=f"{key[0]}/{key[1]}")
+
+    group: BatcherGroup[int, int] = BatcherGroup(make, name="pipeline")
+    legal = ("kimiK2", "flash", "legal")
+    math_ = ("kimiK2", "flash", "math")
+    async with asyncio.timeout(GUARD_S):
+        callers = [
+            asyncio.create_task(group.submit(legal, 1)),
+            asyncio.create_task(group.submit(math_, 2)),
+            asyncio.create_task(group.submit(legal, 3)),
+            asyncio.create_task(group.submit(math_, 4)),
+        ]
+        await backend.entered.wait()
+        await settle()
+        assert made == [legal, math_]
+        assert len(group) == 2
+        assert repr(group) == "<BatcherGroup pipeline [batchers 2 | pending 0 | in-flight 2]>"
+        backend.release.set()
+        results = await asyncio.gather(*callers)
+        await settle()
+    assert [r.value for r in results] == [10, 20, 30, 40]
+    assert sorted(b.items for b in backend.batches) == [(1, 3), (2, 4)]
+    assert len(group) == 0  # both batchers held nothing any more and were dropped
+    stats = group.stats()["kimiK2/flash"]
+    assert (stats.batches, stats.items, stats.mean_batch_size, stats.in_flight) == (2, 4, 2.0, 0)
+    # A new item for a dropped key gets a fresh batcher.
+    backend.release.set()
+    async with asyncio.timeout(GUARD_S):
+        await asyncio.gather(group.submit(legal, 5), group.submit(legal, 6))
+        await settle()
+    assert made == [legal, math_, legal]
+    assert group.stats()["kimiK2/flash"].batches == 3
+    with pytest.raises(DeadlineExceeded):
+        await group.submit(math_, 8, deadline_s=0.0)
+    assert len(group) == 0  # refused at once: no batcher left behind
+    await group.aclose()
+    with pytest.raises(ShuttingDown):
+        await group.submit(legal, 7)
+    assert_no_other_tasks()
+
+
+async def test_batcher_group_aclose_flushes_every_batcher():
+    backend = Backend()
+    group: BatcherGroup[int, int] = BatcherGroup(
+        lambda key: Batcher(backend, window_s=NEVER, max_batch_size=8, is_idle=busy, name=str(key))
+    )
+    callers = [asyncio.create_task(group.submit(k, k)) for k in ("a", "b")]
+    await settle()
+    assert backend.batches == []
+    async with asyncio.timeout(GUARD_S):
+        await group.aclose()
+        results = await asyncio.gather(*callers)
+    assert [r.value for r in results] == ["a" * 10, "b" * 10]
+    assert backend.reasons == [FlushReason.CLOSING, FlushReason.CLOSING]
     assert_no_other_tasks()
 
 

@@ -7,10 +7,10 @@ import math
 from collections import Counter
 
 import pytest
+from core_fixtures import KIMI_K2_IMPLS, impl, kimi_k2, query, skill
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core_fixtures import KIMI_K2_IMPLS, impl, kimi_k2, query, skill  # noqa: I001
 from router.core.implementations import (
     COMPLEXITY_WEIGHT,
     COST_WEIGHT,

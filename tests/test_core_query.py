@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 from types import MappingProxyType
 
+import core_fixtures  # noqa: F401  (puts the repo on sys.path)
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import core_fixtures  # noqa: F401,I001  (puts the repo on sys.path)
 from router.core.errors import InvalidArgument, RouterError, UnknownSkill
 from router.core.query import MAX_METADATA_CHARS, MAX_METADATA_ENTRIES, MAX_QUERY_CHARS, make_query
 from router.core.selection import MAX_TOP_K

@@ -7,10 +7,10 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
+from core_fixtures import KIMI_K2_IMPLS, impl, kimi_k2, names, policy, query, seed_skills, skill
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core_fixtures import KIMI_K2_IMPLS, impl, kimi_k2, names, policy, query, seed_skills, skill  # noqa: I001
 from router.core.implementations import choose_implementation
 from router.core.routing import plan_route
 from router.core.scoring import rank_key

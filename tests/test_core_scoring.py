@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from core_fixtures import query, scores_for, skill
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core_fixtures import query, scores_for, skill  # noqa: I001  (puts the repo on sys.path)
 from router.core.scoring import (
     COMPLEXITY_FIT_MAX,
     DOMAIN_BONUS,
@@ -261,3 +261,9 @@ def test_success_rate_is_monotonic(r1, r2):
         assert a.score <= b.score
     else:
         assert a.score >= b.score
+
+
+def test_activation_keywords_are_normalised_to_lower_case():
+    rule = ActivationRule(keywords=("Contract", "TORT", "law"))
+    assert rule.keywords == ("contract", "tort", "law")
+    assert rule.matches("a tort claim", "general", 5.0) == (True, "")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from itertools import pairwise
 
 import pytest
+from core_fixtures import names, policy, query, run_select, scores_for, seed_skills, skill
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core_fixtures import names, policy, query, run_select, scores_for, seed_skills, skill  # noqa: I001
 from router.core.scoring import SkillScore, rank_key
 from router.core.selection import MAX_TOP_K, RejectionReason, choose_k, select
 from router.core.types import DynamicKRule, RoutingPolicy
@@ -421,7 +422,7 @@ def test_selection_laws(sc):
         # the non-forced part is best first
         rest = [c.score for c in res.chosen[n_forced:]]
         assert rest == sorted(rest, key=rank_key)
-        assert all(a.rank_score >= b.rank_score for a, b in zip(rest, rest[1:]))
+        assert all(a.rank_score >= b.rank_score for a, b in pairwise(rest))
         # every chosen non-forced skill outranks every BELOW_TOP_K one
         below = [r.score for r in res.rejected if r.reason is R.BELOW_TOP_K]
         if rest and below:
@@ -493,7 +494,7 @@ def test_equal_skills_order_by_priority_then_name(specs, rnd, k):
     rnd.shuffle(skills)
     res = run_select(skills, query(complexity=5), policy(top_k=k))
     got = [c.score for c in res.chosen]
-    for x, y in zip(got, got[1:]):
+    for x, y in pairwise(got):
         if x.rank_score == y.rank_score:
             assert (x.skill.priority, x.name) < (y.skill.priority, y.name)
         else:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from core_fixtures import SEED_DEFAULT_COSTS, seed_skills, skill
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core_fixtures import SEED_DEFAULT_COSTS, seed_skills, skill  # noqa: I001
 from router.core.synthesis import CostLedger, SkillOutcome, Status, baseline_cost, synthesize, weights_of
 
 approx = pytest.approx

@@ -9,7 +9,8 @@ import asyncio
 import logging
 import os
 import urllib.parse
-from typing import Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import httpx
 
@@ -30,8 +31,7 @@ def _base_url(url: str) -> str:
     both work with the ``/v1/...`` paths the backends use."""
     parts = urllib.parse.urlsplit(url)
     path = parts.path.rstrip("/")
-    if path.endswith("/v1"):
-        path = path[: -len("/v1")]
+    path = path.removesuffix("/v1")
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
@@ -129,9 +129,7 @@ class PooledBackend:
         except BackendError as exc:
             raise BackendConnectionError(f"cannot warm {exc}") from exc
         if not response.is_success:
-            raise BackendConnectionError(
-                f"cannot warm {self._where}: GET {path} answered HTTP {response.status_code}"
-            )
+            raise BackendConnectionError(f"cannot warm {self._where}: GET {path} answered HTTP {response.status_code}")
 
     async def call(self, call: SkillCall, timeout_s: float) -> SkillReply:
         raise NotImplementedError
@@ -181,9 +179,7 @@ class PooledBackend:
         finally:
             self._in_flight -= 1
 
-    async def _post_json(
-        self, path: str, payload: Any, headers: Mapping[str, str] | None, timeout_s: float
-    ) -> Any:
+    async def _post_json(self, path: str, payload: Any, headers: Mapping[str, str] | None, timeout_s: float) -> Any:
         response = await self._send("POST", path, payload, headers, timeout_s)
         if not response.is_success:
             raise status_error(response, self._where)

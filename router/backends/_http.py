@@ -53,7 +53,8 @@ answers.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from router.backends._base import PooledBackend, price, token_count
 from router.backends._errors import item_error, protocol_error

@@ -16,7 +16,8 @@ emulator).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from router.backends._base import PooledBackend, price, split_tokens, token_count
 from router.backends._errors import protocol_error
@@ -87,7 +88,9 @@ class OpenAIBackend(PooledBackend):
             index = choice.get("index", position)
             text = choice.get("text")
             if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(calls):
-                raise protocol_error(where, f"choices[{position}].index {index!r} is not one of the {len(calls)} prompts")
+                raise protocol_error(
+                    where, f"choices[{position}].index {index!r} is not one of the {len(calls)} prompts"
+                )
             if not isinstance(text, str):
                 raise protocol_error(where, f"choices[{position}].text is not a string")
             texts[index] = text

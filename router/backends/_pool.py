@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from router.backends._base import PooledBackend
 from router.backends._http import HttpBackend
@@ -109,7 +110,9 @@ class BackendPool:
             logger.warning("backend %s/%s did not warm: %s", skill, impl, exc)
         if failures and strict:
             detail = "; ".join(f"{skill}/{impl}: {exc}" for (skill, impl), exc in failures.items())
-            raise BackendConnectionError(f"{len(failures)} of {len(self._backends)} backend(s) failed to warm: {detail}")
+            raise BackendConnectionError(
+                f"{len(failures)} of {len(self._backends)} backend(s) failed to warm: {detail}"
+            )
         return failures
 
     async def aclose(self) -> None:

@@ -10,8 +10,9 @@ also names the variable. An empty value counts as unset, as in the seed
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 __all__ = ["ENV_VARS", "EnvOverride", "EnvVar", "parse_env"]
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -100,9 +101,9 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        where = f"column {mark.column + 1}: " if mark is not None else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise InvalidConfig([ConfigIssue(source, "", f"YAML syntax error, {where}{problem}", line)]) from None
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        what = ", ".join(p for p in (exc.context, exc.problem) if p) or str(exc)
+        raise InvalidConfig([ConfigIssue(source, "", f"invalid YAML{where}: {what}", line)]) from None
     except yaml.YAMLError as exc:
         raise InvalidConfig([ConfigIssue(source, "", f"YAML error: {exc}")]) from None
     finally:
@@ -118,9 +119,7 @@ class _Locator:
 
     def line(self, loc: Loc) -> int | None:
         node = self.root
-        if node is None:
-            return None
-        line = node.start_mark.line + 1
+        line = None  # the root's line says nothing: a key missing at the top has none
         for part in loc:
             if isinstance(node, yaml.MappingNode):
                 for key_node, value_node in node.value:

@@ -9,9 +9,10 @@ in ``SkillOptions`` / ``ImplementationOptions``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -173,26 +174,38 @@ class RouterConfig:
         ]
         lines += [f"  {o}" for o in self.env_overrides]
         lines += [
-            f"routing: MoE {'on' if p.moe_enabled else 'off (every activated skill runs)'}; {k_rule}; "
-            f"implementation choice {'dynamic' if p.dynamic_routing_enabled else 'default only'}; "
-            f"quality threshold {p.quality_threshold:g} ({floor} floor); "
-            f"defaults: complexity {p.default_complexity:g}, success rate {p.default_success_rate:g} "
-            f"over the last {r.success_window} calls",
-            f"server: listen {self.server.listen}; default deadline {self.server.default_deadline_s:g}s; "
-            f"grace {self.server.grace_period_s:g}s; max concurrent RPCs "
-            f"{self.server.max_concurrent_rpcs or 'unlimited'}",
-            f"admission: {'on' if a.enabled else 'off'}; default limit {a.default_concurrency_limit}, "
-            f"queue {a.default_queue_depth}, queue timeout {a.queue_timeout_s:g}s; breaker opens after "
-            f"{a.breaker.failure_threshold} failures in a row or {a.breaker.failure_rate:.0%} of the last "
-            f"{a.breaker.window} calls (min {a.breaker.min_calls}), cooldown {a.breaker.cooldown_s:g}s; "
-            f"retry {a.retry.max_attempts} attempts (budget {a.retry.budget_ratio:.0%}); "
-            f"adaptive limit {a.adaptive_limit.algorithm if a.adaptive_limit.enabled else 'off'}",
-            f"batching: {'on' if b.enabled else 'off'}; window {b.window_ms:g} ms, max {b.max_batch_size}, "
-            f"key {b.key}, priority bypass {'on' if b.priority_bypass else 'off'}",
-            f"storage: sqlite {st.sqlite_path or 'off'}; postgres {'on' if st.postgres_dsn else 'off'}; "
-            f"retention {f'{st.retention_days} days' if st.retention_days else 'forever'}",
-            f"telemetry: service {self.telemetry.service_name}; query text "
-            f"{'recorded' if self.telemetry.record_query_text else 'not recorded'}",
+            (
+                f"routing: MoE {'on' if p.moe_enabled else 'off (every activated skill runs)'}; {k_rule}; "
+                f"implementation choice {'dynamic' if p.dynamic_routing_enabled else 'default only'}; "
+                f"quality threshold {p.quality_threshold:g} ({floor} floor); "
+                f"defaults: complexity {p.default_complexity:g}, success rate {p.default_success_rate:g} "
+                f"over the last {r.success_window} calls"
+            ),
+            (
+                f"server: listen {self.server.listen}; default deadline {self.server.default_deadline_s:g}s; "
+                f"grace {self.server.grace_period_s:g}s; max concurrent RPCs "
+                f"{self.server.max_concurrent_rpcs or 'unlimited'}"
+            ),
+            (
+                f"admission: {'on' if a.enabled else 'off'}; default limit {a.default_concurrency_limit}, "
+                f"queue {a.default_queue_depth}, queue timeout {a.queue_timeout_s:g}s; breaker opens after "
+                f"{a.breaker.failure_threshold} failures in a row or {a.breaker.failure_rate:.0%} of the last "
+                f"{a.breaker.window} calls (min {a.breaker.min_calls}), cooldown {a.breaker.cooldown_s:g}s; "
+                f"retry {a.retry.max_attempts} attempts (budget {a.retry.budget_ratio:.0%}); "
+                f"adaptive limit {a.adaptive_limit.algorithm if a.adaptive_limit.enabled else 'off'}"
+            ),
+            (
+                f"batching: {'on' if b.enabled else 'off'}; window {b.window_ms:g} ms, max {b.max_batch_size}, "
+                f"key {b.key}, priority bypass {'on' if b.priority_bypass else 'off'}"
+            ),
+            (
+                f"storage: sqlite {st.sqlite_path or 'off'}; postgres {'on' if st.postgres_dsn else 'off'}; "
+                f"retention {f'{st.retention_days} days' if st.retention_days else 'forever'}"
+            ),
+            (
+                f"telemetry: service {self.telemetry.service_name}; query text "
+                f"{'recorded' if self.telemetry.record_query_text else 'not recorded'}"
+            ),
             f"skills ({len(self.skills)}, {sum(s.enabled for s in self.skills)} enabled):",
         ]
         for s in self.skills:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails

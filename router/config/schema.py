@@ -26,9 +26,9 @@ from router.core.selection import MAX_TOP_K
 from router.core.types import DynamicKRule, RoutingPolicy
 
 __all__ = [
+    "ActivationEntry",
     "AdaptiveLimitSettings",
     "AdmissionSettings",
-    "ActivationEntry",
     "BatchingSettings",
     "BreakerSettings",
     "ConfigFile",

@@ -32,8 +32,9 @@ import json
 import math
 import random
 import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, AsyncIterator, Mapping, Sequence
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -192,7 +193,7 @@ class Emulator:
             gate.set()
         await runner.cleanup()
 
-    async def __aenter__(self) -> Emulator:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -281,13 +282,14 @@ class Emulator:
             fail = True
         if profile.max_concurrency is not None and c.concurrent >= profile.max_concurrency:
             c.rate_limited += 1
-            raise _Reply(self._too_many(profile, f"model {model!r} is at its concurrency limit ({profile.max_concurrency})"))
+            raise _Reply(
+                self._too_many(profile, f"model {model!r} is at its concurrency limit ({profile.max_concurrency})")
+            )
         if rate_limited:
             c.rate_limited += 1
             raise _Reply(self._too_many(profile, f"rate limit reached for model {model!r}"))
         c.concurrent += 1
-        if c.concurrent > c.peak_concurrent:
-            c.peak_concurrent = c.concurrent
+        c.peak_concurrent = max(c.peak_concurrent, c.concurrent)
         try:
             for key in (None, model):
                 gate = self._gates.get(key)

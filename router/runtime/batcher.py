@@ -120,7 +120,7 @@ class BatcherStats:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: deque.remove must find this very entry
 class _Pending(Generic[T]):
     item: T
     tag: Any
@@ -469,7 +469,12 @@ class BatcherGroup(Generic[T, R]):
     ) -> BatchItemResult[R]:
         # get() and the batcher's enqueue run without a suspension point in
         # between, so a batcher is never dropped under a caller's feet.
-        return await self.get(key).submit(item, tag=tag, deadline_s=deadline_s)
+        batcher = self.get(key)
+        try:
+            return await batcher.submit(item, tag=tag, deadline_s=deadline_s)
+        finally:
+            if batcher.empty:  # e.g. refused before it was enqueued
+                self._drop(key, batcher)
 
     def _drop(self, key: Hashable, batcher: Batcher[T, R]) -> None:
         if self._batchers.get(key) is not batcher:

@@ -1,0 +1,46 @@
+"""The metrics store: one row per query (the seed's ``brain_moe_metrics``),
+written in the background in batches, and the Stats-over-time queries.
+
+    store = await open_store(StoreSettings(sqlite_path="var/metrics.sqlite3"))
+    await store.start()
+    store.submit(record)                      # never blocks; counts drops when full
+    agg = await store.aggregate(24 * 3600)    # the dashboard over the last day
+    await store.aclose()                      # writes what is buffered
+
+SQLite (a file, or memory) by default; PostgreSQL when ``postgres_dsn`` is
+set. See docs/observability.md.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ._store import Backend, MetricsStore
+from ._types import TABLE, HourlyTrend, StoreError, StoreSettings, StoreStats, WindowAggregate
+
+__all__ = [
+    "open_store",
+    "MetricsStore",
+    "StoreSettings",
+    "StoreStats",
+    "StoreError",
+    "WindowAggregate",
+    "HourlyTrend",
+    "Backend",
+    "TABLE",
+]
+
+
+async def open_store(settings: StoreSettings, *, clock: Callable[[], float] = time.time) -> MetricsStore:
+    """Connect and create the table if missing; the writer starts with
+    ``start()``. Raises ``StoreError`` when the database cannot be used."""
+    backend: Backend
+    if settings.postgres_dsn:
+        from ._postgres import PostgresBackend
+        backend = PostgresBackend(settings.postgres_dsn, settings.pool_size, settings.connect_timeout_s)
+    else:
+        from ._sqlite import SqliteBackend
+        backend = SqliteBackend(settings.sqlite_path)
+    await backend.open()
+    return MetricsStore(backend, settings, clock)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import traceback
 from types import TracebackType
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -51,6 +52,7 @@ SERVER_PORT = "server.port"
 
 QUERY_TEXT = "router.query.text"
 _MAX_ERROR_CHARS = 256
+_MAX_STACK_CHARS = 8192
 _INACTIVE = (RejectionReason.NOT_ACTIVATED, RejectionReason.DISABLED, RejectionReason.EXCLUDED)
 
 _SECRET = re.compile(
@@ -59,10 +61,22 @@ _SECRET = re.compile(
 )
 
 
-def scrub(text: str, limit: int = _MAX_ERROR_CHARS) -> str:
+def scrub(text: str, limit: int = _MAX_ERROR_CHARS, *, keep_tail: bool = False) -> str:
     """An error message fit for a span: no credentials, bounded length."""
     cleaned = _SECRET.sub(lambda m: (m.group(1) or "") + "[REDACTED]", text)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+    if len(cleaned) <= limit:
+        return cleaned
+    return "…" + cleaned[-(limit - 1):] if keep_tail else cleaned[: limit - 1] + "…"
+
+
+def record_exception(span: trace.Span, exc: BaseException) -> None:
+    """``Span.record_exception`` with the message and the stack trace scrubbed."""
+    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    span.add_event("exception", {
+        "exception.type": type(exc).__qualname__,
+        "exception.message": scrub(str(exc)),
+        "exception.stacktrace": scrub(stack, _MAX_STACK_CHARS, keep_tail=True),
+    })
 
 
 def operation_of(backend: str) -> str:
@@ -258,7 +272,7 @@ class QueryObservationSpan:
                 span.set_attribute(ERROR_TYPE, _error_type(error))
                 span.set_status(Status(StatusCode.ERROR, scrub(str(error))))
                 if not isinstance(error, (RouterError, asyncio.CancelledError)):
-                    span.record_exception(error, attributes={"exception.message": scrub(str(error))})
+                    record_exception(span, error)
             elif record is not None and record.status != "ok":
                 span.set_attribute(ERROR_TYPE, record.status)
                 span.set_status(Status(StatusCode.ERROR, record.status))

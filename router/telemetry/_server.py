@@ -31,6 +31,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from router.core.errors import RouterError
 
+from ._observer import record_exception
+
 W3C_PROPAGATOR: TextMapPropagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 
 # The gRPC codes that are the server's fault; the others (INVALID_ARGUMENT,
@@ -126,7 +128,7 @@ class ServerSpan:
         self.set_code(grpc.StatusCode.UNKNOWN, type(exc).__name__)
         if self.span.is_recording() and not isinstance(exc, RouterError):
             self.span.set_attribute("error.type", type(exc).__name__)
-            self.span.record_exception(exc)
+            record_exception(self.span, exc)
 
 
 class _NullServerSpan(ServerSpan):

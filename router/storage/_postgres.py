@@ -1,0 +1,147 @@
+"""PostgreSQL, when a DSN is configured: psycopg 3 (async) through a small
+psycopg_pool pool. The table is the seed's ``brain_moe_metrics``
+(``timestamp TIMESTAMPTZ``), with the skill lists as ``TEXT[]``; it is
+created at start under an advisory lock, so replicas starting together do
+not race.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
+
+from router.runtime.observer import QueryRecord
+
+from ._types import COLUMNS, TABLE, HourlyTrend, StoreError, WindowAggregate, f0
+
+_TYPES = {
+    "query_id": "TEXT NOT NULL", "timestamp": "TIMESTAMPTZ NOT NULL DEFAULT NOW()", "rpc": "TEXT NOT NULL",
+    "status": "TEXT NOT NULL", "query_hash": "TEXT", "domain": "TEXT", "complexity": "DOUBLE PRECISION",
+    "skills_considered": "INT", "skills_selected": "INT", "top_skill": "TEXT", "top_skill_score": "DOUBLE PRECISION",
+    "selection_time_ms": "DOUBLE PRECISION", "execution_time_ms": "DOUBLE PRECISION", "total_time_ms": "DOUBLE PRECISION",
+    "total_cost": "DOUBLE PRECISION", "cost_saved": "DOUBLE PRECISION", "baseline_cost": "DOUBLE PRECISION",
+    "quality_score": "DOUBLE PRECISION", "synthesis_quality": "DOUBLE PRECISION",
+    "max_utilization": "DOUBLE PRECISION", "avg_queue_depth": "DOUBLE PRECISION",
+    "skills": "TEXT[] NOT NULL DEFAULT '{}'", "skills_ok": "TEXT[] NOT NULL DEFAULT '{}'", "trace_id": "TEXT",
+}
+assert set(_TYPES) == set(COLUMNS)
+
+_LOCK_KEY = 0x6D6F655F6D657472  # "moe_metr": serializes schema creation across replicas
+
+SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  id BIGSERIAL PRIMARY KEY,\n"
+    + ",\n".join(f"  {c} {_TYPES[c]}" for c in COLUMNS) + "\n)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_timestamp_idx ON {TABLE} (timestamp)",
+)
+INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('%s' for _ in COLUMNS)})"
+_SELECT_RECORD = ", ".join("extract(epoch FROM timestamp)::float8" if c == "timestamp" else c for c in COLUMNS)
+
+
+def describe(dsn: str) -> str:
+    """``host:port/dbname`` for messages: never the password."""
+    try:
+        d = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "(unparsable DSN)"
+    return f"{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', d.get('user', ''))}"
+
+
+def _row(r: QueryRecord) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for c in COLUMNS:
+        v = getattr(r, c)
+        if c == "timestamp":
+            v = dt.datetime.fromtimestamp(v, dt.timezone.utc)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out.append(v)
+    return tuple(out)
+
+
+def _record(row: tuple[Any, ...]) -> QueryRecord:
+    values = dict(zip(COLUMNS, row))
+    values["skills"] = tuple(values["skills"] or ())
+    values["skills_ok"] = tuple(values["skills_ok"] or ())
+    return QueryRecord(**values)
+
+
+class PostgresBackend:
+    def __init__(self, dsn: str, pool_size: int = 2, connect_timeout_s: float = 10.0) -> None:
+        self._dsn = dsn
+        self.where = describe(dsn)
+        self.name = "postgres"
+        self._timeout = connect_timeout_s
+        self._pool = AsyncConnectionPool(dsn, min_size=1, max_size=pool_size, open=False,
+                                         kwargs={"autocommit": True}, name="metrics-store",
+                                         timeout=connect_timeout_s)
+
+    def __repr__(self) -> str:
+        return f"<PostgresBackend {self.where}>"
+
+    async def open(self) -> None:
+        try:
+            await self._pool.open(wait=True, timeout=self._timeout)
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                for stmt in SCHEMA:
+                    await conn.execute(stmt)
+        except Exception as exc:
+            await self._pool.close()
+            raise StoreError(f"cannot open the PostgreSQL metrics store at {self.where}: {exc}") from exc
+
+    async def write(self, rows: list[QueryRecord]) -> None:
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(INSERT, [_row(r) for r in rows])
+
+    async def aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate:
+        where = "timestamp > to_timestamp(%s) AND timestamp <= to_timestamp(%s)" + (" AND rpc = %s" if rpc else "")
+        args: tuple[Any, ...] = (since, until) + ((rpc,) if rpc else ())
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE status <> 'ok'), avg(skills_selected)::float8,"
+                " avg(total_cost), sum(total_cost), sum(cost_saved), avg(cost_saved), avg(selection_time_ms),"
+                " avg(total_time_ms),"
+                " percentile_disc(0.5) WITHIN GROUP (ORDER BY total_time_ms),"
+                " percentile_disc(0.99) WITHIN GROUP (ORDER BY total_time_ms),"
+                f" avg(quality_score) FROM {TABLE} WHERE {where}", args)
+            row = await cur.fetchone()
+            assert row is not None
+            (n, errors, skills, avg_cost, total_cost, saved, avg_saved, sel_ms, avg_ms, p50, p99, quality) = row
+            if not n:
+                return WindowAggregate(until - since, since, until)
+            cur = await conn.execute(
+                f"SELECT s, count(*) AS n FROM {TABLE}, unnest(skills) AS s WHERE {where}"
+                " GROUP BY s ORDER BY n DESC, s COLLATE \"C\"", args)
+            dist = await cur.fetchall()
+            cur = await conn.execute(
+                "SELECT floor(extract(epoch FROM timestamp) / 3600)::bigint * 3600 AS hour, count(*),"
+                f" avg(total_cost), avg(total_time_ms), avg(quality_score) FROM {TABLE} WHERE {where}"
+                " GROUP BY hour ORDER BY hour", args)
+            hourly = await cur.fetchall()
+        return WindowAggregate(
+            window_s=until - since, since=since, until=until, queries=int(n), errors=int(errors),
+            avg_skills_selected=f0(skills), avg_cost_per_query=f0(avg_cost), total_cost=f0(total_cost),
+            cost_saved_total=f0(saved), avg_cost_saved=f0(avg_saved), avg_selection_time_ms=f0(sel_ms),
+            avg_response_time_ms=f0(avg_ms), p50_response_time_ms=f0(p50), p99_response_time_ms=f0(p99),
+            avg_quality=f0(quality),
+            skill_distribution={str(s): int(c) for s, c in dist},
+            hourly=tuple(HourlyTrend(float(h), int(c), f0(a), f0(t), f0(q)) for h, c, a, t, q in hourly),
+        )
+
+    async def purge(self, before: float) -> int:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(f"DELETE FROM {TABLE} WHERE timestamp < to_timestamp(%s)", (before,))
+            return cur.rowcount
+
+    async def recent(self, limit: int) -> list[QueryRecord]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_SELECT_RECORD} FROM {TABLE} ORDER BY timestamp DESC, id DESC LIMIT %s", (limit,))
+            return [_record(r) for r in await cur.fetchall()]
+
+    async def close(self) -> None:
+        await self._pool.close()
