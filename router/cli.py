@@ -53,6 +53,8 @@ def _print_json(msg) -> None:  # type: ignore[no-untyped-def]
 def main(log_level: str) -> None:
     """skill-router: route each query to the top-k skills, call them, merge the answers."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per backend request is noise at INFO; the spans carry it.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @main.command()

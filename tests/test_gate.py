@@ -381,19 +381,21 @@ STEPS = st.lists(
     st.one_of(
         ACQUIRE,
         ACQUIRE,
+        ACQUIRE,
         st.tuples(st.just("finish"), st.integers(0, 40), st.booleans()),
         st.tuples(st.just("cancel"), st.integers(0, 40)),
         st.tuples(st.just("advance"), st.sampled_from([0.0, 0.1, 0.5, 1.0])),
         st.tuples(st.just("set_limit"), st.integers(1, 4)),
-        st.tuples(st.just("race"), st.integers(0, 40)),  # release one, cancel another, no loop turn between
+        st.tuples(st.just("take"), st.just(0)),  # the test itself takes a free slot
+        st.tuples(st.just("race"), st.integers(0, 40)),  # it releases one and cancels a waiter, no loop turn between
     ),
-    min_size=5,
-    max_size=50,
+    min_size=10,
+    max_size=60,
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(limit=st.integers(1, 3), depth=st.integers(0, 3), steps=STEPS)
+@given(limit=st.integers(1, 2), depth=st.integers(0, 4), steps=STEPS)
 def test_random_histories_never_exceed_the_limit_and_release_every_permit(limit: int, depth: int, steps: list) -> None:
     asyncio.run(_history(limit, depth, steps))
 
@@ -404,6 +406,7 @@ async def _history(limit: int, depth: int, steps: list) -> None:
     inside = 0
     exits = 0
     holders: list[Holder] = []
+    mine: list = []  # slots the test holds itself
 
     class Counting(Holder):
         async def _run(self, gate: Gate, priority: Priority, timeout_s: float | None) -> None:
@@ -445,16 +448,16 @@ async def _history(limit: int, depth: int, steps: list) -> None:
             time.advance(step[1])
         elif kind == "set_limit":
             gate.set_limit(step[1])
-        else:  # a release and a cancellation in the same instant
-            if gate.in_flight >= gate.limit or gate.queued:
-                continue  # (the test itself must not wait for a slot)
-            acquisition = gate.acquire(HIGH)
-            await acquisition.__aenter__()
+        elif kind == "take":
+            if gate.in_flight < gate.limit and not gate.queued:  # never wait in the test itself
+                acquisition = gate.acquire(HIGH)
+                await acquisition.__aenter__()
+                mine.append(acquisition)
+        elif mine:  # race: a release and a cancellation in the same instant
             waiting = [h for h in holders if not h.task.done() and not h.entered]
-            victim = waiting[step[1] % len(waiting)] if waiting else pick(step[1])
-            await acquisition.__aexit__(None, None, None)
-            if victim is not None:
-                victim.task.cancel()
+            await mine.pop().__aexit__(None, None, None)  # does not yield to the loop
+            if waiting:
+                waiting[step[1] % len(waiting)].task.cancel()
         # A grant never takes the gate above its limit (it may stay above
         # a limit that just shrank).
         assert gate.in_flight <= max(in_flight_before, gate.limit)
@@ -464,6 +467,8 @@ async def _history(limit: int, depth: int, steps: list) -> None:
         assert not (gate.queued and gate.in_flight < gate.limit)  # nobody waits beside a free slot
         assert gate.queued <= depth
 
+    for acquisition in mine:
+        await acquisition.__aexit__(None, None, None)
     for h in holders:
         h.finish()
     time.advance(10.0)

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Start the services the tests need, on loopback: PostgreSQL for the metrics
+# store's PostgreSQL tests.
+#
+#   eval "$(scripts/services.sh)"      # exports SKILL_ROUTER_TEST_PG_DSN
+#   scripts/services.sh stop           # stops the test cluster
+#
+# Installs PostgreSQL with apt-get when it is missing, then runs a private
+# cluster (initdb + pg_ctl, as the postgres user) in $SKILL_ROUTER_PG_DIR on
+# 127.0.0.1:$SKILL_ROUTER_PG_PORT, with a login role and a database for the
+# tests. Idempotent: a second run finds the cluster running and only prints
+# the DSN. Logs go to stderr; stdout is only the export line.
+set -euo pipefail
+
+PG_DIR="${SKILL_ROUTER_PG_DIR:-/var/tmp/skill-router-pg}"
+PG_PORT="${SKILL_ROUTER_PG_PORT:-54329}"
+PG_USER="${SKILL_ROUTER_PG_USER:-skill_router}"
+PG_PASSWORD="${SKILL_ROUTER_PG_PASSWORD:-skill_router}"
+PG_DB="${SKILL_ROUTER_PG_DB:-skill_router_test}"
+DATA="$PG_DIR/data"
+SOCKET_DIR="$PG_DIR/run"
+LOG="$PG_DIR/postgres.log"
+
+say() { echo "services.sh: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else
+    die "need root to run: $*"; fi
+}
+
+pg_bindir() {
+  local d
+  if command -v pg_config >/dev/null 2>&1; then
+    d="$(pg_config --bindir 2>/dev/null || true)"
+    if [ -x "$d/initdb" ]; then echo "$d"; return; fi
+  fi
+  # Debian/Ubuntu keep the server binaries per major version; take the newest.
+  d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+  if [ -n "$d" ] && [ -x "$d/initdb" ]; then echo "$d"; return; fi
+  for d in /usr/pgsql-*/bin /usr/local/pgsql/bin /usr/bin; do
+    if [ -x "$d/initdb" ]; then echo "$d"; return; fi
+  done
+}
+
+install_postgres() {
+  [ -n "$(pg_bindir)" ] && return
+  command -v apt-get >/dev/null 2>&1 || die "PostgreSQL is not installed and apt-get is not available"
+  say "installing PostgreSQL (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -qq >&2
+  as_root apt-get install -y -qq --no-install-recommends postgresql >&2
+  [ -n "$(pg_bindir)" ] || die "PostgreSQL installed but initdb not found"
+}
+
+# Run a command as the cluster's owner (initdb and postgres refuse root).
+as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then
+    if command -v runuser >/dev/null 2>&1; then runuser -u postgres -- "$@"
+    else su postgres -s /bin/sh -c "$(printf '%q ' "$@")"; fi
+  else
+    "$@"
+  fi
+}
+
+stop_cluster() {
+  local bin; bin="$(pg_bindir)"
+  if [ -n "$bin" ] && [ -f "$DATA/postmaster.pid" ]; then
+    as_owner "$bin/pg_ctl" -D "$DATA" -m fast -w stop >&2 || true
+  fi
+}
+
+start_cluster() {
+  local bin; bin="$(pg_bindir)"
+  if [ "$(id -u)" -eq 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    mkdir -p "$PG_DIR"
+    chown postgres: "$PG_DIR"
+  else
+    mkdir -p "$PG_DIR"
+  fi
+  if [ ! -f "$DATA/PG_VERSION" ]; then
+    say "initdb in $DATA"
+    as_owner "$bin/initdb" -D "$DATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+      --encoding=UTF8 --no-locale >&2
+  fi
+  as_owner mkdir -p "$SOCKET_DIR"
+  if as_owner "$bin/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
+    say "PostgreSQL already running in $DATA"
+  else
+    rm -f "$DATA/postmaster.pid" 2>/dev/null || true  # stale after a crash
+    say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    as_owner "$bin/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 start \
+      -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $SOCKET_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >&2 \
+      || { tail -n 30 "$LOG" >&2 || true; die "PostgreSQL did not start"; }
+  fi
+  for _ in $(seq 1 60); do
+    as_owner "$bin/pg_isready" -q -h "$SOCKET_DIR" -p "$PG_PORT" && break
+    sleep 0.5
+  done
+  as_owner "$bin/pg_isready" -q -h "$SOCKET_DIR" -p "$PG_PORT" || die "PostgreSQL is not accepting connections"
+
+  local psql=("$bin/psql" -h "$SOCKET_DIR" -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA)
+  if [ "$(as_owner "${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'")" != "1" ]; then
+    as_owner "${psql[@]}" -c "CREATE ROLE \"$PG_USER\" LOGIN PASSWORD '$PG_PASSWORD' CREATEDB" >&2
+  else
+    as_owner "${psql[@]}" -c "ALTER ROLE \"$PG_USER\" LOGIN PASSWORD '$PG_PASSWORD'" >&2
+  fi
+  if [ "$(as_owner "${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != "1" ]; then
+    as_owner "${psql[@]}" -c "CREATE DATABASE \"$PG_DB\" OWNER \"$PG_USER\"" >&2
+  fi
+}
+
+case "${1:-start}" in
+  start)
+    install_postgres
+    start_cluster
+    echo "export SKILL_ROUTER_TEST_PG_DSN='postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB'"
+    ;;
+  stop)
+    stop_cluster
+    ;;
+  dsn)
+    echo "postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+    ;;
+  *)
+    die "usage: $0 [start|stop|dsn]"
+    ;;
+esac
