@@ -3,6 +3,7 @@
 # store's PostgreSQL tests.
 #
 #   eval "$(scripts/services.sh)"      # exports SKILL_ROUTER_TEST_PG_DSN
+#   scripts/services.sh                # ... and writes it to .services.env (make test reads that)
 #   scripts/services.sh stop           # stops the test cluster
 #
 # Installs PostgreSQL with apt-get when it is missing, then runs a private
@@ -11,6 +12,9 @@
 # tests. Idempotent: a second run finds the cluster running and only prints
 # the DSN. Logs go to stderr; stdout is only the export line.
 set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ENV_FILE="${SKILL_ROUTER_SERVICES_ENV:-$ROOT/.services.env}"
 
 PG_DIR="${SKILL_ROUTER_PG_DIR:-/var/tmp/skill-router-pg}"
 PG_PORT="${SKILL_ROUTER_PG_PORT:-54329}"
@@ -115,7 +119,10 @@ case "${1:-start}" in
   start)
     install_postgres
     start_cluster
-    echo "export SKILL_ROUTER_TEST_PG_DSN='postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB'"
+    dsn="postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+    echo "SKILL_ROUTER_TEST_PG_DSN=$dsn" > "$ENV_FILE"
+    say "PostgreSQL ready; DSN written to $ENV_FILE"
+    echo "export SKILL_ROUTER_TEST_PG_DSN='$dsn'"
     ;;
   stop)
     stop_cluster

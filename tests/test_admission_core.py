@@ -304,7 +304,7 @@ def test_retry_after_follows_the_queue_and_is_clamped() -> None:
 def test_snapshot_counts() -> None:
     s = state(limit=1, depth=2)
     a, _ = s.arrive(NORMAL, 0.0)
-    b, _ = s.arrive(HIGH, 0.0)
+    _b, _ = s.arrive(HIGH, 0.0)
     c, _ = s.arrive(LOW, 0.0)
     s.arrive(LOW, 0.0)  # queue full
     s.note_shed()
@@ -334,7 +334,7 @@ def test_adaptive_limit_is_fed_on_release() -> None:
 
 
 def test_config_is_checked() -> None:
-    for bad in [dict(limit=0), dict(depth=-1), dict(timeout=0.0)]:
+    for bad in [{"limit": 0}, {"depth": -1}, {"timeout": 0.0}]:
         with pytest.raises(ValueError):
             state(**bad)
 
@@ -437,7 +437,7 @@ def test_random_histories_keep_the_laws(limit: int, depth: int, ops: list, adapt
 # ---- circuit breaker ---------------------------------------------------------------
 
 def cfg(**kw) -> BreakerConfig:
-    base = dict(consecutive_failures=3, window=10, min_calls=4, failure_rate=0.5, cooldown_s=10.0)
+    base = {"consecutive_failures": 3, "window": 10, "min_calls": 4, "failure_rate": 0.5, "cooldown_s": 10.0}
     base.update(kw)
     return BreakerConfig(**base)
 
@@ -550,7 +550,7 @@ def test_is_breaker_failure(error: BaseException, counts: bool) -> None:
 
 
 def test_breaker_config_is_checked() -> None:
-    for bad in [dict(min_calls=11, window=10), dict(half_open_probes=0), dict(failure_rate=0.0), dict(window=0)]:
+    for bad in [{"min_calls": 11, "window": 10}, {"half_open_probes": 0}, {"failure_rate": 0.0}, {"window": 0}]:
         with pytest.raises(ValueError):
             cfg(**bad)
 
@@ -614,10 +614,13 @@ def test_gradient2_app_limited_and_bounds() -> None:
 
 def test_fixed_limit_and_checks() -> None:
     assert FixedLimit(3).on_sample(0.0, 9.0, 3, True) == 3
-    for make in (lambda: FixedLimit(0), lambda: AIMDLimit(5, min_limit=6),
-                 lambda: AIMDLimit(5, backoff_ratio=0.2), lambda: Gradient2Limit(5, smoothing=0.0)):
+    for make in (lambda: FixedLimit(0), lambda: AIMDLimit(5, min_limit=6, max_limit=4),
+                 lambda: AIMDLimit(5, backoff_ratio=1.0), lambda: Gradient2Limit(5, smoothing=0.0)):
         with pytest.raises(ValueError):
             make()
+    # The configured limit may lie outside the adaptive range: it is clamped.
+    assert AIMDLimit(150, min_limit=1, max_limit=100).limit == 100
+    assert Gradient2Limit(1, min_limit=4, max_limit=100).limit == 4
 
 
 # ---- retry -------------------------------------------------------------------------
@@ -702,6 +705,6 @@ def test_policy_consults_the_budget_last() -> None:
 
 
 def test_retry_policy_config_is_checked() -> None:
-    for bad in [dict(max_attempts=0), dict(jitter=1.5), dict(multiplier=0.5)]:
+    for bad in [{"max_attempts": 0}, {"jitter": 1.5}, {"multiplier": 0.5}]:
         with pytest.raises(ValueError):
             RetryPolicy(**bad)

@@ -6,23 +6,27 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from typing import Any, Callable
+import random
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.core.breaker import BreakerConfig, CircuitBreaker
-from router.core.errors import Overloaded
+from router.core.errors import BackendConnectionError, BackendStatusError, BackendTimeout, Overloaded
 from router.core.limits import AIMDLimit
+from router.core.retry import RetryBudget, RetryPolicy
 from router.core.types import Priority
 from router.runtime.gate import Gate, GateRejected, RejectReason
+from router.runtime.retry import call_with_retries
 
 LOW, NORMAL, HIGH = Priority.LOW, Priority.NORMAL, Priority.HIGH
 
 
 class _Timer:
-    __slots__ = ("when", "callback", "args", "cancelled")
+    __slots__ = ("args", "callback", "cancelled", "when")
 
     def __init__(self, when: float, callback: Callable[..., Any], args: tuple) -> None:
         self.when, self.callback, self.args, self.cancelled = when, callback, args, False
@@ -478,3 +482,71 @@ async def _history(limit: int, depth: int, steps: list) -> None:
     assert s.admitted == s.released  # every permit released, and only once
     assert exits == sum(1 for h in holders if h.entered)
     assert time.armed == 0  # no timer left behind
+
+
+# ---- the retry loop ------------------------------------------------------------------
+
+class _Flaky:
+    """Fails with the given errors, then answers."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.calls: list[int] = []
+
+    async def __call__(self, n: int) -> str:
+        self.calls.append(n)
+        if self.errors:
+            raise self.errors.pop(0)
+        return f"answer after {n}"
+
+
+class _FixedRng(random.Random):
+    def random(self) -> float:
+        return 0.0  # no jitter: the full capped delay
+
+
+async def test_retries_retryable_errors_with_backoff(time: ManualTime) -> None:
+    slept: list[float] = []
+    retried: list[tuple[int, str]] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+        time.advance(s)
+
+    flaky = _Flaky(BackendConnectionError("refused"), BackendStatusError(503, "busy"))
+    budget = RetryBudget(0.5, ttl_s=10.0, min_retries_per_s=1.0)
+    result = await call_with_retries(
+        flaky, policy=RetryPolicy(max_attempts=3, base_delay_s=0.1, max_delay_s=1.0), rng=_FixedRng(),
+        clock=time.clock, deadline_at=10.0, budget=budget, sleep=sleep,
+        on_retry=lambda n, err, d: retried.append((n, d.reason)),
+    )
+    assert result.ok and result.value == "answer after 3" and result.attempts == 3 and result.reason == ""
+    assert slept == [pytest.approx(0.1), pytest.approx(0.2)]
+    assert retried == [(1, "backoff"), (2, "backoff")]
+    assert budget.available(time.now) == pytest.approx(10.0 + 0.5 - 2)  # one request recorded, two retries spent
+
+
+@pytest.mark.parametrize(
+    ("errors", "deadline_at", "attempts", "why"),
+    [
+        ((BackendTimeout("slow"),), None, 1, "not retryable"),
+        ((BackendStatusError(404, "gone"),), None, 1, "not retryable"),
+        ((BackendConnectionError("a"),) * 5, None, 3, "3 of 3"),
+        ((BackendStatusError(429, "later", retry_after_s=2.0),), 1.0, 1, "deadline"),
+    ],
+)
+async def test_gives_up(time: ManualTime, errors, deadline_at, attempts, why) -> None:
+    async def sleep(s: float) -> None:
+        time.advance(s)
+
+    result = await call_with_retries(_Flaky(*errors), policy=RetryPolicy(max_attempts=3), rng=_FixedRng(),
+                                     clock=time.clock, deadline_at=deadline_at, sleep=sleep)
+    assert not result.ok and result.value is None and result.attempts == attempts
+    assert isinstance(result.error, type(errors[0])) and why in result.reason
+
+
+async def test_cancellation_is_not_retried(time: ManualTime) -> None:
+    flaky = _Flaky(asyncio.CancelledError())
+    with pytest.raises(asyncio.CancelledError):
+        await call_with_retries(flaky, policy=RetryPolicy(), rng=_FixedRng(), clock=time.clock)
+    assert flaky.calls == [1]

@@ -12,12 +12,12 @@ import asyncio
 import os
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
+import core_fixtures  # noqa: F401  (puts the repo on sys.path)
 import pytest
 
-import core_fixtures  # noqa: F401,I001  (puts the repo on sys.path)
 from router.runtime.observer import QueryRecord
 from router.storage import StoreError, StoreSettings, open_store
 

@@ -16,8 +16,9 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from core_fixtures import impl, query, seed_skills, skill
+from support.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, ReceivedSpan, build_tree
 
-from core_fixtures import impl, query, seed_skills, skill  # noqa: I001  (puts the repo on sys.path)
 from router.core.routing import RoutePlan, plan_route
 from router.core.synthesis import SkillOutcome, Status, synthesize
 from router.core.types import RoutingPolicy
@@ -31,7 +32,6 @@ from router.telemetry import (
     scrub,
     setup_telemetry,
 )
-from support.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, ReceivedSpan, build_tree
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -318,9 +318,8 @@ async def test_skill_block_that_raises_ends_its_span(receiver):
     tel = setup_telemetry(TelemetrySettings(), env=grpc_env(receiver))
     plan = legal_plan()
     obs = tel.observer.start_query("execute", "q-cancel")
-    with pytest.raises(asyncio.CancelledError):
-        with obs.skill_call(plan.planned[0]):
-            raise asyncio.CancelledError()
+    with pytest.raises(asyncio.CancelledError), obs.skill_call(plan.planned[0]):
+        raise asyncio.CancelledError()
     obs.finish(None, asyncio.CancelledError())
     await tel.aclose()
     spans = await receiver.wait_for_spans(2)
@@ -567,3 +566,14 @@ async def test_interceptor_server_spans(receiver):
     q = by_name(spans, "router.route")
     assert q.parent_span_id == servers["Ok"].span_id
 
+
+
+async def test_disabled_interceptor_passes_handlers_through():
+    tel = setup_telemetry(TelemetrySettings(), env={})
+    handler = grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)
+
+    async def continuation(details):
+        return handler
+
+    details = type("Details", (), {"method": METHOD, "invocation_metadata": ()})()
+    assert await tel.server_interceptor().intercept_service(continuation, details) is handler

@@ -34,9 +34,10 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import Overloaded
 from .types import Priority
@@ -99,8 +100,8 @@ class Ticket:
     """One request for a slot. ``handle`` belongs to the runtime (the future
     its caller waits on); the core never touches it."""
 
-    __slots__ = ("priority", "seq", "arrived_at", "wait_budget_s", "expiry_reason",
-                 "state", "reason", "granted_at", "in_flight_at_grant", "handle")
+    __slots__ = ("arrived_at", "expiry_reason", "granted_at", "handle", "in_flight_at_grant",
+                 "priority", "reason", "seq", "state", "wait_budget_s")
 
     def __init__(self, priority: Priority, seq: int, arrived_at: float, wait_budget_s: float,
                  expiry_reason: RejectReason) -> None:

@@ -18,7 +18,8 @@ vs ``limiter/SimpleLimiter.java``).
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 __all__ = ["AIMDLimit", "FixedLimit", "Gradient2Limit", "LimitAlgorithm"]
 
@@ -67,13 +68,13 @@ class AIMDLimit:
         backoff_ratio: float = 0.9,
         timeout_s: float = 5.0,
     ) -> None:
-        if not 1 <= min_limit <= initial_limit <= max_limit:
-            raise ValueError(f"need 1 ≤ min_limit ≤ initial_limit ≤ max_limit, got {min_limit}, {initial_limit}, {max_limit}")
-        if not 0.5 <= backoff_ratio < 1.0:
-            raise ValueError(f"backoff_ratio must be in [0.5, 1), got {backoff_ratio}")
+        if not 1 <= min_limit <= max_limit:
+            raise ValueError(f"need 1 ≤ min_limit ≤ max_limit, got {min_limit}, {max_limit}")
+        if not 0.0 < backoff_ratio < 1.0:
+            raise ValueError(f"backoff_ratio must be in (0, 1), got {backoff_ratio}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self._limit = initial_limit
+        self._limit = max(min_limit, min(max_limit, initial_limit))  # the configured limit, clamped
         self.min_limit = min_limit
         self.max_limit = max_limit
         self.backoff_ratio = backoff_ratio
@@ -120,13 +121,13 @@ class Gradient2Limit:
         long_window: int = 600,
         warmup: int = 10,
     ) -> None:
-        if not 1 <= min_limit <= initial_limit <= max_limit:
-            raise ValueError(f"need 1 ≤ min_limit ≤ initial_limit ≤ max_limit, got {min_limit}, {initial_limit}, {max_limit}")
+        if not 1 <= min_limit <= max_limit:
+            raise ValueError(f"need 1 ≤ min_limit ≤ max_limit, got {min_limit}, {max_limit}")
         if not 0.0 < smoothing <= 1.0:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         if long_window < 1 or warmup < 0:
             raise ValueError("long_window must be ≥ 1 and warmup ≥ 0")
-        self._estimate = float(initial_limit)
+        self._estimate = float(max(min_limit, min(max_limit, initial_limit)))
         self.min_limit = min_limit
         self.max_limit = max_limit
         self.smoothing = smoothing

@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
 
 from router.core.admission import (
     AdmissionState,
@@ -51,7 +53,7 @@ class Permit:
     """A held slot. Its outcome feeds the adaptive limit: success unless the
     block raised (dropped) or was cancelled (ignored), or unless marked."""
 
-    __slots__ = ("_gate", "_ticket", "_outcome")
+    __slots__ = ("_gate", "_outcome", "_ticket")
 
     def __init__(self, gate: Gate, ticket: Ticket) -> None:
         self._gate = gate
@@ -99,7 +101,7 @@ class Permit:
 class _Acquire:
     """``async with gate.acquire(...) as permit``."""
 
-    __slots__ = ("_gate", "_priority", "_timeout_s", "_permit")
+    __slots__ = ("_gate", "_permit", "_priority", "_timeout_s")
 
     def __init__(self, gate: Gate, priority: Priority, timeout_s: float | None) -> None:
         self._gate = gate
@@ -114,7 +116,8 @@ class _Acquire:
         self._permit = Permit(self._gate, ticket)
         return self._permit
 
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         if self._permit is not None:
             self._permit._settle(exc)
 

@@ -14,21 +14,21 @@ set. See docs/observability.md.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ._store import Backend, MetricsStore
 from ._types import TABLE, HourlyTrend, StoreError, StoreSettings, StoreStats, WindowAggregate
 
 __all__ = [
-    "open_store",
+    "TABLE",
+    "Backend",
+    "HourlyTrend",
     "MetricsStore",
+    "StoreError",
     "StoreSettings",
     "StoreStats",
-    "StoreError",
     "WindowAggregate",
-    "HourlyTrend",
-    "Backend",
-    "TABLE",
+    "open_store",
 ]
 
 

@@ -55,7 +55,7 @@ def _row(r: QueryRecord) -> tuple[Any, ...]:
     for c in COLUMNS:
         v = getattr(r, c)
         if c == "timestamp":
-            v = dt.datetime.fromtimestamp(v, dt.timezone.utc)
+            v = dt.datetime.fromtimestamp(v, dt.UTC)
         elif isinstance(v, tuple):
             v = list(v)
         out.append(v)

@@ -11,8 +11,9 @@ import asyncio
 import json
 import os
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from router.runtime.observer import QueryRecord
 

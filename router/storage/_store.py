@@ -13,7 +13,8 @@ import collections
 import contextlib
 import logging
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol, Self
 
 from router.runtime.observer import QueryRecord
 
@@ -112,7 +113,7 @@ class MetricsStore:
         self._closed = True
         await self._backend.close()
 
-    async def __aenter__(self) -> "MetricsStore":
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -163,7 +164,7 @@ class MetricsStore:
                 except asyncio.CancelledError:
                     self._failed += len(batch)
                     raise
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - any database failure: count it, keep serving
                     self._errors += 1
                     self._failed += len(batch)
                     log.warning("metrics store (%s): could not write %d rows: %s", self._backend.name, len(batch), exc)
@@ -176,7 +177,7 @@ class MetricsStore:
                 await self.purge()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failed sweep is retried at the next interval
                 self._errors += 1
                 log.warning("metrics store (%s): retention failed: %s", self._backend.name, exc)
             await asyncio.sleep(self._settings.retention_interval_s)

@@ -12,8 +12,8 @@ signal off. ``OTEL_SDK_DISABLED=true`` turns everything off.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 from urllib.parse import unquote
 
 GRPC = "grpc"

@@ -9,7 +9,7 @@ rest. Money has no UCUM unit, so it is the annotation ``{USD}``.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
@@ -28,8 +28,17 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 
 class Instruments:
     __slots__ = (
-        "selection_duration", "skill_duration", "query_duration", "genai_duration", "genai_tokens",
-        "queries", "skill_calls", "cost", "cost_saved", "_live_stats", "_gauges",
+        "_gauges",
+        "_live_stats",
+        "cost",
+        "cost_saved",
+        "genai_duration",
+        "genai_tokens",
+        "queries",
+        "query_duration",
+        "selection_duration",
+        "skill_calls",
+        "skill_duration",
     )
 
     def __init__(self, meter: Meter) -> None:

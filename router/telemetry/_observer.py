@@ -21,8 +21,9 @@ import asyncio
 import re
 import time
 import traceback
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -97,7 +98,7 @@ def _server_of(url: str) -> tuple[str, int | None]:
 class OtelObserver:
     """Implements ``router.runtime.observer.Observer``."""
 
-    __slots__ = ("_tracer", "_m", "_propagator", "_record_text", "_max_text")
+    __slots__ = ("_m", "_max_text", "_propagator", "_record_text", "_tracer")
 
     def __init__(self, tracer: Tracer, instruments: Instruments, propagator: TextMapPropagator, *,
                  record_query_text: bool = False, max_query_text_chars: int = 2048) -> None:
@@ -107,7 +108,7 @@ class OtelObserver:
         self._record_text = record_query_text
         self._max_text = max_query_text_chars
 
-    def start_query(self, rpc: str, query_id: str) -> "QueryObservationSpan":
+    def start_query(self, rpc: str, query_id: str) -> QueryObservationSpan:
         span = self._tracer.start_span(
             f"router.{rpc}", kind=SpanKind.INTERNAL,
             attributes={"router.rpc": rpc, "router.query.id": query_id},
@@ -116,7 +117,7 @@ class OtelObserver:
 
 
 class QueryObservationSpan:
-    __slots__ = ("_o", "_span", "_ctx", "_rpc", "_offset_ns", "_start_mono", "_done")
+    __slots__ = ("_ctx", "_done", "_o", "_offset_ns", "_rpc", "_span", "_start_mono")
 
     def __init__(self, observer: OtelObserver, span: trace.Span, rpc: str) -> None:
         self._o = observer
@@ -204,7 +205,7 @@ class QueryObservationSpan:
 
     # ---- skills ------------------------------------------------------------
 
-    def skill_call(self, planned: PlannedSkill) -> "SkillCallSpan":
+    def skill_call(self, planned: PlannedSkill) -> SkillCallSpan:
         return SkillCallSpan(self, planned)
 
     # ---- synthesis ---------------------------------------------------------
@@ -289,7 +290,7 @@ class SkillCallSpan:
     """One skill execution: a CLIENT span, live from ``__enter__`` to
     ``finish`` (or the end of the ``with`` block)."""
 
-    __slots__ = ("_q", "_planned", "_span", "_headers", "_attrs", "_start_mono", "_done")
+    __slots__ = ("_attrs", "_done", "_headers", "_planned", "_q", "_span", "_start_mono")
 
     def __init__(self, query: QueryObservationSpan, planned: PlannedSkill) -> None:
         self._q = query
@@ -309,7 +310,7 @@ class SkillCallSpan:
     def __repr__(self) -> str:
         return f"<SkillObservation {self._planned.name}{' done' if self._done else ''}>"
 
-    def __enter__(self) -> "SkillCallSpan":
+    def __enter__(self) -> Self:
         planned = self._planned
         impl = planned.choice.implementation
         attrs: dict[str, Any] = dict(self._attrs)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -88,7 +89,7 @@ def _code_of(code: Any) -> grpc.StatusCode | None:
 class ServerSpan:
     """A handle on the RPC's SERVER span for the servicer."""
 
-    __slots__ = ("span", "_code")
+    __slots__ = ("_code", "span")
 
     def __init__(self, span: trace.Span) -> None:
         self.span = span
@@ -144,6 +145,21 @@ class _NullServerSpan(ServerSpan):
 NULL_SERVER_SPAN = _NullServerSpan(trace.INVALID_SPAN)
 
 
+class _NullServerSpanContext:
+    """``server_span`` when telemetry is off: one shared, stateless object."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> ServerSpan:
+        return NULL_SERVER_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+NULL_SERVER_SPAN_CONTEXT = _NullServerSpanContext()
+
+
 def _peer_attributes(peer: str | None) -> dict[str, Any]:
     # grpc peers look like "ipv4:127.0.0.1:5123", "ipv6:[::1]:5123", "unix:/path".
     if not peer:
@@ -186,30 +202,35 @@ def start_server_span(tracer: Tracer, propagator: TextMapPropagator, method: str
 ServerSpanFactory = Callable[[str, Any, Any], contextlib.AbstractContextManager[ServerSpan]]
 
 
-def _final_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:
-    try:
-        return context.code()
-    except Exception:
-        return None
-
-
 class TracingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every async RPC handler in ``server_span``; health checks and
-    reflection are left alone."""
+    reflection are left alone. Disabled (telemetry off), it only passes
+    through."""
 
-    def __init__(self, server_span: ServerSpanFactory, skip_prefixes: tuple[str, ...] = SKIPPED_METHOD_PREFIXES) -> None:
+    def __init__(self, server_span: ServerSpanFactory, *, enabled: bool = True,
+                 skip_prefixes: tuple[str, ...] = SKIPPED_METHOD_PREFIXES) -> None:
         self._server_span = server_span
+        self._enabled = enabled
         self._skip = skip_prefixes
+        # method → (the handler grpc gave, our wrapper of it): built once per method.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(self._skip):
+        if not self._enabled or handler is None:
             return handler
-        metadata = handler_call_details.invocation_metadata
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = handler if method.startswith(self._skip) else self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             fn, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
         elif handler.unary_stream is not None:
@@ -219,26 +240,26 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
         else:
             fn, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
         if inspect.isasyncgenfunction(fn):
-            wrapped = self._wrap_stream(fn, method, metadata)
+            behavior = self._wrap_stream(fn, method)
         elif inspect.iscoroutinefunction(fn):
-            wrapped = self._wrap_unary(fn, method, metadata)
+            behavior = self._wrap_unary(fn, method)
         else:
             return handler  # a sync handler runs in grpc's thread pool; not ours to move
-        return make(wrapped, request_deserializer=handler.request_deserializer,
+        return make(behavior, request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer)
 
-    def _wrap_unary(self, fn: Callable[..., Awaitable[Any]], method: str, metadata: Any) -> Callable[..., Awaitable[Any]]:
+    def _wrap_unary(self, fn: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            with self._server_span(method, metadata, _peer(context)) as span:
+            with self._server_span(method, context.invocation_metadata(), _peer(context)) as span:
                 try:
                     return await fn(request, context)
                 finally:
                     _settle(span, context)
         return behavior
 
-    def _wrap_stream(self, fn: Callable[..., AsyncIterator[Any]], method: str, metadata: Any) -> Callable[..., AsyncIterator[Any]]:
+    def _wrap_stream(self, fn: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            with self._server_span(method, metadata, _peer(context)) as span:
+            with self._server_span(method, context.invocation_metadata(), _peer(context)) as span:
                 try:
                     async for item in fn(request, context):
                         yield item
@@ -248,18 +269,12 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _peer(context: grpc.aio.ServicerContext) -> str | None:
-    try:
-        return context.peer()
-    except Exception:
-        return None
+    return context.peer()
 
 
 def _settle(span: ServerSpan, context: grpc.aio.ServicerContext) -> None:
-    code = _final_code(context)
+    # The code set by context.abort()/set_code(); None when the handler set none.
+    code = context.code()
     if code is not None and span._code is None:
-        details = ""
-        try:
-            details = context.details() or ""
-        except Exception:
-            pass
+        details = context.details() or ""
         span.set_code(code, details if isinstance(details, str) else "")

@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace
@@ -27,8 +28,7 @@ from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricExporter, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace import sampling
+from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from router.runtime.observer import NullObserver, Observer
@@ -36,7 +36,7 @@ from router.runtime.observer import NullObserver, Observer
 from ._config import GRPC, ExporterPlan, TelemetryPlan, read_plan
 from ._metrics import Instruments, LiveStats
 from ._observer import OtelObserver
-from ._server import NULL_SERVER_SPAN, W3C_PROPAGATOR, ServerSpan, TracingInterceptor, start_server_span
+from ._server import NULL_SERVER_SPAN_CONTEXT, W3C_PROPAGATOR, ServerSpan, TracingInterceptor, start_server_span
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +150,13 @@ class Telemetry:
         from ``metadata``; current for the ``with`` block. ``method`` is the
         full gRPC method (``/router.v1.RouterService/Execute``) or a bare name."""
         if self._tracer is None:
-            return _null_server_span()
+            return NULL_SERVER_SPAN_CONTEXT
         return start_server_span(self._tracer, self.propagator, method, metadata, peer)
 
     def server_interceptor(self) -> TracingInterceptor:
         """A grpc.aio interceptor doing ``server_span`` for every RPC (use
         this or ``server_span``, not both)."""
-        return TracingInterceptor(self.server_span)
+        return TracingInterceptor(self.server_span, enabled=self.enabled)
 
     def set_live_stats(self, live_stats: LiveStats | None) -> None:
         """The source of the per-skill gauges: ``() -> iterable of (skill,
@@ -189,11 +189,6 @@ class Telemetry:
     async def aclose(self, timeout_s: float = 10.0) -> None:
         """``shutdown`` off the event loop (the exporters block)."""
         await asyncio.to_thread(self.shutdown, timeout_s)
-
-
-@contextlib.contextmanager
-def _null_server_span() -> Iterator[ServerSpan]:
-    yield NULL_SERVER_SPAN
 
 
 def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *,

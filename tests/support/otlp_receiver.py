@@ -17,8 +17,9 @@ into plain ``ReceivedSpan`` / ``ReceivedMetric`` values.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -28,8 +29,14 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 __all__ = [
-    "ReceivedSpan", "ReceivedMetric", "SpanNode", "OtlpGrpcReceiver", "OtlpHttpReceiver",
-    "build_tree", "any_value", "attributes_of",
+    "OtlpGrpcReceiver",
+    "OtlpHttpReceiver",
+    "ReceivedMetric",
+    "ReceivedSpan",
+    "SpanNode",
+    "any_value",
+    "attributes_of",
+    "build_tree",
 ]
 
 
@@ -82,9 +89,9 @@ class ReceivedMetric:
 @dataclass
 class SpanNode:
     span: ReceivedSpan
-    children: list["SpanNode"] = field(default_factory=list)
+    children: list[SpanNode] = field(default_factory=list)
 
-    def child(self, name: str) -> "SpanNode":
+    def child(self, name: str) -> SpanNode:
         found = [c for c in self.children if c.span.name == name]
         if len(found) != 1:
             raise AssertionError(f"{len(found)} children named {name!r} under {self.span.name!r}: "
@@ -183,7 +190,7 @@ class _Store:
                 await self._changed.wait_for(ready)
         try:
             await asyncio.wait_for(_wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; have "
                                  f"{len(self.spans)} spans {[s.name for s in self.spans]}, "
                                  f"{len(self.metrics)} metric batches") from None
@@ -230,7 +237,7 @@ class _ReceiverBase:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     async def start(self) -> Any:  # pragma: no cover - overridden
@@ -272,7 +279,7 @@ class OtlpGrpcReceiver(_ReceiverBase):
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> "OtlpGrpcReceiver":
+    async def start(self) -> OtlpGrpcReceiver:
         self._server = grpc.aio.server()
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceServicer(self._store), self._server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsServicer(self._store), self._server)
@@ -298,7 +305,7 @@ class OtlpHttpReceiver(_ReceiverBase):
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> "OtlpHttpReceiver":
+    async def start(self) -> OtlpHttpReceiver:
         from aiohttp import web
 
         async def traces(request: web.Request) -> web.Response:
