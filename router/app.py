@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 
 from router.backends import BackendPool
 from router.config import RouterConfig
+from router.core.batching import BatchKeyMode
+from router.core.breaker import BreakerConfig
+from router.core.limits import AIMDLimit, Gradient2Limit
+from router.core.retry import RetryPolicy
+from router.core.types import SkillSpec
 from router.runtime.pipeline import Pipeline
 from router.runtime.registry import LiveRegistry
+from router.runtime.skills import AdmissionOptions, BatchingOptions, SkillRuntime, build_skill_runtimes
 from router.runtime.stats import Snapshot, skill_snapshots
 from router.service.servicer import RouterServicer
 from router.service.server import RouterServer
@@ -33,6 +39,7 @@ class App:
     config: RouterConfig
     pool: BackendPool
     registry: LiveRegistry
+    runtimes: dict[str, SkillRuntime]
     pipeline: Pipeline
     server: RouterServer
     started_at: float = field(default_factory=time.monotonic)
@@ -44,8 +51,7 @@ class App:
         return self.server.address
 
     def snapshot(self) -> Snapshot:
-        limits = {s.name: s.concurrency_limit for s in self.config.skills}
-        return Snapshot(skill_snapshots(self.registry, limits), self.registry.totals,
+        return Snapshot(skill_snapshots(self.registry, self.runtimes, time.monotonic()), self.registry.totals,
                         time.monotonic() - self.started_at, self.pipeline.policy.moe_enabled)
 
     async def start(self) -> None:
@@ -66,6 +72,7 @@ class App:
         await self.server.set_serving(False)
         self.pipeline.start_draining()
         await self.server.stop(grace)
+        await self.pipeline.aclose()
         await self.pool.aclose()
 
     async def __aenter__(self) -> "App":
@@ -76,18 +83,60 @@ class App:
         await self.stop()
 
 
+def _runtimes(config: RouterConfig) -> dict[str, SkillRuntime]:
+    adm, bat = config.admission, config.batching
+    b = adm.breaker
+    breaker = BreakerConfig(consecutive_failures=b.failure_threshold, window=b.window,
+                            min_calls=min(b.min_calls, b.window), failure_rate=b.failure_rate,
+                            cooldown_s=b.cooldown_s, half_open_probes=b.half_open_probes)
+    unlimited = 1_000_000  # admission off (BRAIN_LOAD_BALANCING_ENABLED=false): count, never queue
+
+    def limits(s: SkillSpec) -> tuple[int, int, float]:
+        if not adm.enabled:
+            return unlimited, 0, config.skill_options(s.name).queue_timeout_s
+        return s.concurrency_limit, s.queue_depth, config.skill_options(s.name).queue_timeout_s
+
+    def batching(s: SkillSpec) -> BatchingOptions:
+        o = config.skill_options(s.name)
+        return BatchingOptions(enabled=o.batching_enabled and o.batch_window_ms > 0 and o.max_batch_size > 1,
+                               window_s=o.batch_window_ms / 1000.0, max_batch_size=o.max_batch_size,
+                               key=BatchKeyMode.parse(bat.key), priority_bypass=bat.priority_bypass)
+
+    def limit_algorithm(s: SkillSpec, limit: int):  # type: ignore[no-untyped-def]
+        a = adm.adaptive_limit
+        if not (adm.enabled and a.enabled):
+            return None
+        if a.algorithm == "gradient2":
+            return Gradient2Limit(limit, min_limit=a.min_limit, max_limit=a.max_limit)
+        return AIMDLimit(limit, min_limit=a.min_limit, max_limit=a.max_limit, backoff_ratio=a.backoff_ratio)
+
+    return build_skill_runtimes(
+        config.skills, limits=limits, breaker=breaker, batching=batching,
+        can_batch=lambda s, impl: config.implementation_options(s.name, impl).can_batch,
+        budget_ratio=adm.retry.budget_ratio, limit_algorithm=limit_algorithm)
+
+
+def _admission(config: RouterConfig) -> AdmissionOptions:
+    r = config.admission.retry
+    policy = RetryPolicy(max_attempts=r.max_attempts, base_delay_s=r.base_backoff_ms / 1000.0,
+                         max_delay_s=max(r.max_backoff_ms, r.base_backoff_ms) / 1000.0, jitter=r.jitter)
+    return AdmissionOptions(enabled=config.admission.enabled, load_bias=config.admission.load_bias, retry=policy,
+                            retry_budget_ratio=r.budget_ratio)
+
+
 def build_app(config: RouterConfig, listen: str | None = None) -> App:
     pool = BackendPool.from_skills(
         config.skills, batch=lambda s, i: config.implementation_options(s.name, i.name).can_batch)
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
-    pipeline = Pipeline(config.skills, config.policy, pool, registry,
+    runtimes = _runtimes(config)
+    pipeline = Pipeline(config.skills, config.policy, pool, registry, runtimes, admission=_admission(config),
                         default_deadline_s=config.server.default_deadline_s)
     app_ref: list[App] = []
     servicer = RouterServicer(pipeline, lambda: app_ref[0].snapshot())
     server = RouterServer(servicer, listen or config.server.listen,
                           max_concurrent_rpcs=config.server.max_concurrent_rpcs)
-    app = App(config, pool, registry, pipeline, server)
+    app = App(config, pool, registry, runtimes, pipeline, server)
     app_ref.append(app)
     return app
 

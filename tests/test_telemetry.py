@@ -415,6 +415,18 @@ async def test_unsampled_caller_exports_nothing_but_still_propagates(receiver):
         assert headers["traceparent"].startswith(f"00-{CALLER_TRACE}-") and headers["traceparent"].endswith("-00")
 
 
+async def test_traces_off_passes_the_callers_context_through(receiver):
+    tel = setup_telemetry(TelemetrySettings(), env=grpc_env(receiver, OTEL_TRACES_EXPORTER="none"))
+    seen = await drive(tel, legal_plan(), [("traceparent", TRACEPARENT)])
+    await tel.aflush()
+    await receiver.wait_for_metric("router.queries")
+    await tel.aclose()
+    assert receiver.spans == []
+    assert seen["query_trace_id"] == CALLER_TRACE
+    # No span of ours exists, so the backends join the web app's span itself.
+    assert {h["traceparent"] for h in seen["headers"].values()} == {TRACEPARENT}
+
+
 async def test_ratio_sampler_zero_exports_no_spans(receiver):
     tel = setup_telemetry(TelemetrySettings(), env=grpc_env(
         receiver, OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="0"))

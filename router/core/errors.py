@@ -9,6 +9,7 @@ psycopg) are wrapped at the edges into these; one interceptor in
     │   └── UnknownSkill         a skill name not configured → NOT_FOUND
     ├── Overloaded               every candidate saturated → RESOURCE_EXHAUSTED (+ RetryInfo)
     ├── AllSkillsFailed          every chosen skill failed → UNAVAILABLE
+    ├── NoSkillActivated         no skill's activation rule matches → FAILED_PRECONDITION
     ├── ShuttingDown             the sidecar is draining  → UNAVAILABLE
     ├── DeadlineExceeded         the caller's deadline passed → DEADLINE_EXCEEDED
     ├── ConfigError              bad config file (start-up, check-config)
@@ -50,6 +51,14 @@ class AllSkillsFailed(RouterError):
         detail = "; ".join(f"{skill}: {err}" for skill, err in errors.items())
         super().__init__(f"every chosen skill failed: {detail}" if errors else "no skill could answer")
         self.errors = dict(errors)
+
+
+class NoSkillActivated(RouterError):
+    def __init__(self, domain: str, complexity: float, reasons: dict[str, str]) -> None:
+        detail = "; ".join(f"{skill}: {why}" for skill, why in reasons.items())
+        super().__init__(f"no skill is activated by this query (domain {domain!r}, complexity {complexity:g})"
+                         + (f": {detail}" if detail else ""))
+        self.reasons = dict(reasons)
 
 
 class ShuttingDown(RouterError):

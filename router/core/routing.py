@@ -49,10 +49,16 @@ def plan_route(
     policy: RoutingPolicy,
     success_rates: Mapping[str, float],
     unavailable: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    utilization: Mapping[str, float] | None = None,
+    load_bias: float = 0.0,
 ) -> RoutePlan:
-    """``unavailable`` maps skill → implementation → why it cannot be used now."""
+    """``unavailable`` maps skill → implementation → why it cannot be used now
+    (an open circuit breaker); ``utilization`` and ``load_bias`` feed the
+    optional load bias of the ranking."""
     unavailable = unavailable or {}
-    scores = score_skills(skills, query, success_rates, policy.default_success_rate)
+    scores = score_skills(skills, query, success_rates, policy.default_success_rate,
+                          utilization=utilization, load_bias=load_bias)
     sel: SelectionResult = select(scores, query, policy)
     dynamic = policy.moe_enabled and policy.dynamic_routing_enabled
 

@@ -5,14 +5,18 @@ relevance = 0 when the skill is not activated, else
     × (0.7 + 0.3·recent success rate)
 rank score = relevance × (1 / priority)   (priority 1 is the highest)
 
-Scoring reads no load: selection ranks, admission decides capacity.
+Scoring reads no load probe: selection ranks, admission decides capacity.
+The one optional exception is the load bias (off by default): like the
+load-correction bias of MoE gates, rank × (1 − bias · utilization) makes a
+hot skill lose ties; utilization is passed in as data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
+from .admission import load_penalty
 from .types import Query, SkillSpec
 
 DOMAIN_BONUS = 0.3
@@ -34,6 +38,7 @@ class SkillScore:
     priority_weight: float
     score: float  # relevance
     rank_score: float
+    load_factor: float = 1.0  # 1 − load_bias · utilization (1 when the bias is off)
 
     @property
     def name(self) -> str:
@@ -58,11 +63,19 @@ def score_skill(skill: SkillSpec, query: Query, success_rate: float, query_lower
 
 
 def score_skills(
-    skills: tuple[SkillSpec, ...], query: Query, success_rates: Mapping[str, float], default_success_rate: float = 1.0
+    skills: tuple[SkillSpec, ...], query: Query, success_rates: Mapping[str, float], default_success_rate: float = 1.0,
+    *, utilization: Mapping[str, float] | None = None, load_bias: float = 0.0,
 ) -> tuple[SkillScore, ...]:
     """Score every skill; the result keeps the skills' configuration order."""
     ql = query.text.lower()
-    return tuple(score_skill(s, query, success_rates.get(s.name, default_success_rate), ql) for s in skills)
+    scores = tuple(score_skill(s, query, success_rates.get(s.name, default_success_rate), ql) for s in skills)
+    if load_bias <= 0 or not utilization:
+        return scores
+    out = []
+    for sc in scores:
+        factor = load_penalty(utilization.get(sc.name, 0.0), load_bias)
+        out.append(replace(sc, rank_score=sc.rank_score * factor, load_factor=factor) if sc.activated else sc)
+    return tuple(out)
 
 
 def rank_key(s: SkillScore) -> tuple[float, int, str]:

@@ -37,6 +37,11 @@ class SkillOutcome:
     input_tokens: int = 0
     output_tokens: int = 0
     quality: float = 0.0
+    # How it was run (for the response and the span; synthesis ignores them).
+    queue_wait_ms: float = 0.0
+    attempts: int = 1
+    batch_size: int = 1  # items in the backend request that carried it
+    shared_by: int = 1  # callers that shared one identical in-flight call
 
     @property
     def ok(self) -> bool:
@@ -90,6 +95,9 @@ def synthesize(outcomes: Sequence[SkillOutcome], baseline: float, baseline_skill
     ok_weight = sum(w for w, _, _ in ok)
     if ok_weight > 0:
         quality = sum(w * o.quality for w, _, o in ok) / ok_weight
+        # A weighted mean lies between its extremes; float underflow of tiny
+        # weights must not push it outside.
+        quality = min(max(quality, min(o.quality for _, _, o in ok)), max(o.quality for _, _, o in ok))
     elif ok:
         # Only zero-weight skills answered (forced, not activated: score 0);
         # they did answer, so their plain mean, not 0.

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 from router.core.routing import PlannedSkill, RoutePlan
 from router.core.synthesis import SkillOutcome, Synthesis
+from router.core.types import ImplementationSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,12 @@ class QueryObservation(Protocol):
 class Observer(Protocol):
     def start_query(self, rpc: str, query_id: str) -> QueryObservation: ...
 
+    def batch(self, skill: str, implementation: ImplementationSpec, batch_id: str, size: int,
+              first_wait_s: float, tags: Sequence[Any]) -> contextlib.AbstractContextManager[Any]:
+        """One batched backend request carrying ``size`` queries; ``tags``
+        are the ``SkillObservation``s of the queries it carries (for span
+        links)."""
+
 
 class RecordSink(Protocol):
     def submit(self, record: QueryRecord) -> None:
@@ -126,6 +133,10 @@ _NULL_QUERY = _NullQuery()
 class NullObserver:
     def start_query(self, rpc: str, query_id: str) -> QueryObservation:
         return _NULL_QUERY
+
+    def batch(self, skill: str, implementation: ImplementationSpec, batch_id: str, size: int,
+              first_wait_s: float, tags: Sequence[Any]) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
 
 
 class NullSink:

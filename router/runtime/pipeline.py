@@ -1,31 +1,46 @@
 """The orchestrator: the one place that owns the order of a query's stages.
 
-    plan (score → top-k → implementation)   ← Route stops here
-    execute each chosen skill concurrently, within the deadline
-    synthesize (weights, text, quality, cost ledger)
-    report (observer spans/metrics, one metrics-store row)
+    plan       score → top-k → implementation per skill          (core.routing)  ← Route stops here
+    admit      per chosen skill: gate, breaker; a saturated skill is shed and
+               the next-best activated skill steps in              (runtime.gate, core.admission)
+    call       batched (one permit per batch), coalesced (single flight) or
+               direct, with retries inside the deadline            (runtime.batcher, runtime.retry)
+    synthesize weights, text, quality, cost ledger                 (core.synthesis)
+    report     observer (spans, metrics), one metrics-store row    (observer hook)
 
-Each stage is a small function of ``router.core``; this module only wires
-them, enforces the deadline and feeds outcomes back into the live registry.
+Each decision is a function of ``router.core``; this module wires them,
+enforces the caller's deadline and feeds outcomes back into the live
+registry that the next query reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import random
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from router.core.errors import AllSkillsFailed, BackendError, DeadlineExceeded, ShuttingDown
+from router.core.admission import GateRejected, RejectReason
+from router.core.batching import batch_key, should_batch, split_cost
+from router.core.breaker import CircuitBreaker, is_breaker_failure
+from router.core.errors import (AllSkillsFailed, BackendError, BackendTimeout, DeadlineExceeded, NoSkillActivated,
+                                Overloaded, ShuttingDown)
+from router.core.implementations import ImplementationChoice
 from router.core.routing import PlannedSkill, RoutePlan, plan_route
+from router.core.selection import RejectionReason
 from router.core.synthesis import SkillOutcome, Status, Synthesis, synthesize
-from router.core.types import Query, RoutingPolicy, SkillSpec
+from router.core.types import ImplementationSpec, Priority, Query, RoutingPolicy, SkillSpec
 
-from .observer import NullObserver, NullSink, Observer, QueryObservation, QueryRecord, RecordSink
-from .ports import Backend, SkillCall
+from .batcher import Batch, Batcher, BatcherGroup
+from .observer import NullObserver, NullSink, Observer, QueryObservation, QueryRecord, RecordSink, SkillObservation
+from .ports import Backend, SkillCall, SkillReply
 from .registry import LiveRegistry
+from .retry import RetryResult, call_with_retries
+from .skills import AdmissionOptions, SkillRuntime
 
 # Answer with the skills that did reply a little before the caller's deadline,
 # instead of letting the deadline pass with nothing.
@@ -35,6 +50,16 @@ DEADLINE_MARGIN_FRACTION = 0.02
 
 class BackendLookup(Protocol):
     def get(self, skill: str, implementation: str) -> Backend: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ShedSkill:
+    """A chosen skill that could not take the query."""
+
+    skill: str
+    reason: str  # a RejectReason value
+    detail: str
+    replaced_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +74,34 @@ class ExecuteOutcome:
     query_id: str
     trace_id: str
     plan: RoutePlan
+    ran: tuple[PlannedSkill, ...]  # the skills that ran, in the order of ``outcomes``
     outcomes: tuple[SkillOutcome, ...]
+    shed: tuple[ShedSkill, ...]
     synthesis: Synthesis
     selection_us: int
     execution_us: int
     total_us: int
+
+
+@dataclass(slots=True)
+class _Item:
+    """One caller's call waiting in a batcher."""
+
+    call: SkillCall
+    priority: Priority
+
+
+@dataclass
+class _QueryRun:
+    """The state of one Execute while it runs."""
+
+    qid: str
+    query: Query
+    obs: QueryObservation
+    deadline_s: float  # on the pipeline's clock (seconds)
+    standby: list[PlannedSkill]
+    skill_set: tuple[str, ...]
+    shed: list[ShedSkill] = field(default_factory=list)
 
 
 class Pipeline:
@@ -63,29 +111,36 @@ class Pipeline:
         policy: RoutingPolicy,
         backends: BackendLookup,
         registry: LiveRegistry,
+        runtimes: Mapping[str, SkillRuntime],
         *,
+        admission: AdmissionOptions = AdmissionOptions(),
         observer: Observer | None = None,
         sink: RecordSink | None = None,
         default_deadline_s: float = 30.0,
-        clock_ns: Callable[[], int] = time.monotonic_ns,
+        clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self.skills = skills
         self.policy = policy
         self.backends = backends
         self.registry = registry
+        self.runtimes = dict(runtimes)
+        self.admission = admission
         self.observer: Observer = observer or NullObserver()
         self.sink: RecordSink = sink or NullSink()
         self.default_deadline_s = default_deadline_s
-        self._clock_ns = clock_ns
+        self._clock = clock
         self._wall = wall
+        self._rng = rng or random.Random()
         self._new_id = new_id
-        self._skill_by_name = {s.name: s for s in skills}
         self._draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        for rt in self.runtimes.values():
+            rt.batchers = BatcherGroup(self._batcher_factory(rt), name=rt.name)
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -103,27 +158,39 @@ class Pipeline:
     async def drained(self) -> None:
         await self._idle.wait()
 
-    def _enter(self) -> None:
+    async def aclose(self) -> None:
+        """Flush the batchers and shared calls (after the server stopped)."""
+        for rt in self.runtimes.values():
+            if rt.batchers is not None:
+                await rt.batchers.aclose()
+            await rt.flights.aclose()
+
+    @contextlib.contextmanager
+    def _tracked(self):  # type: ignore[no-untyped-def]
         if self._draining:
             raise ShuttingDown()
         self._in_flight += 1
         self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
 
-    def _leave(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
-
-    # ---- stages ----------------------------------------------------------
+    # ---- plan ------------------------------------------------------------
 
     def _plan(self, query: Query) -> tuple[RoutePlan, int, int]:
-        t0 = self._clock_ns()
-        plan = plan_route(self.skills, query, self.policy, self.registry.success_rates())
-        return plan, t0, self._clock_ns()
+        t0 = time.monotonic_ns()
+        now = self._clock()
+        unavailable = {n: u for n, rt in self.runtimes.items() if (u := rt.unavailable(now))}
+        utilization = {n: rt.gate.utilization for n, rt in self.runtimes.items()} if self.admission.load_bias else None
+        plan = plan_route(self.skills, query, self.policy, self.registry.success_rates(), unavailable,
+                          utilization=utilization, load_bias=self.admission.load_bias)
+        return plan, t0, time.monotonic_ns()
 
     def route(self, query: Query) -> RouteOutcome:
-        self._enter()
-        try:
+        with self._tracked():
             qid = self._new_id()
             obs = self.observer.start_query("route", qid)
             try:
@@ -135,20 +202,19 @@ class Pipeline:
                 raise
             obs.finish(None)
             return RouteOutcome(qid, plan, (t1 - t0) // 1000)
-        finally:
-            self._leave()
+
+    # ---- execute ---------------------------------------------------------
 
     async def execute(self, query: Query, timeout_s: float | None) -> ExecuteOutcome:
-        self._enter()
-        try:
+        with self._tracked():
             return await self._execute(query, self.default_deadline_s if timeout_s is None else timeout_s)
-        finally:
-            self._leave()
 
     async def _execute(self, query: Query, timeout_s: float) -> ExecuteOutcome:
         arrived = self._wall()
-        t_start = self._clock_ns()
-        deadline_ns = t_start + int(timeout_s * 1e9)
+        t_start = time.monotonic_ns()
+        # Keep a margin so the skills that did answer are returned before the
+        # caller's deadline passes.
+        budget_s = max(0.0, timeout_s - min(DEADLINE_MARGIN_S + timeout_s * DEADLINE_MARGIN_FRACTION, timeout_s / 2))
         qid = self._new_id()
         obs = self.observer.start_query("execute", qid)
         record: QueryRecord | None = None
@@ -156,22 +222,38 @@ class Pipeline:
             plan, t0, t1 = self._plan(query)
             obs.selection(plan, t0, t1)
             if not plan.planned:
-                raise AllSkillsFailed({})
-            budget_s = max(0.0, (deadline_ns - self._clock_ns()) / 1e9)
-            budget_s -= min(DEADLINE_MARGIN_S + budget_s * DEADLINE_MARGIN_FRACTION, budget_s / 2)
-            outcomes = await asyncio.gather(*(self._run_skill(p, query, qid, obs, budget_s) for p in plan.planned))
-            t2 = self._clock_ns()
+                raise NoSkillActivated(query.domain, query.complexity,
+                                       {r.name: r.detail for r in plan.rejected
+                                        if r.reason is RejectionReason.NOT_ACTIVATED})
+            run = _QueryRun(qid, query, obs, self._clock() + budget_s, list(plan.standby),
+                            tuple(p.name for p in plan.planned))
+            gates = [self.runtimes[p.name].gate for p in plan.planned]
+            max_util = max((g.utilization for g in gates), default=0.0)
+            avg_queue = sum(g.queued for g in gates) / len(gates) if gates else 0.0
+            slots = await asyncio.gather(*(self._slot(p, run) for p in plan.planned))
+            done = [s for s in slots if s is not None]
+            t2 = time.monotonic_ns()
+            if not done:
+                retry = min((self.runtimes[s.skill].gate.retry_after_s() for s in run.shed), default=1.0)
+                detail = "; ".join(f"{s.skill}: {s.reason}" for s in run.shed)
+                self.registry.record_query(skills_selected=0, cost=0.0, baseline=plan.baseline_cost, failed=True)
+                record = self._record(qid, arrived, query, plan, [], [], None, t_start, t0, t1, t2, t2,
+                                      obs.trace_id, "resource_exhausted", max_util, avg_queue)
+                self.sink.submit(record)
+                raise Overloaded(f"every candidate skill is saturated: {detail}", retry)
+            ran = [p for p, _ in done]
+            outcomes = [o for _, o in done]
             synthesis = synthesize(outcomes, plan.baseline_cost, plan.baseline_skills)
-            t3 = self._clock_ns()
+            t3 = time.monotonic_ns()
             obs.synthesis(synthesis, t2, t3)
             failed = not synthesis.any_ok
-            self.registry.record_query(skills_selected=len(plan.planned), cost=synthesis.ledger.actual,
+            self.registry.record_query(skills_selected=len(ran), cost=synthesis.ledger.actual,
                                        baseline=plan.baseline_cost, failed=failed)
-            record = self._record(qid, arrived, query, plan, outcomes, synthesis, t_start, t0, t1, t2, t3, obs.trace_id,
-                                  "ok" if not failed else "unavailable")
+            record = self._record(qid, arrived, query, plan, ran, outcomes, synthesis, t_start, t0, t1, t2, t3,
+                                  obs.trace_id, "ok" if not failed else "unavailable", max_util, avg_queue)
             self.sink.submit(record)
             if failed:
-                if all(o.status is Status.TIMED_OUT for o in outcomes) and self._clock_ns() >= deadline_ns - int(DEADLINE_MARGIN_S * 2e9):
+                if all(o.status is Status.TIMED_OUT for o in outcomes) and self._clock() >= run.deadline_s - 0.001:
                     raise DeadlineExceeded("the deadline passed before any skill answered: "
                                            + "; ".join(f"{o.skill}: {o.error}" for o in outcomes))
                 raise AllSkillsFailed({o.skill: o.error for o in outcomes})
@@ -179,69 +261,208 @@ class Pipeline:
             obs.finish(record, exc)
             raise
         obs.finish(record)
-        return ExecuteOutcome(qid, obs.trace_id, plan, tuple(outcomes), synthesis,
+        return ExecuteOutcome(qid, obs.trace_id, plan, tuple(ran), tuple(outcomes), tuple(run.shed), synthesis,
                               (t1 - t0) // 1000, (t2 - t1) // 1000, (t3 - t_start) // 1000)
 
-    async def _run_skill(self, planned: PlannedSkill, query: Query, qid: str, obs: QueryObservation,
-                         budget_s: float) -> SkillOutcome:
-        impl = planned.choice.implementation
-        assert impl is not None  # plan_route only plans skills with an implementation
-        skill = planned.skill
-        backend = self.backends.get(skill.name, impl.name)
-        live = self.registry.skills[skill.name]
-        timeout_s = min(budget_s, impl.timeout_s)
-        with obs.skill_call(planned) as sk:
-            call = SkillCall(query_id=qid, skill=skill.name, implementation=impl, query=query.text,
-                             domain=query.domain, complexity=query.complexity, system_prompt=skill.system_prompt,
-                             metadata=query.metadata, headers=sk.headers)
-            t0 = self._clock_ns()
-            live.in_flight += 1
-            try:
-                reply = await asyncio.wait_for(backend.call(call, timeout_s), timeout_s)
-            except (asyncio.TimeoutError, TimeoutError):
-                outcome = self._failed(planned, Status.TIMED_OUT, f"no answer within {timeout_s * 1000:.0f} ms", t0)
-            except BackendError as exc:
-                status = Status.TIMED_OUT if exc.kind == "timeout" else Status.FAILED
-                outcome = self._failed(planned, status, str(exc), t0)
+    async def _slot(self, planned: PlannedSkill | None, run: _QueryRun) -> tuple[PlannedSkill, SkillOutcome] | None:
+        """Run one chosen skill; when it cannot take the query, shed it and
+        let the next-best activated skill step in. None: nothing could."""
+        while planned is not None:
+            rt = self.runtimes[planned.name]
+            impl = planned.choice.implementation
+            assert impl is not None
+            remaining = run.deadline_s - self._clock()
+            ok, why = rt.gate.can_admit(run.query.priority, remaining, breaker=rt.breakers[impl.name])
+            if ok:
+                try:
+                    return planned, await self._run_skill(planned, rt, impl, run)
+                except GateRejected as exc:
+                    why = exc.reason.value if isinstance(exc.reason, RejectReason) else str(exc.reason)
+                    detail = str(exc)
             else:
-                latency_ms = (self._clock_ns() - t0) / 1e6
+                detail = f"{planned.name}: {why}"
+            rt.gate.note_shed()
+            nxt = self._next_standby(run)
+            run.shed.append(ShedSkill(planned.name, why, detail, nxt.name if nxt else ""))
+            run.obs.event("skill.shed", {"router.skill": planned.name, "router.shed.reason": why,
+                                         "router.shed.replaced_by": nxt.name if nxt else ""})
+            planned = nxt
+        return None
+
+    def _next_standby(self, run: _QueryRun) -> PlannedSkill | None:
+        """The next-best activated skill not yet chosen whose implementation
+        is usable now."""
+        while run.standby:
+            p = run.standby.pop(0)
+            impl = p.choice.implementation
+            if impl is not None and impl.name not in self.runtimes[p.name].unavailable(self._clock()):
+                return p
+        return None
+
+    async def _run_skill(self, planned: PlannedSkill, rt: SkillRuntime, impl: ImplementationSpec,
+                         run: _QueryRun) -> SkillOutcome:
+        skill = planned.skill
+        score = planned.chosen.score.score
+        with run.obs.skill_call(planned) as sk:
+            call = SkillCall(query_id=run.qid, skill=skill.name, implementation=impl, query=run.query.text,
+                             domain=run.query.domain, complexity=run.query.complexity,
+                             system_prompt=skill.system_prompt, metadata=run.query.metadata, headers=sk.headers)
+            t0 = self._clock()
+            batch_size, shared_by, wait_ms, attempts = 1, 1, 0.0, 1
+            try:
+                batch_ok, why = should_batch(run.query.priority, enabled=rt.batching.enabled,
+                                             supports_batch=rt.can_batch.get(impl.name, False),
+                                             priority_bypass=rt.batching.priority_bypass)
+                remaining = run.deadline_s - self._clock()
+                if batch_ok:
+                    assert rt.batchers is not None
+                    key = batch_key(rt.batching.key, rt.name, impl.name, run.query.domain, run.skill_set,
+                                    run.query.complexity)
+                    item = await rt.batchers.submit(key, _Item(call, run.query.priority), tag=sk, deadline_s=remaining)
+                    reply, attempts, wait_ms = item.value
+                    batch_size = item.batch_size
+                    sk.event("batch.joined", {"router.batch.id": item.batch_id, "router.batch.size": item.batch_size,
+                                              "router.batch.wait_ms": item.wait_s * 1000})
+                elif rt.batching.enabled:
+                    # A backend that cannot batch still gains: identical calls
+                    # in flight share one (single flight).
+                    flight_key = (impl.name, impl.model, call.query, call.domain, call.system_prompt,
+                                  round(call.complexity, 1))
+                    fr = await rt.flights.run_detailed(
+                        flight_key, lambda: self._gated(rt, impl, run.query.priority, run.deadline_s, sk,
+                                                        lambda t: self.backends.get(rt.name, impl.name).call(call, t)))
+                    (reply, attempts, wait_ms), shared_by = fr.value, fr.sharers
+                else:
+                    reply, attempts, wait_ms = await self._gated(
+                        rt, impl, run.query.priority, run.deadline_s, sk,
+                        lambda t: self.backends.get(rt.name, impl.name).call(call, t))
+            except GateRejected as exc:
+                sk.event("skill.shed", {"router.shed.reason": str(exc.reason)})
+                sk.finish(SkillOutcome(skill.name, impl.name, impl.model, score, Status.FAILED,
+                                       error=f"shed: {exc}", latency_ms=(self._clock() - t0) * 1000,
+                                       quality=impl.quality))
+                raise
+            except (BackendError, DeadlineExceeded, ShuttingDown) as exc:
+                timed_out = isinstance(exc, (BackendTimeout, DeadlineExceeded))
+                outcome = SkillOutcome(skill.name, impl.name, impl.model, score,
+                                       Status.TIMED_OUT if timed_out else Status.FAILED, error=str(exc),
+                                       latency_ms=(self._clock() - t0) * 1000, quality=impl.quality,
+                                       queue_wait_ms=wait_ms, attempts=getattr(exc, "attempts", attempts))
+            else:
                 cost = reply.cost if reply.cost is not None else impl.cost_per_query
-                outcome = SkillOutcome(skill.name, impl.name, reply.model or impl.model, planned.chosen.score.score,
-                                       Status.OK, output=reply.output, cost=cost, latency_ms=latency_ms,
-                                       input_tokens=reply.input_tokens, output_tokens=reply.output_tokens,
-                                       quality=impl.quality)
-            finally:
-                live.in_flight -= 1
+                outcome = SkillOutcome(skill.name, impl.name, reply.model or impl.model, score, Status.OK,
+                                       output=reply.output, cost=split_cost(cost, shared_by),
+                                       latency_ms=(self._clock() - t0) * 1000, input_tokens=reply.input_tokens,
+                                       output_tokens=reply.output_tokens, quality=impl.quality,
+                                       queue_wait_ms=wait_ms, attempts=attempts, batch_size=batch_size,
+                                       shared_by=shared_by)
             self.registry.record_call(skill.name, outcome.ok, outcome.latency_ms)
-            sk.finish(outcome)
+            sk.finish(outcome, queue_wait_ms=outcome.queue_wait_ms, attempts=outcome.attempts)
             return outcome
 
-    def _failed(self, planned: PlannedSkill, status: Status, error: str, t0: int) -> SkillOutcome:
-        impl = planned.choice.implementation
-        assert impl is not None
-        return SkillOutcome(planned.name, impl.name, impl.model, planned.chosen.score.score, status,
-                            error=error, latency_ms=(self._clock_ns() - t0) / 1e6, quality=impl.quality)
+    async def _gated(self, rt: SkillRuntime, impl: ImplementationSpec, priority: Priority, deadline_s: float,
+                     events: SkillObservation | None, send: Callable[[float], Any]) -> tuple[Any, int, float]:
+        """One backend request under one permit of the skill's gate, through
+        the implementation's breaker, with retries inside the deadline.
+        Returns (value, attempts, queue wait ms); raises the last
+        BackendError, or GateRejected when the skill cannot take it."""
+        breaker = rt.breakers[impl.name]
+        async with rt.gate.acquire(priority, timeout_s=max(0.0, deadline_s - self._clock())) as permit:
+            ok, why = breaker.allow(self._clock())
+            if not ok:
+                permit.ignore()
+                raise GateRejected(RejectReason.BREAKER_OPEN, rt.gate.retry_after_s(), gate=rt.name, detail=why)
+            wait_ms = permit.queue_wait_s * 1000
 
-    def _record(self, qid: str, arrived: float, query: Query, plan: RoutePlan, outcomes: list[SkillOutcome],
-                synthesis: Synthesis, t_start: int, t0: int, t1: int, t2: int, t3: int, trace_id: str,
-                status: str) -> QueryRecord:
-        top = plan.planned[0] if plan.planned else None
+            async def attempt(n: int) -> Any:
+                t = min(impl.timeout_s, deadline_s - self._clock())
+                if t <= 0:
+                    raise BackendTimeout(f"the deadline passed before attempt {n}")
+                try:
+                    return await asyncio.wait_for(send(t), t)
+                except (asyncio.TimeoutError, TimeoutError):
+                    raise BackendTimeout(f"no answer within {t * 1000:.0f} ms") from None
+
+            def on_retry(n: int, err: BackendError, decision: Any) -> None:
+                if events is not None:
+                    events.event("retry", {"router.retry.attempt": n, "router.retry.delay_ms": decision.delay_s * 1000,
+                                           "error.type": type(err).__name__, "router.retry.reason": decision.reason})
+
+            try:
+                result: RetryResult = await call_with_retries(
+                    attempt, policy=self.admission.retry, rng=self._rng, clock=self._clock, deadline_at=deadline_s,
+                    budget=rt.budget, on_retry=on_retry)
+            except BaseException:
+                breaker.on_ignore(self._clock())
+                raise
+            now = self._clock()
+            if result.ok:
+                breaker.on_success(now)
+            elif is_breaker_failure(result.error):  # type: ignore[arg-type]
+                breaker.on_failure(now, str(result.error))
+            else:
+                breaker.on_ignore(now)
+            self._report_transitions(breaker, events)
+            if not result.ok:
+                permit.dropped()
+                err = result.error
+                assert err is not None
+                err.attempts = result.attempts  # type: ignore[attr-defined]
+                raise err
+            return result.value, result.attempts, wait_ms
+
+    @staticmethod
+    def _report_transitions(breaker: CircuitBreaker, events: SkillObservation | None) -> None:
+        for t in breaker.drain_transitions():
+            if events is not None:
+                events.event("breaker.transition", {"router.breaker": t.breaker, "router.breaker.from": str(t.from_state),
+                                                    "router.breaker.to": str(t.to_state),
+                                                    "router.breaker.reason": t.reason})
+
+    # ---- batching --------------------------------------------------------
+
+    def _batcher_factory(self, rt: SkillRuntime) -> Callable[[Any], Batcher]:
+        def make(key: Any) -> Batcher:
+            impl = next(i for i in rt.spec.implementations if i.name == key[1])
+            return Batcher(lambda batch: self._send_batch(rt, impl, batch),
+                           window_s=rt.batching.window_s, max_batch_size=rt.batching.max_batch_size,
+                           clock=self._clock, is_idle=lambda: rt.gate.in_flight == 0 and rt.gate.queued == 0,
+                           expected_latency_s=impl.expected_latency_ms / 1000.0, name=f"{rt.name}/{impl.name}")
+        return make
+
+    async def _send_batch(self, rt: SkillRuntime, impl: ImplementationSpec,
+                          batch: Batch[_Item]) -> Sequence[tuple[SkillReply, int, float] | BaseException]:
+        """One batch = one backend request = one permit of the skill's gate."""
+        priority = max(i.priority for i in batch.items)
+        deadline = batch.deadline_at if batch.deadline_at is not None else self._clock() + impl.timeout_s
+        backend = self.backends.get(rt.name, impl.name)
+        calls = [i.call for i in batch.items]
+        with self.observer.batch(rt.name, impl, batch.batch_id, batch.size, batch.first_wait_s, batch.tags):
+            replies, attempts, wait_ms = await self._gated(rt, impl, priority, deadline, None,
+                                                           lambda t: backend.call_batch(calls, t))
+        return [r if isinstance(r, BaseException) else (r, attempts, wait_ms) for r in replies]
+
+    # ---- records ---------------------------------------------------------
+
+    def _record(self, qid: str, arrived: float, query: Query, plan: RoutePlan, ran: Sequence[PlannedSkill],
+                outcomes: Sequence[SkillOutcome], synthesis: Synthesis | None, t_start: int, t0: int, t1: int,
+                t2: int, t3: int, trace_id: str, status: str, max_util: float, avg_queue: float) -> QueryRecord:
+        top = ran[0] if ran else (plan.planned[0] if plan.planned else None)
         return QueryRecord(
             query_id=qid, timestamp=arrived, rpc="execute", status=status,
             query_hash=hashlib.sha256(query.text.encode()).hexdigest()[:16],
             domain=query.domain, complexity=query.complexity,
-            skills_considered=len(self.skills), skills_selected=len(plan.planned),
+            skills_considered=len(self.skills), skills_selected=len(ran),
             top_skill=top.name if top else "", top_skill_score=top.chosen.score.score if top else 0.0,
             selection_time_ms=(t1 - t0) / 1e6, execution_time_ms=(t2 - t1) / 1e6, total_time_ms=(t3 - t_start) / 1e6,
-            total_cost=synthesis.ledger.actual, cost_saved=synthesis.ledger.saved, baseline_cost=plan.baseline_cost,
-            quality_score=synthesis.quality, synthesis_quality=synthesis.quality,
-            max_utilization=0.0, avg_queue_depth=0.0,
-            skills=tuple(p.name for p in plan.planned), skills_ok=tuple(o.skill for o in outcomes if o.ok),
+            total_cost=synthesis.ledger.actual if synthesis else 0.0,
+            cost_saved=synthesis.ledger.saved if synthesis else 0.0, baseline_cost=plan.baseline_cost,
+            quality_score=synthesis.quality if synthesis else 0.0,
+            synthesis_quality=synthesis.quality if synthesis else 0.0,
+            max_utilization=max_util, avg_queue_depth=avg_queue,
+            skills=tuple(p.name for p in ran), skills_ok=tuple(o.skill for o in outcomes if o.ok),
             trace_id=trace_id,
         )
 
-    def skill_spec(self, name: str) -> SkillSpec:
-        return self._skill_by_name[name]
 
-    def success_rates(self) -> Mapping[str, float]:
-        return self.registry.success_rates()
+__all__ = ["ExecuteOutcome", "ImplementationChoice", "Pipeline", "RouteOutcome", "ShedSkill"]

@@ -4,8 +4,23 @@ telemetry gauges. Plain data; the service layer turns it into protobuf."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
+
+from router.core.breaker import BreakerState
+from router.core.types import Priority
 
 from .registry import LiveRegistry, Totals
+from .skills import SkillRuntime
+
+
+@dataclass(frozen=True, slots=True)
+class ImplementationSnapshot:
+    name: str
+    breaker_state: BreakerState
+    half_open_in_s: float | None  # seconds from now until an open breaker half-opens
+    consecutive_failures: int
+    failure_rate: float
+    times_opened: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +34,17 @@ class SkillSnapshot:
     success_rate: float
     latency_p50_ms: float
     latency_p99_ms: float
+    rejected: int = 0
+    shed: int = 0
+    timed_out: int = 0
+    queue_by_priority: Mapping[str, int] = None  # type: ignore[assignment]
+    queue_capacity: int = 0
+    mean_queue_wait_ms: float = 0.0
+    implementations: tuple[ImplementationSnapshot, ...] = ()
+    batches: int = 0
+    mean_batch_size: float = 0.0
+    mean_batch_wait_ms: float = 0.0
+    coalesced_calls: int = 0
 
     @property
     def utilization(self) -> float:
@@ -33,12 +59,31 @@ class Snapshot:
     moe_enabled: bool
 
 
-def skill_snapshots(registry: LiveRegistry, limits: dict[str, int]) -> tuple[SkillSnapshot, ...]:
+def skill_snapshots(registry: LiveRegistry, runtimes: Mapping[str, SkillRuntime], now: float) -> tuple[SkillSnapshot, ...]:
     out = []
     for name, live in registry.skills.items():
+        rt = runtimes[name]
+        g = rt.gate.stats()
         p50, p99 = live.latency_quantiles(0.5, 0.99)
+        impls = []
+        for impl_name, b in rt.breakers.items():
+            state = b.state(now)
+            at = b.half_open_at
+            impls.append(ImplementationSnapshot(
+                impl_name, state, max(0.0, at - now) if state is BreakerState.OPEN and at is not None else None,
+                b.consecutive_failures, b.failure_rate, b.times_opened))
+        bs = rt.batch_stats()
+        fs = rt.flights.stats()
         out.append(SkillSnapshot(
-            skill=name, in_flight=live.in_flight, concurrency_limit=limits.get(name, 0), queue_depth=0,
+            skill=name, in_flight=g.in_flight, concurrency_limit=g.limit, queue_depth=g.queued,
             calls=live.calls, failures=live.failures, success_rate=live.success_rate(registry.default_success_rate),
-            latency_p50_ms=p50, latency_p99_ms=p99))
+            latency_p50_ms=p50, latency_p99_ms=p99,
+            rejected=g.rejected + g.displaced, shed=g.shed, timed_out=g.timed_out + g.deadline_expired,
+            queue_by_priority={p.name.lower(): g.queued_by_priority.get(p, 0) for p in Priority},
+            queue_capacity=g.queue_depth, mean_queue_wait_ms=g.mean_queue_wait_s * 1000,
+            implementations=tuple(impls),
+            batches=bs.batches if bs else 0, mean_batch_size=bs.mean_batch_size if bs else 0.0,
+            mean_batch_wait_ms=(bs.mean_first_wait_s * 1000) if bs else 0.0,
+            coalesced_calls=fs.coalesced,
+        ))
     return tuple(out)

@@ -3,14 +3,22 @@ Nothing here decides anything."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 from router.core.errors import InvalidArgument
 from router.core.implementations import ImplementationChoice
 from router.core.query import make_query
 from router.core.routing import PlannedSkill, RoutePlan
 from router.core.selection import RejectionReason
 from router.core.synthesis import SkillOutcome, Status
+from router.core.breaker import BreakerState
 from router.core.types import ImplementationSpec, Priority, Query, RoutingPolicy
+from router.runtime.pipeline import ShedSkill
+from router.runtime.stats import SkillSnapshot
 from router.v1 import router_pb2 as pb
+
+if TYPE_CHECKING:  # plain data from the metrics store; no import at run time
+    from router.storage import WindowAggregate
 
 _PRIORITY = {
     pb.PRIORITY_UNSPECIFIED: Priority.NORMAL,
@@ -77,13 +85,15 @@ def selection_pb(p: PlannedSkill) -> pb.Selection:
         skill=p.name, score=s.score, forced=p.chosen.forced,
         parts=pb.ScoreParts(activated=s.activated, domain_bonus=s.domain_bonus, complexity_fit=s.complexity_fit,
                             success_rate=s.success_rate, success_factor=s.success_factor,
-                            priority_weight=s.priority_weight, rank_score=s.rank_score),
+                            priority_weight=s.priority_weight, rank_score=s.rank_score, load_factor=s.load_factor),
         implementation=choice_pb(p.choice),
     )
 
 
-def plan_parts(plan: RoutePlan) -> tuple[list[pb.Selection], list[pb.Rejection]]:
-    selections = [selection_pb(p) for p in plan.planned]
+def plan_parts(plan: RoutePlan, ran: Sequence[PlannedSkill] | None = None) -> tuple[list[pb.Selection], list[pb.Rejection]]:
+    """The selections (the skills that ran, when given, else the plan's) and
+    the rejections."""
+    selections = [selection_pb(p) for p in (plan.planned if ran is None else ran)]
     rejections = [pb.Rejection(skill=r.name, reason=_REJECTION[r.reason], detail=r.detail,
                                score=r.score.score, rank_score=r.score.rank_score) for r in plan.rejected]
     return selections, rejections
@@ -94,4 +104,60 @@ def result_pb(o: SkillOutcome, weight: float) -> pb.SkillResult:
         skill=o.skill, implementation=o.implementation, model=o.model, weight=weight, status=_STATUS[o.status],
         output=o.output, error=o.error, cost_usd=o.cost, latency_ms=o.latency_ms,
         input_tokens=o.input_tokens, output_tokens=o.output_tokens, quality=o.quality,
+        queue_wait_ms=o.queue_wait_ms, attempts=o.attempts, batch_size=o.batch_size, shared_by=o.shared_by,
     )
+
+
+_SHED = {
+    "queue full": pb.SHED_REASON_QUEUE_FULL,
+    "breaker open": pb.SHED_REASON_BREAKER_OPEN,
+    "expected wait exceeds the remaining deadline": pb.SHED_REASON_EXPECTED_WAIT,
+    "queue timeout": pb.SHED_REASON_QUEUE_TIMEOUT,
+    "deadline passed while queued": pb.SHED_REASON_DEADLINE,
+    "displaced by a higher-priority query": pb.SHED_REASON_DISPLACED,
+}
+
+
+def shed_pb(s: ShedSkill) -> pb.ShedSkill:
+    return pb.ShedSkill(skill=s.skill, reason=_SHED.get(s.reason, pb.SHED_REASON_UNSPECIFIED), detail=s.detail,
+                        replaced_by=s.replaced_by)
+
+
+_BREAKER = {BreakerState.CLOSED: pb.BREAKER_STATE_CLOSED, BreakerState.OPEN: pb.BREAKER_STATE_OPEN,
+            BreakerState.HALF_OPEN: pb.BREAKER_STATE_HALF_OPEN}
+
+
+def skill_stats_pb(s: SkillSnapshot, wall_now: float) -> pb.SkillStats:
+    msg = pb.SkillStats(
+        skill=s.skill, in_flight=s.in_flight, concurrency_limit=s.concurrency_limit, utilization=s.utilization,
+        queue_depth=s.queue_depth, calls=s.calls, failures=s.failures, success_rate=s.success_rate,
+        latency_p50_ms=s.latency_p50_ms, latency_p99_ms=s.latency_p99_ms, rejected=s.rejected, shed=s.shed,
+        timed_out=s.timed_out, queue_depth_by_priority=dict(s.queue_by_priority or {}),
+        queue_capacity=s.queue_capacity, mean_queue_wait_ms=s.mean_queue_wait_ms, batches=s.batches,
+        mean_batch_size=s.mean_batch_size, mean_batch_wait_ms=s.mean_batch_wait_ms,
+        coalesced_calls=s.coalesced_calls)
+    for i in s.implementations:
+        m = msg.implementations.add(name=i.name, breaker_state=_BREAKER[i.breaker_state],
+                                    consecutive_failures=i.consecutive_failures, failure_rate=i.failure_rate,
+                                    times_opened=i.times_opened)
+        if i.half_open_in_s is not None:
+            m.half_open_at.FromNanoseconds(int((wall_now + i.half_open_in_s) * 1e9))
+    return msg
+
+
+def window_pb(agg: WindowAggregate | None, store: str, dropped: int) -> pb.WindowStats:
+    if agg is None:
+        return pb.WindowStats(available=False)
+    msg = pb.WindowStats(
+        available=True, store=store, queries=agg.queries, errors=agg.errors,
+        avg_skills_selected=agg.avg_skills_selected, avg_cost_per_query_usd=agg.avg_cost_per_query,
+        cost_saved_usd=agg.cost_saved_total, avg_cost_saved_usd=agg.avg_cost_saved,
+        avg_response_ms=agg.avg_response_time_ms, p99_response_ms=agg.p99_response_time_ms,
+        avg_quality=agg.avg_quality, skill_distribution=dict(agg.skill_distribution), rows_dropped=dropped)
+    msg.since.FromNanoseconds(int(agg.since * 1e9))
+    msg.until.FromNanoseconds(int(agg.until * 1e9))
+    for h in agg.hourly:
+        t = msg.hourly.add(queries=h.queries, avg_cost_usd=h.avg_cost, avg_response_ms=h.avg_total_time_ms,
+                           avg_quality=h.avg_quality)
+        t.hour.FromNanoseconds(int(h.hour * 1e9))
+    return msg

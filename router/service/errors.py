@@ -4,6 +4,7 @@
     UnknownSkill     → NOT_FOUND        (+ google.rpc.BadRequest)
     Overloaded       → RESOURCE_EXHAUSTED (+ google.rpc.RetryInfo)
     AllSkillsFailed  → UNAVAILABLE
+    NoSkillActivated → FAILED_PRECONDITION
     ShuttingDown     → UNAVAILABLE
     DeadlineExceeded → DEADLINE_EXCEEDED
     anything else    → INTERNAL (logged with its traceback)
@@ -18,8 +19,8 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from router.core.errors import (AllSkillsFailed, DeadlineExceeded, InvalidArgument, Overloaded, RouterError,
-                                ShuttingDown, UnknownSkill)
+from router.core.errors import (AllSkillsFailed, DeadlineExceeded, InvalidArgument, NoSkillActivated, Overloaded,
+                                RouterError, ShuttingDown, UnknownSkill)
 
 log = logging.getLogger("router.service")
 
@@ -44,6 +45,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, list[any_pb2.A
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), details
     if isinstance(exc, (AllSkillsFailed, ShuttingDown)):
         return grpc.StatusCode.UNAVAILABLE, str(exc), details
+    if isinstance(exc, NoSkillActivated):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc), details
     if isinstance(exc, DeadlineExceeded):
         return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc), details
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", details

@@ -3,22 +3,36 @@ responses, nothing else. Errors are mapped by ``ErrorMappingInterceptor``."""
 
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Any, Awaitable, Callable
 
 import grpc
 
+from router.core.errors import InvalidArgument
 from router.runtime.pipeline import Pipeline
 from router.runtime.stats import Snapshot
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
-from .convert import plan_parts, query_from_request, result_pb
+from .convert import plan_parts, query_from_request, result_pb, shed_pb, skill_stats_pb, window_pb
+
+DEFAULT_WINDOW_S = 24 * 3600.0
+MAX_WINDOW_S = 90 * 24 * 3600.0
+
+# (window seconds) -> (aggregate or None, store name, rows dropped)
+WindowReader = Callable[[float], Awaitable[tuple[Any, str, int]]]
+
+
+async def _no_store(window_s: float) -> tuple[Any, str, int]:
+    return None, "", 0
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, pipeline: Pipeline, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, pipeline: Pipeline, snapshot: Callable[[], Snapshot],
+                 window: WindowReader = _no_store) -> None:
         self._pipeline = pipeline
         self._snapshot = snapshot
+        self._window = window
 
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteResponse:
         p = self._pipeline
@@ -32,7 +46,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         p = self._pipeline
         query = query_from_request(request, p.policy, p.skill_names)
         out = await p.execute(query, context.time_remaining())
-        selections, rejections = plan_parts(out.plan)
+        selections, rejections = plan_parts(out.plan, out.ran)
         ledger = out.synthesis.ledger
         return pb.ExecuteResponse(
             query_id=out.query_id, trace_id=out.trace_id, text=out.synthesis.text,
@@ -42,19 +56,23 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                                saved_fraction=ledger.saved_fraction, baseline_skills=ledger.baseline_skills),
             timing=pb.Timing(selection_us=out.selection_us, execution_us=out.execution_us, total_us=out.total_us),
             quality=out.synthesis.quality, k=out.plan.k, moe_enabled=out.plan.moe_enabled,
+            shed=[shed_pb(s) for s in out.shed],
         )
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
+        window_s = DEFAULT_WINDOW_S
+        if request.HasField("window"):
+            window_s = request.window.ToNanoseconds() / 1e9
+            if not 0 < window_s <= MAX_WINDOW_S:
+                raise InvalidArgument("window", f"must be more than 0 and at most 90 days, got {window_s:g}s")
         snap = self._snapshot()
+        agg, store, dropped = await self._window(window_s)
         t = snap.totals
+        now = time.time()
         return pb.StatsResponse(
-            skills=[pb.SkillStats(skill=s.skill, in_flight=s.in_flight, concurrency_limit=s.concurrency_limit,
-                                  utilization=s.utilization, queue_depth=s.queue_depth, calls=s.calls,
-                                  failures=s.failures, success_rate=s.success_rate,
-                                  latency_p50_ms=s.latency_p50_ms, latency_p99_ms=s.latency_p99_ms)
-                    for s in snap.skills],
+            skills=[skill_stats_pb(s, now) for s in snap.skills],
             totals=pb.Totals(queries=t.queries, avg_skills_per_query=t.avg_skills_per_query, cost_usd=t.cost,
                              cost_saved_usd=t.cost_saved, baseline_cost_usd=t.baseline_cost, routes=t.routes,
                              failed_queries=t.failed_queries),
-            uptime_seconds=snap.uptime_s, moe_enabled=snap.moe_enabled,
+            uptime_seconds=snap.uptime_s, moe_enabled=snap.moe_enabled, window=window_pb(agg, store, dropped),
         )

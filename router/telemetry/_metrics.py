@@ -23,6 +23,7 @@ LiveStats = Callable[[], Iterable[LiveStat]]
 SELECTION_BUCKETS_S = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 # The GenAI conventions' advice for operation durations.
 GENAI_DURATION_BUCKETS_S = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 
 
@@ -58,6 +59,9 @@ class Instruments:
         self.genai_tokens = meter.create_histogram(
             "gen_ai.client.token.usage", "{token}", "Number of input and output tokens used.",
             explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
+        self.batch_size = meter.create_histogram(
+            "router.batch.size", "{query}", "Queries carried by one batched backend request.",
+            explicit_bucket_boundaries_advisory=BATCH_BUCKETS)
         self.queries = meter.create_counter("router.queries", "{query}", "Queries answered, by RPC and status.")
         self.skill_calls = meter.create_counter("router.skill.calls", "{call}", "Skill executions, by skill, implementation and status.")
         self.cost = meter.create_counter("router.cost", "{USD}", "Cost of the skill executions.")

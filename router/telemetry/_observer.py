@@ -11,6 +11,10 @@ current when the query starts: the RPC's SERVER span) with these children:
 Skill executions run in their own tasks, so every child is parented
 explicitly on the query span rather than on the ambient context.
 
+A batched backend request carries the skill calls of several queries (of
+several traces), so it is a trace of its own: a CLIENT span linked to each
+query's skill span; each skill span has a ``batch.joined`` event naming it.
+
 Never recorded: API keys, request metadata, answers; the query text only with
 ``record_query_text``. Error messages are scrubbed of bearer tokens and keys.
 """
@@ -23,17 +27,19 @@ import time
 import traceback
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, Sequence
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
 
 from router.core.errors import RouterError
 from router.core.routing import PlannedSkill, RoutePlan
 from router.core.selection import RejectionReason
 from router.core.synthesis import SkillOutcome, Synthesis
+from router.core.types import ImplementationSpec
 from router.runtime.observer import QueryRecord
 
 from ._metrics import Instruments
@@ -114,6 +120,12 @@ class OtelObserver:
             attributes={"router.rpc": rpc, "router.query.id": query_id},
         )
         return QueryObservationSpan(self, span, rpc)
+
+    def batch(self, skill: str, implementation: ImplementationSpec, batch_id: str, size: int,
+              first_wait_s: float, tags: Sequence[Any]) -> "BatchSpan":
+        """One backend request carrying ``size`` queries' calls; ``tags``
+        are their ``SkillObservation``s, linked from the batch span."""
+        return BatchSpan(self, skill, implementation, batch_id, size, first_wait_s, tags)
 
 
 class QueryObservationSpan:
@@ -356,6 +368,10 @@ class SkillCallSpan:
         return self._headers
 
     @property
+    def span_context(self) -> trace.SpanContext:
+        return self._span.get_span_context()
+
+    @property
     def trace_id(self) -> str:
         sc = self._span.get_span_context()
         return format(sc.trace_id, "032x") if sc.is_valid else ""
@@ -407,8 +423,80 @@ class SkillCallSpan:
             }
             if outcome.model:
                 attrs[GEN_AI_RESPONSE_MODEL] = outcome.model
+            batch_size = getattr(outcome, "batch_size", 1)
+            if batch_size > 1:
+                attrs["router.batch.size"] = batch_size
+            shared_by = getattr(outcome, "shared_by", 1)
+            if shared_by > 1:
+                attrs["router.shared_by"] = shared_by  # identical calls in flight that shared one request
             span.set_attributes(attrs)
             if not outcome.ok:
                 span.set_attribute(ERROR_TYPE, status)
                 span.set_status(Status(StatusCode.ERROR, scrub(outcome.error) or status))
         span.end()
+
+
+class BatchSpan:
+    """One batched backend request: a CLIENT span of its own trace, linked
+    to the skill span of every query it carries; current for its block."""
+
+    __slots__ = ("_o", "_span", "_token_cm", "_size", "_metric_attrs")
+
+    def __init__(self, observer: OtelObserver, skill: str, impl: ImplementationSpec, batch_id: str, size: int,
+                 first_wait_s: float, tags: Sequence[Any]) -> None:
+        self._o = observer
+        self._size = size
+        op = operation_of(impl.backend)
+        attrs: dict[str, Any] = {
+            GEN_AI_OPERATION: op,
+            GEN_AI_PROVIDER: getattr(impl, "provider", None) or impl.backend or "unknown",
+            GEN_AI_REQUEST_MODEL: impl.model,
+            "router.skill": skill,
+            "router.implementation": impl.name,
+            "router.batch.id": batch_id,
+            "router.batch.size": size,
+            "router.batch.first_wait_ms": first_wait_s * 1000.0,
+        }
+        host, port = _server_of(impl.url)
+        if host:
+            attrs[SERVER_ADDRESS] = host
+        if port:
+            attrs[SERVER_PORT] = port
+        links = []
+        for tag in tags:
+            sc = getattr(tag, "span_context", None)
+            if isinstance(sc, trace.SpanContext) and sc.is_valid:
+                links.append(Link(sc))
+        self._metric_attrs = {"router.skill": skill, "router.implementation": impl.name}
+        self._span = observer._tracer.start_span(
+            f"{op} {impl.model} batch".strip(), context=Context(), kind=SpanKind.CLIENT,
+            attributes=attrs, links=links)
+        self._token_cm: Any = None
+
+    def __repr__(self) -> str:
+        return f"<BatchSpan {self._metric_attrs['router.skill']} size={self._size}>"
+
+    def __enter__(self) -> Self:
+        self._token_cm = trace.use_span(self._span, end_on_exit=False, record_exception=False,
+                                        set_status_on_exception=False)
+        self._token_cm.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._token_cm is not None:
+            self._token_cm.__exit__(None, None, None)
+        self._o._m.batch_size.record(self._size, self._metric_attrs)
+        span = self._span
+        if exc is not None and span.is_recording():
+            error_type = _error_type(exc)
+            span.set_attribute(ERROR_TYPE, error_type)
+            span.set_status(Status(StatusCode.ERROR, scrub(str(exc)) or error_type))
+        span.end()
+
+    @property
+    def span_context(self) -> trace.SpanContext:
+        return self._span.get_span_context()
+
+    def event(self, name: str, attributes: Mapping[str, Any] | None = None) -> None:
+        self._span.add_event(name, attributes)

@@ -120,7 +120,7 @@ class Telemetry:
     """The telemetry of one sidecar: the observer for the pipeline, the
     SERVER span for the service, and the flush at shutdown."""
 
-    def __init__(self, plan: TelemetryPlan, observer: Observer,
+    def __init__(self, plan: TelemetryPlan, observer: Observer, tracer: trace.Tracer | None = None,
                  tracer_provider: TracerProvider | None = None,
                  meter_provider: MeterProvider | None = None,
                  instruments: Instruments | None = None,
@@ -131,7 +131,7 @@ class Telemetry:
         self.meter_provider = meter_provider
         self.propagator = propagator
         self._instruments = instruments
-        self._tracer = tracer_provider.get_tracer(INSTRUMENTATION_SCOPE) if tracer_provider else None
+        self._tracer = tracer
         self._closed = False
 
     def __repr__(self) -> str:
@@ -141,7 +141,7 @@ class Telemetry:
 
     @property
     def enabled(self) -> bool:
-        """Whether anything is exported (and spans are made at all)."""
+        """Whether anything is exported (traces, metrics or both)."""
         return self._tracer is not None
 
     def server_span(self, method: str, metadata: Iterable[Any] | None,
@@ -204,13 +204,16 @@ def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *
         return Telemetry(plan, NullObserver())
 
     resource = _resource(settings, plan)
+    tracer_provider: TracerProvider | None = None
     if plan.traces is not None:
         tracer_provider = TracerProvider(sampler=_sampler(plan), resource=resource)
         tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(plan.traces)))
+        tracer: trace.Tracer = tracer_provider.get_tracer(INSTRUMENTATION_SCOPE)
     else:
-        # Metrics only: spans are not recorded, but trace context still flows
-        # to the backends.
-        tracer_provider = TracerProvider(sampler=sampling.ALWAYS_OFF, resource=resource)
+        # Metrics only: no spans, but the caller's trace context passes
+        # through unchanged to the skill backends (the no-op tracer's spans
+        # carry their parent's context), sampled flag included.
+        tracer = trace.NoOpTracer()
 
     meter_provider: MeterProvider | None = None
     if plan.metrics is not None:
@@ -224,16 +227,17 @@ def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *
     instruments.set_live_stats(live_stats)
 
     if getattr(settings, "install_global", False):
-        trace.set_tracer_provider(tracer_provider)
+        if tracer_provider is not None:
+            trace.set_tracer_provider(tracer_provider)
         if meter_provider is not None:
             metrics_api.set_meter_provider(meter_provider)
 
     observer = OtelObserver(
-        tracer_provider.get_tracer(INSTRUMENTATION_SCOPE), instruments, W3C_PROPAGATOR,
+        tracer, instruments, W3C_PROPAGATOR,
         record_query_text=bool(getattr(settings, "record_query_text", False)),
         max_query_text_chars=int(getattr(settings, "max_query_text_chars", 2048)),
     )
     log.info("telemetry: traces=%s metrics=%s",
              plan.traces.endpoint or plan.traces.kind if plan.traces else "off",
              plan.metrics.endpoint or plan.metrics.kind if plan.metrics else "off")
-    return Telemetry(plan, observer, tracer_provider, meter_provider, instruments)
+    return Telemetry(plan, observer, tracer, tracer_provider, meter_provider, instruments)

@@ -1,0 +1,522 @@
+"""Shared machinery of the benchmarks.
+
+Process layout (the same for every benchmark):
+
+- the **bench process** (this one) hosts what is measured: the sidecar and,
+  when there is one, the baseline server, on one asyncio loop;
+- the **load generator** is a separate process (``multiprocessing``, spawn),
+  so the client's CPU is not charged to the server it measures, and both the
+  sidecar and the baseline are driven by the same code the same way;
+- the **emulated backend** (``python -m router.emulator``) is a third
+  process, so its CPU is not charged to the sidecar either.
+
+Load is closed-loop: ``concurrency`` callers each send the next request as
+soon as the previous one answered, for ``duration_s``. The variants of a
+benchmark are measured in interleaved rounds (A B, B A, A B, ...) so that
+drift in the machine's load hits them alike; latencies are pooled over the
+rounds and the per-round ratios are kept to show the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import cProfile
+import io
+import json
+import logging
+import math
+import multiprocessing
+import os
+import platform
+import pstats
+import re
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+LOOPBACK = "127.0.0.1"
+MACHINE_NOTE = "shared development machine, other work running at the same time"
+
+
+def quiet_logs() -> None:
+    """Keep the sidecar's start-up warnings (no API key for the emulated
+    OpenRouter models) out of the benchmark's output."""
+    logging.getLogger("router").setLevel(logging.ERROR)
+
+
+def machine() -> dict[str, Any]:
+    import grpc
+    import httpx
+
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "grpcio": grpc.__version__,
+        "httpx": httpx.__version__,
+        "note": MACHINE_NOTE,
+    }
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 1]) of an ascending sequence."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+@dataclass
+class Measured:
+    """One variant at one concurrency, pooled over the rounds."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    errors: collections.Counter = field(default_factory=collections.Counter)
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    emulator_cpu_s: float = 0.0
+    rounds: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies_ms)
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        n = len(lat)
+        per_call = (lambda s: s / n * 1e6 if n else float("nan"))
+        return {
+            "calls": n,
+            "errors": dict(self.errors),
+            "p50_ms": percentile(lat, 0.50),
+            "p99_ms": percentile(lat, 0.99),
+            "mean_ms": sum(lat) / n if n else float("nan"),
+            "throughput_qps": n / self.wall_s if self.wall_s else 0.0,
+            "server_cpu_us_per_call": per_call(self.server_cpu_s),
+            "client_cpu_us_per_call": per_call(self.client_cpu_s),
+            "emulator_cpu_us_per_call": per_call(self.emulator_cpu_s),
+            "server_cpu_utilization": self.server_cpu_s / self.wall_s if self.wall_s else 0.0,
+            "rounds": self.rounds,
+        }
+
+
+def round_summary(latencies_ms: Sequence[float], wall_s: float) -> dict[str, float]:
+    lat = sorted(latencies_ms)
+    return {"p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99),
+            "throughput_qps": len(lat) / wall_s if wall_s else 0.0}
+
+
+def compare(subject: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """Ratios subject/baseline of the pooled p50, p99 and throughput, with
+    the range of the per-round ratios."""
+    out: dict[str, Any] = {
+        "p50": ratio(subject["p50_ms"], baseline["p50_ms"]),
+        "p99": ratio(subject["p99_ms"], baseline["p99_ms"]),
+        "throughput": ratio(subject["throughput_qps"], baseline["throughput_qps"]),
+    }
+    for key, metric in (("p50", "p50_ms"), ("p99", "p99_ms"), ("throughput", "throughput_qps")):
+        per_round = [ratio(s[metric], b[metric]) for s, b in zip(subject["rounds"], baseline["rounds"])]
+        per_round = [r for r in per_round if not math.isnan(r)]
+        out[f"{key}_round_range"] = [min(per_round), max(per_round)] if per_round else None
+    return out
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def cpu_seconds(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return t.user + t.system
+
+
+@contextlib.asynccontextmanager
+async def emulator_process(config: Mapping[str, Any]) -> AsyncIterator[tuple[str, psutil.Process]]:
+    """``python -m router.emulator`` on a free loopback port, with ``config``
+    (an ``EmulatorConfig`` mapping); yields its URL and its process."""
+    with tempfile.TemporaryDirectory(prefix="bench-emulator-") as tmp:
+        path = os.path.join(tmp, "emulator.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(config, f)
+        with open(os.path.join(tmp, "stderr"), "w+", encoding="utf-8") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "router.emulator", "--host", LOOPBACK, "--port", "0", "--config", path,
+                stdout=asyncio.subprocess.PIPE, stderr=err)
+            try:
+                assert proc.stdout is not None
+                line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+                match = re.search(r"listening on (http://\S+)", line)
+                if match is None:
+                    err.seek(0)
+                    raise RuntimeError(f"emulator did not start: {line!r} {err.read()[-2000:]}")
+                yield match.group(1), psutil.Process(proc.pid)
+            finally:
+                if proc.returncode is None:
+                    proc.terminate()
+                    try:
+                        await asyncio.wait_for(proc.wait(), 5)
+                    except TimeoutError:
+                        proc.kill()
+                        await proc.wait()
+
+
+class RssSampler:
+    """Samples this process's resident set size every ``interval_s``; keeps
+    the peak."""
+
+    def __init__(self, interval_s: float = 0.02) -> None:
+        self._proc = psutil.Process()
+        self._interval = interval_s
+        self.peak = self.now()
+        self._task: asyncio.Task | None = None
+
+    def now(self) -> int:
+        return self._proc.memory_info().rss
+
+    async def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.now())
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.peak = max(self.peak, self.now())
+
+
+# -- the load generator (a separate process) --------------------------------------------------
+
+
+class LoadGenerator:
+    """A spawned process that runs closed-loop load jobs on request.
+
+    A job is a plain dict: ``{"kind": "grpc", "target", "method", "request"
+    (serialized), "check", "concurrency", "duration_s"}`` or ``{"kind":
+    "http", "base_url", "calls": [(path, json body), ...], "concurrency",
+    "duration_s"}``; the answer has ``latencies_ms``, ``wall_s``, ``errors``
+    and ``client_cpu_s``.
+    """
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_worker_entry, args=(child,), name="bench-load", daemon=True)
+        self._child = child
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bench-load-pipe")
+        self.process: psutil.Process | None = None
+
+    async def __aenter__(self) -> LoadGenerator:
+        self._proc.start()
+        self._child.close()
+        self.process = psutil.Process(self._proc.pid)
+        await self.run({"kind": "ping"})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.send(None)
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._proc.join, 10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
+        self._pool.shutdown(wait=False)
+
+    async def run(self, job: Mapping[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        self._conn.send(dict(job))
+        result = await loop.run_in_executor(self._pool, self._conn.recv)
+        if "error" in result:
+            raise RuntimeError(f"load generator: {result['error']}")
+        return result
+
+
+def _worker_entry(conn: Any) -> None:
+    quiet_logs()
+    asyncio.run(_Worker(conn).serve())
+
+
+class _Worker:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._channels: dict[str, Any] = {}
+        self._clients: dict[str, Any] = {}
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                job = await loop.run_in_executor(None, self._conn.recv)
+                if job is None:
+                    break
+                try:
+                    result = await self._job(job)
+                except Exception as exc:  # noqa: BLE001 - reported to the bench process
+                    result = {"error": f"{type(exc).__name__}: {exc}"}
+                self._conn.send(result)
+        finally:
+            for channel in self._channels.values():
+                await channel.close()
+            for client in self._clients.values():
+                await client.aclose()
+
+    async def _job(self, job: dict[str, Any]) -> dict[str, Any]:
+        kind = job["kind"]
+        if kind == "ping":
+            return {"ok": True}
+        if kind == "grpc":
+            one = self._grpc_call(job)
+        elif kind == "http":
+            one = self._http_call(job)
+        else:
+            raise ValueError(f"unknown job kind {kind!r}")
+        return await closed_loop(one, int(job["concurrency"]), float(job["duration_s"]))
+
+    def _grpc_call(self, job: dict[str, Any]) -> Callable[[], Any]:
+        import grpc
+
+        from router.v1 import router_pb2 as pb
+        from router.v1 import router_pb2_grpc as pb_grpc
+
+        target = job["target"]
+        if target not in self._channels:
+            self._channels[target] = grpc.aio.insecure_channel(target)
+        stub = pb_grpc.RouterServiceStub(self._channels[target])
+        method = job["method"]
+        request_type = {"Route": pb.RouteRequest, "Execute": pb.ExecuteRequest}[method]
+        request = request_type.FromString(job["request"])
+        rpc = getattr(stub, method)
+        timeout = float(job.get("timeout_s", 30.0))
+        expect = int(job.get("expect_results", 0))
+        ok = pb.SKILL_STATUS_OK
+
+        async def one() -> None:
+            resp = await rpc(request, timeout=timeout)
+            if expect and (len(resp.results) != expect or any(r.status != ok for r in resp.results)):
+                raise _Degraded()
+
+        return one
+
+    def _http_call(self, job: dict[str, Any]) -> Callable[[], Any]:
+        import httpx
+
+        base = job["base_url"]
+        if base not in self._clients:
+            n = int(job.get("max_connections", 1024))
+            self._clients[base] = httpx.AsyncClient(
+                base_url=base, timeout=httpx.Timeout(float(job.get("timeout_s", 30.0))),
+                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n), trust_env=False)
+        client = self._clients[base]
+        calls = [(path, body) for path, body in job["calls"]]
+
+        async def post(path: str, body: Any) -> None:
+            response = await client.post(path, json=body)
+            response.raise_for_status()
+            response.json()
+
+        async def one() -> None:
+            await asyncio.gather(*(post(path, body) for path, body in calls))
+
+        return one
+
+
+class _Degraded(Exception):
+    """An Execute answer in which not every chosen skill answered."""
+
+
+def _error_name(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    if callable(code):
+        with contextlib.suppress(Exception):
+            return str(code().name)
+    if isinstance(exc, _Degraded):
+        return "DEGRADED"
+    return type(exc).__name__
+
+
+async def closed_loop(one: Callable[[], Any], concurrency: int, duration_s: float) -> dict[str, Any]:
+    """``concurrency`` callers awaiting ``one()`` back to back for
+    ``duration_s``; latencies of the calls that succeeded, in ms."""
+    latencies: list[float] = []
+    errors: collections.Counter = collections.Counter()
+    perf = time.perf_counter
+    deadline = perf() + duration_s
+
+    async def caller() -> None:
+        while perf() < deadline:
+            t0 = perf()
+            try:
+                await one()
+            except Exception as exc:  # noqa: BLE001 - counted
+                errors[_error_name(exc)] += 1
+                await asyncio.sleep(0.001)
+                continue
+            latencies.append((perf() - t0) * 1000.0)
+
+    cpu0 = time.process_time()
+    t0 = perf()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return {"latencies_ms": latencies, "wall_s": perf() - t0, "errors": dict(errors),
+            "client_cpu_s": time.process_time() - cpu0}
+
+
+# -- orchestration ------------------------------------------------------------------------------
+
+
+class Profiler:
+    """cProfile of this process's main thread (the asyncio loop that runs the
+    sidecar), switched on only while the sidecar is being measured."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.profile = cProfile.Profile() if enabled else None
+
+    @contextlib.contextmanager
+    def active(self, on: bool) -> Iterator[None]:
+        if self.profile is None or not on:
+            yield
+            return
+        self.profile.enable()
+        try:
+            yield
+        finally:
+            self.profile.disable()
+
+    def report(self, top: int = 25) -> str:
+        if self.profile is None:
+            return ""
+        out = io.StringIO()
+        stats = pstats.Stats(self.profile, stream=out)
+        stats.sort_stats("tottime").print_stats(top)
+        stats.sort_stats("cumulative").print_stats(top)
+        return out.getvalue()
+
+
+async def measure(
+    gen: LoadGenerator,
+    variants: Mapping[str, Mapping[str, Any]],
+    *,
+    concurrency: int,
+    rounds: int,
+    duration_s: float,
+    warmup_s: float,
+    emulator: psutil.Process | None = None,
+    profiler: Profiler | None = None,
+    profiled: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Measure every variant (name → load job without concurrency/duration)
+    at ``concurrency`` in ``rounds`` interleaved rounds; pooled summaries."""
+    me = psutil.Process()
+    names = list(variants)
+    for name in names:  # warm connections, caches and the JIT-less interpreter's branch state alike
+        await gen.run({**variants[name], "concurrency": concurrency, "duration_s": warmup_s})
+    acc = {name: Measured() for name in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            job = {**variants[name], "concurrency": concurrency, "duration_s": duration_s}
+            server0, emu0 = cpu_seconds(me), cpu_seconds(emulator)
+            with profiler.active(name == profiled) if profiler else contextlib.nullcontext():
+                res = await gen.run(job)
+            m = acc[name]
+            m.server_cpu_s += cpu_seconds(me) - server0
+            m.emulator_cpu_s += cpu_seconds(emulator) - emu0
+            m.client_cpu_s += res["client_cpu_s"]
+            m.latencies_ms.extend(res["latencies_ms"])
+            m.wall_s += res["wall_s"]
+            m.errors.update(res["errors"])
+            m.rounds.append(round_summary(res["latencies_ms"], res["wall_s"]))
+    return {name: acc[name].summary() for name in names}
+
+
+# -- command line and output -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    duration_s: float
+    warmup_s: float
+
+
+def parse_args(description: str, argv: Sequence[str] | None, *, full: Plan, quick: Plan) -> tuple[argparse.Namespace, Plan]:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a smoke check of a few seconds (few samples; figures rough)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--rounds", type=int, help=f"interleaved rounds per variant (default {full.rounds}, quick {quick.rounds})")
+    p.add_argument("--duration", type=float, help=f"seconds per round (default {full.duration_s}, quick {quick.duration_s})")
+    p.add_argument("--profile", action="store_true",
+                   help="cProfile the sidecar's event loop while it is measured; print the hot spots to stderr "
+                        "(the profiler slows the sidecar: ratios of such a run are not comparable)")
+    args = p.parse_args(argv)
+    plan = quick if args.quick else full
+    plan = Plan(args.rounds or plan.rounds, args.duration if args.duration is not None else plan.duration_s,
+                plan.warmup_s)
+    return args, plan
+
+
+def fmt(value: Any, spec: str = ".2f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return format(value, spec)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def emit(result: Mapping[str, Any], as_json: bool, table: Callable[[Mapping[str, Any]], str]) -> None:
+    if as_json:
+        print(json.dumps(result, allow_nan=False, default=_json_default))
+    else:
+        print(table(result))
+
+
+def _json_default(value: Any) -> Any:
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def json_safe(value: Any) -> Any:
+    """NaN → None, recursively (JSON has no NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def timestamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

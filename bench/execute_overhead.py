@@ -1,0 +1,273 @@
+"""Execute overhead: what the sidecar adds to the backends' own time.
+
+Every emulated model answers in a fixed 20 ms (no jitter). The sidecar runs
+the bundled default config pointed at the emulator, with the per-skill
+admission limits, queues and connection pools raised far above the load (so
+this measures the router's overhead, not its admission policy, which has a
+benchmark of its own). The baseline is what the web app would do without
+the sidecar: one pooled, warm ``httpx.AsyncClient`` in the load generator
+sending, per query, the same k requests concurrently that the sidecar sends
+for its k chosen skills (``POST /v1/chat/completions`` for ``openai``
+skills, ``POST /skill`` for ``http`` skills, same bodies). Both are driven
+from the same load-generator process, closed-loop at concurrency 1, 16 and
+64, in interleaved rounds; the emulator runs in a process of its own.
+
+Reported: p50/p99 latency of both, the milliseconds the sidecar adds and the
+ratio, throughput, the sidecar's CPU per query, and the sidecar process's
+resident memory (psutil) before start, when ready, at its peak under load
+and after the load.
+
+    .venv/bin/python -m bench.execute_overhead [--quick] [--json] [--profile]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from bench._common import (LOOPBACK, LoadGenerator, Plan, Profiler, RssSampler, compare, emit, emulator_process,
+                           fmt, json_safe, machine, md_table, measure, parse_args, quiet_logs, text_table, timestamp)
+
+NAME = "execute_overhead"
+COMMAND = ".venv/bin/python -m bench.execute_overhead"
+CONCURRENCY = (1, 16, 64)
+BACKEND_MS = 20.0
+FULL = Plan(rounds=4, duration_s=2.0, warmup_s=0.5)
+QUICK = Plan(rounds=1, duration_s=0.4, warmup_s=0.15)
+REQUEST = {"query": "Review this NDA clause for risks in a leasing deal", "domain": "legal", "complexity": 6.0}
+# Far above the highest concurrency: no queueing or shedding in the sidecar,
+# no waiting for a pooled connection on either side.
+LIMIT = 1024
+CONNECTIONS = 256
+
+
+def bench_config(emulator_url: str) -> Any:
+    """The bundled default config with admission limits and pools raised."""
+    import yaml
+
+    from router.config import default_config_path, parse_config
+
+    data = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
+    data["admission"]["default_concurrency_limit"] = LIMIT
+    data["admission"]["default_queue_depth"] = LIMIT
+    for skill in data["skills"].values():
+        skill["concurrency_limit"] = LIMIT
+        skill["queue_depth"] = LIMIT
+        for impl in skill["implementations"]:
+            impl["max_connections"] = CONNECTIONS
+    data["storage"]["sqlite_path"] = None
+    return parse_config(data, "default.yaml (bench: limits raised)").with_urls(emulator_url)
+
+
+def baseline_calls(config: Any, response: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The requests the sidecar sent for ``response`` (an ExecuteResponse):
+    one per chosen skill, with the bodies its backends build."""
+    skills = {s.name: s for s in config.skills}
+    calls: list[tuple[str, dict[str, Any]]] = []
+    for sel in response.selections:
+        skill = skills[sel.skill]
+        impl = next(i for i in skill.implementations if i.name == sel.implementation.implementation.name)
+        system_prompt = getattr(skill, "system_prompt", None)
+        if impl.backend == "openai":
+            messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+            messages.append({"role": "user", "content": REQUEST["query"]})
+            calls.append(("/v1/chat/completions", {"model": impl.model, "messages": messages}))
+        else:
+            item: dict[str, Any] = {
+                "query": REQUEST["query"],
+                "context": {"domain": REQUEST["domain"], "complexity": REQUEST["complexity"], "metadata": {}},
+                "skill": skill.name, "model": impl.model, "query_id": response.query_id,
+            }
+            if system_prompt:
+                item["system_prompt"] = system_prompt
+            calls.append(("/skill", item))
+    return calls
+
+
+async def run(plan: Plan, *, profile: bool = False, quick: bool = False) -> dict[str, Any]:
+    from router.app import build_app
+    from router.v1 import router_pb2 as pb
+    from router.v1 import router_pb2_grpc as pb_grpc
+    from skill_router_client import build_context
+
+    quiet_logs()
+    profiler = Profiler(profile)
+    request = pb.ExecuteRequest(query=REQUEST["query"],
+                                context=build_context(domain=REQUEST["domain"], complexity=REQUEST["complexity"]))
+    levels = []
+    rss = RssSampler()
+    memory: dict[str, int] = {"before_start": rss.now()}
+    emulator = {"seed": 0, "default": {"latency_ms": BACKEND_MS}}
+    async with emulator_process(emulator) as (emu_url, emu_proc):
+        config = bench_config(emu_url)
+        app = build_app(config, f"{LOOPBACK}:0")
+        await app.start()
+        try:
+            memory["ready"] = rss.now()
+            async with grpc.aio.insecure_channel(app.address) as channel:
+                probe = await pb_grpc.RouterServiceStub(channel).Execute(request, timeout=10)
+            bad = [f"{r.skill}: {r.error}" for r in probe.results if r.status != pb.SKILL_STATUS_OK]
+            if bad or not probe.results:
+                raise RuntimeError(f"the sidecar's probe Execute did not succeed: {bad or 'no results'}")
+            calls = baseline_calls(config, probe)
+            variants = {
+                "baseline": {"kind": "http", "base_url": emu_url, "calls": calls,
+                             "max_connections": CONNECTIONS * len(calls), "timeout_s": 30},
+                "sidecar": {"kind": "grpc", "target": app.address, "method": "Execute",
+                            "request": request.SerializeToString(), "timeout_s": 30,
+                            "expect_results": len(probe.results)},
+            }
+            rss.start()
+            async with LoadGenerator() as gen:
+                for c in CONCURRENCY:
+                    m = await measure(gen, variants, concurrency=c, rounds=plan.rounds, duration_s=plan.duration_s,
+                                      warmup_s=plan.warmup_s, emulator=emu_proc, profiler=profiler,
+                                      profiled="sidecar")
+                    b, s = m["baseline"], m["sidecar"]
+                    levels.append({
+                        "concurrency": c, "baseline": b, "sidecar": s, "ratio": compare(s, b),
+                        "added_ms": {"p50": s["p50_ms"] - b["p50_ms"], "p99": s["p99_ms"] - b["p99_ms"],
+                                     "mean": s["mean_ms"] - b["mean_ms"]},
+                    })
+            await rss.stop()
+            memory["peak_under_load"] = rss.peak
+            await asyncio.sleep(0.5)
+            memory["after_load"] = rss.now()
+        finally:
+            await app.stop(0)
+    memory["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if profile:
+        print(profiler.report(), file=sys.stderr)
+    return json_safe({
+        "benchmark": NAME,
+        "command": COMMAND + (" --quick" if quick else ""),
+        "when": timestamp(),
+        "quick": quick,
+        "profiled": profile,
+        "machine": machine(),
+        "plan": {"rounds": plan.rounds, "duration_s": plan.duration_s, "warmup_s": plan.warmup_s},
+        "backend_latency_ms": BACKEND_MS,
+        "request": REQUEST,
+        "k": len(calls),
+        "calls": [f"{path} {body.get('model') or body.get('skill')}" for path, body in calls],
+        "selected": [s.skill for s in probe.selections],
+        "levels": levels,
+        "rss_bytes": memory,
+        "rss_peak_over_ready": memory["peak_under_load"] / memory["ready"],
+    })
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    headers = ["concurrency", "p50 direct", "p50 sidecar", "p50 added", "p50 ×", "p99 direct", "p99 sidecar",
+               "p99 added", "p99 ×", "qps direct", "qps sidecar", "sidecar CPU/query"]
+    rows = []
+    for lv in result["levels"]:
+        b, s, r, a = lv["baseline"], lv["sidecar"], lv["ratio"], lv["added_ms"]
+        rows.append([
+            str(lv["concurrency"]),
+            f"{fmt(b['p50_ms'])} ms", f"{fmt(s['p50_ms'])} ms", f"{fmt(a['p50'], '+.2f')} ms", fmt(r["p50"]),
+            f"{fmt(b['p99_ms'])} ms", f"{fmt(s['p99_ms'])} ms", f"{fmt(a['p99'], '+.2f')} ms", fmt(r["p99"]),
+            fmt(b["throughput_qps"], ".0f"), fmt(s["throughput_qps"], ".0f"),
+            f"{fmt(s['server_cpu_us_per_call'], '.0f')} µs",
+        ])
+    return headers, rows
+
+
+def _memory_line(result: Mapping[str, Any]) -> str:
+    m = result["rss_bytes"]
+    return (f"sidecar process RSS: before start {_mib(m['before_start'])}, ready {_mib(m['ready'])}, "
+            f"peak under load {_mib(m['peak_under_load'])} ({fmt(result['rss_peak_over_ready'])}× ready), "
+            f"after load {_mib(m['after_load'])}")
+
+
+def _errors(result: Mapping[str, Any]) -> list[str]:
+    out = []
+    for lv in result["levels"]:
+        for name in ("baseline", "sidecar"):
+            if lv[name]["errors"]:
+                out.append(f"concurrency {lv['concurrency']}, {name}: errors {lv[name]['errors']}")
+    return out
+
+
+def _spread(result: Mapping[str, Any]) -> list[str]:
+    out = []
+    for lv in result["levels"]:
+        r = lv["ratio"]
+        parts = [f"{k} {fmt(r[k + '_round_range'][0])}–{fmt(r[k + '_round_range'][1])}"
+                 for k in ("p50", "p99") if r.get(k + "_round_range")]
+        out.append(f"concurrency {lv['concurrency']}: " + ", ".join(parts))
+    return out
+
+
+def _utilization(result: Mapping[str, Any]) -> str:
+    parts = []
+    for lv in result["levels"]:
+        s = lv["sidecar"]
+        parts.append(f"{lv['concurrency']}: {fmt(s['server_cpu_utilization'] * 100, '.0f')}%")
+    return "sidecar process CPU while loaded (100% = one core), by concurrency: " + ", ".join(parts)
+
+
+def table(result: Mapping[str, Any]) -> str:
+    headers, rows = _rows(result)
+    m = result["machine"]
+    lines = [
+        f"Execute: sidecar vs calling the backends directly (k={result['k']}: {', '.join(result['calls'])}; "
+        f"every backend answers in {result['backend_latency_ms']:g} ms; × = sidecar / direct)",
+        text_table(headers, rows),
+        "per-round ratio ranges: " + "; ".join(_spread(result)),
+        _utilization(result),
+        _memory_line(result),
+        f"{m['cpus']} CPUs, Python {m['python']}, grpcio {m['grpcio']}, httpx {m['httpx']} ({m['note']}); "
+        f"{result['plan']['rounds']} rounds × {result['plan']['duration_s']} s per variant and concurrency"
+        + (" — QUICK: rough figures" if result["quick"] else "")
+        + (" — PROFILED: ratios distorted" if result["profiled"] else ""),
+        *_errors(result),
+    ]
+    return "\n".join(lines)
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    headers, rows = _rows(result)
+    m = result["machine"]
+    lines = [
+        f"Measured {result['when']} with `{result['command']}` on {m['cpus']} CPUs ({m['note']}); "
+        f"Python {m['python']}, grpcio {m['grpcio']}, httpx {m['httpx']}. {result['plan']['rounds']} interleaved "
+        f"rounds × {result['plan']['duration_s']} s per variant and concurrency. Request: "
+        f"`{result['request']['query']}` (domain `{result['request']['domain']}`, complexity "
+        f"{result['request']['complexity']}); the sidecar chooses k={result['k']} skills "
+        f"({', '.join(result['selected'])}), so each query is {result['k']} concurrent backend calls on both sides: "
+        f"{', '.join(f'`{c}`' for c in result['calls'])}. Every backend answers in "
+        f"{result['backend_latency_ms']:g} ms. *Added* is sidecar − direct, × is sidecar / direct.",
+        "",
+        md_table(headers, rows),
+        "",
+        "Per-round ratio ranges: " + "; ".join(_spread(result)) + ".",
+        "",
+        _utilization(result)[0].upper() + _utilization(result)[1:] + ".",
+        "",
+        _memory_line(result)[0].upper() + _memory_line(result)[1:] + ".",
+    ]
+    errs = _errors(result)
+    if errs:
+        lines += ["", "Errors: " + "; ".join(errs) + "."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, plan = parse_args(__doc__.splitlines()[0], argv, full=FULL, quick=QUICK)
+    result = asyncio.run(run(plan, profile=args.profile, quick=args.quick))
+    emit(result, args.json, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

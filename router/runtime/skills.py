@@ -1,0 +1,104 @@
+"""The live resources of one skill: its gate, a circuit breaker per
+implementation, its batchers and single-flight table, and how it retries.
+
+Built once by the composition root from the config; the pipeline reads and
+drives them. Nothing here decides: the decisions are ``router.core``'s.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from router.core.batching import BatchKeyMode
+from router.core.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from router.core.retry import RetryBudget, RetryPolicy
+from router.core.types import SkillSpec
+
+from .batcher import BatcherGroup, BatcherStats, SingleFlight
+from .gate import Gate
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingOptions:
+    enabled: bool = False
+    window_s: float = 0.1
+    max_batch_size: int = 16
+    key: BatchKeyMode = BatchKeyMode.IMPLEMENTATION
+    priority_bypass: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionOptions:
+    enabled: bool = True
+    load_bias: float = 0.0
+    retry: RetryPolicy = RetryPolicy()
+    retry_budget_ratio: float = 0.2
+
+
+@dataclass
+class SkillRuntime:
+    spec: SkillSpec
+    gate: Gate
+    breakers: dict[str, CircuitBreaker]
+    batching: BatchingOptions
+    can_batch: dict[str, bool]  # per implementation: its backend takes batches
+    budget: RetryBudget
+    batchers: BatcherGroup | None = None  # set by the pipeline (it owns ``send``)
+    flights: SingleFlight = field(default_factory=SingleFlight)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def unavailable(self, now: float) -> dict[str, str]:
+        """Implementations whose breaker is open now (selection skips them)."""
+        out = {}
+        for impl, b in self.breakers.items():
+            if b.state(now) is BreakerState.OPEN:
+                at = b.half_open_at
+                out[impl] = "circuit breaker open" + (f" (half-opens in {max(0.0, at - now):.1f}s)" if at else "")
+        return out
+
+    def batch_stats(self) -> BatcherStats | None:
+        if self.batchers is None:
+            return None
+        stats = list(self.batchers.stats().values())
+        if not stats:
+            return None
+        total = stats[0]
+        for s in stats[1:]:
+            total = total + s
+        return total
+
+
+def build_skill_runtimes(
+    skills: tuple[SkillSpec, ...],
+    *,
+    limits: Callable[[SkillSpec], tuple[int, int, float]],
+    breaker: BreakerConfig,
+    batching: Callable[[SkillSpec], BatchingOptions],
+    can_batch: Callable[[SkillSpec, str], bool],
+    budget_ratio: float,
+    limit_algorithm: Callable[[SkillSpec, int], object | None] = lambda s, n: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, SkillRuntime]:
+    """``limits(skill) -> (concurrency limit, queue depth, queue timeout s)``."""
+    out = {}
+    for s in skills:
+        limit, depth, queue_timeout = limits(s)
+        hint = min(i.expected_latency_ms for i in s.implementations) / 1000.0
+        gate = Gate(s.name, limit, depth, queue_timeout, clock, limit_algorithm=limit_algorithm(s, limit),  # type: ignore[arg-type]
+                    service_time_hint_s=hint)
+        out[s.name] = SkillRuntime(
+            spec=s, gate=gate,
+            breakers={i.name: CircuitBreaker(f"{s.name}/{i.name}", breaker) for i in s.implementations},
+            batching=batching(s), can_batch={i.name: can_batch(s, i.name) for i in s.implementations},
+            budget=RetryBudget(budget_ratio), flights=SingleFlight(s.name))
+    return out
+
+
+def new_rng(seed: int | None = None) -> random.Random:
+    return random.Random(seed)
