@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import psutil
 
@@ -151,15 +151,21 @@ def cpu_seconds(proc: psutil.Process | None) -> float:
     return t.user + t.system
 
 
+def _emulator_files(tmp: str, config: Mapping[str, Any]) -> tuple[str, Any]:
+    """The emulator's config file, and a file for its stderr."""
+    path = os.path.join(tmp, "emulator.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return path, open(os.path.join(tmp, "stderr"), "w+", encoding="utf-8")
+
+
 @contextlib.asynccontextmanager
 async def emulator_process(config: Mapping[str, Any]) -> AsyncIterator[tuple[str, psutil.Process]]:
     """``python -m router.emulator`` on a free loopback port, with ``config``
     (an ``EmulatorConfig`` mapping); yields its URL and its process."""
     with tempfile.TemporaryDirectory(prefix="bench-emulator-") as tmp:
-        path = os.path.join(tmp, "emulator.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(config, f)
-        with open(os.path.join(tmp, "stderr"), "w+", encoding="utf-8") as err:
+        path, err = _emulator_files(tmp, config)
+        with err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "router.emulator", "--host", LOOPBACK, "--port", "0", "--config", path,
                 stdout=asyncio.subprocess.PIPE, stderr=err)
@@ -231,7 +237,7 @@ class LoadGenerator:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bench-load-pipe")
         self.process: psutil.Process | None = None
 
-    async def __aenter__(self) -> LoadGenerator:
+    async def __aenter__(self) -> Self:
         self._proc.start()
         self._child.close()
         self.process = psutil.Process(self._proc.pid)
@@ -293,6 +299,8 @@ class _Worker:
             one = self._grpc_call(job)
         elif kind == "http":
             one = self._http_call(job)
+        elif kind == "aiohttp":
+            one = await self._aiohttp_call(job)
         else:
             raise ValueError(f"unknown job kind {kind!r}")
         return await closed_loop(one, int(job["concurrency"]), float(job["duration_s"]))
@@ -323,26 +331,68 @@ class _Worker:
         return one
 
     def _http_call(self, job: dict[str, Any]) -> Callable[[], Any]:
+        """One warm pooled ``httpx.AsyncClient`` per call of the query (the
+        sidecar also holds one per implementation): httpcore's pool looks at
+        every pooled connection on each request, so one client holding k
+        times the connections would be slower than the sidecar's k clients."""
         import httpx
 
         base = job["base_url"]
-        if base not in self._clients:
-            n = int(job.get("max_connections", 1024))
-            self._clients[base] = httpx.AsyncClient(
-                base_url=base, timeout=httpx.Timeout(float(job.get("timeout_s", 30.0))),
-                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n), trust_env=False)
-        client = self._clients[base]
-        calls = [(path, body) for path, body in job["calls"]]
+        n = int(job.get("max_connections", 256))
+        timeout = httpx.Timeout(float(job.get("timeout_s", 30.0)))
+        calls = []
+        for i, (path, body) in enumerate(job["calls"]):
+            key = f"{base}#{i}"
+            if key not in self._clients:
+                self._clients[key] = httpx.AsyncClient(
+                    base_url=base, timeout=timeout, trust_env=False,
+                    limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+            calls.append((self._clients[key], path, body))
 
-        async def post(path: str, body: Any) -> None:
+        async def post(client: Any, path: str, body: Any) -> None:
             response = await client.post(path, json=body)
             response.raise_for_status()
             response.json()
 
         async def one() -> None:
-            await asyncio.gather(*(post(path, body) for path, body in calls))
+            await asyncio.gather(*(post(client, path, body) for client, path, body in calls))
 
         return one
+
+
+    async def _aiohttp_call(self, job: dict[str, Any]) -> Callable[[], Any]:
+        """Like ``_http_call`` with one ``aiohttp.ClientSession`` per call: a
+        lean Python caller, the reference for the backends' own time."""
+        import aiohttp
+
+        base = job["base_url"]
+        n = int(job.get("max_connections", 256))
+        timeout = aiohttp.ClientTimeout(total=float(job.get("timeout_s", 30.0)))
+        calls = []
+        for i, (path, body) in enumerate(job["calls"]):
+            key = f"aiohttp {base}#{i}"
+            if key not in self._clients:
+                self._clients[key] = _AiohttpSession(aiohttp.ClientSession(
+                    base, timeout=timeout, connector=aiohttp.TCPConnector(limit=n), trust_env=False))
+            calls.append((self._clients[key].session, path, body))
+
+        async def post(session: Any, path: str, body: Any) -> None:
+            async with session.post(path, json=body) as response:
+                response.raise_for_status()
+                await response.json()
+
+        async def one() -> None:
+            await asyncio.gather(*(post(session, path, body) for session, path, body in calls))
+
+        return one
+
+
+class _AiohttpSession:
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    async def aclose(self) -> None:
+        await self.session.close()
 
 
 class _Degraded(Exception):
@@ -413,6 +463,7 @@ class Profiler:
         stats = pstats.Stats(self.profile, stream=out)
         stats.sort_stats("tottime").print_stats(top)
         stats.sort_stats("cumulative").print_stats(top)
+        stats.print_stats("/router/", top)  # the sidecar's own functions, by cumulative time
         return out.getvalue()
 
 
@@ -486,7 +537,7 @@ def fmt(value: Any, spec: str = ".2f") -> str:
 
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 

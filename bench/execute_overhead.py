@@ -5,17 +5,23 @@ the bundled default config pointed at the emulator, with the per-skill
 admission limits, queues and connection pools raised far above the load (so
 this measures the router's overhead, not its admission policy, which has a
 benchmark of its own). The baseline is what the web app would do without
-the sidecar: one pooled, warm ``httpx.AsyncClient`` in the load generator
-sending, per query, the same k requests concurrently that the sidecar sends
-for its k chosen skills (``POST /v1/chat/completions`` for ``openai``
-skills, ``POST /skill`` for ``http`` skills, same bodies). Both are driven
-from the same load-generator process, closed-loop at concurrency 1, 16 and
-64, in interleaved rounds; the emulator runs in a process of its own.
+the sidecar: send, per query, the same k requests concurrently that the
+sidecar sends for its k chosen skills (``POST /v1/chat/completions`` for
+``openai`` skills, ``POST /skill`` for ``http`` skills, same bodies) with
+warm pooled ``httpx.AsyncClient``s, the library the sidecar's backends use
+(one client per call, as the sidecar holds one per implementation: httpcore's
+pool looks at every pooled connection on each request, so one client with k
+times the connections would be slower than the sidecar's). A second
+reference does the same with ``aiohttp`` (a leaner client): the closest a
+Python caller gets to the backends' own time. All three are driven from the
+same load-generator process, closed-loop at concurrency 1, 16 and 64, in
+interleaved rounds; the emulator runs in a process of its own.
 
-Reported: p50/p99 latency of both, the milliseconds the sidecar adds and the
-ratio, throughput, the sidecar's CPU per query, and the sidecar process's
-resident memory (psutil) before start, when ready, at its peak under load
-and after the load.
+Reported: p50/p99 latency, the milliseconds the sidecar adds and the ratio
+(against the httpx baseline; against aiohttp in the JSON and the last
+columns), throughput, CPU per query (load generator + sidecar process), and
+the sidecar process's resident memory (psutil) before start, when ready, at
+its peak under load and after the load.
 
     .venv/bin/python -m bench.execute_overhead [--quick] [--json] [--profile]
 """
@@ -30,15 +36,32 @@ from typing import Any
 
 import grpc
 
-from bench._common import (LOOPBACK, LoadGenerator, Plan, Profiler, RssSampler, compare, emit, emulator_process,
-                           fmt, json_safe, machine, md_table, measure, parse_args, quiet_logs, text_table, timestamp)
+from bench._common import (
+    LOOPBACK,
+    LoadGenerator,
+    Plan,
+    Profiler,
+    RssSampler,
+    compare,
+    emit,
+    emulator_process,
+    fmt,
+    json_safe,
+    machine,
+    md_table,
+    measure,
+    parse_args,
+    quiet_logs,
+    text_table,
+    timestamp,
+)
 
 NAME = "execute_overhead"
 COMMAND = ".venv/bin/python -m bench.execute_overhead"
 CONCURRENCY = (1, 16, 64)
 BACKEND_MS = 20.0
-FULL = Plan(rounds=4, duration_s=2.0, warmup_s=0.5)
-QUICK = Plan(rounds=1, duration_s=0.4, warmup_s=0.15)
+FULL = Plan(rounds=4, duration_s=1.5, warmup_s=0.5)
+QUICK = Plan(rounds=1, duration_s=0.3, warmup_s=0.1)
 REQUEST = {"query": "Review this NDA clause for risks in a leasing deal", "domain": "legal", "complexity": 6.0}
 # Far above the highest concurrency: no queueing or shedding in the sidecar,
 # no waiting for a pooled connection on either side.
@@ -90,10 +113,11 @@ def baseline_calls(config: Any, response: Any) -> list[tuple[str, dict[str, Any]
 
 
 async def run(plan: Plan, *, profile: bool = False, quick: bool = False) -> dict[str, Any]:
+    from skill_router_client import build_context
+
     from router.app import build_app
     from router.v1 import router_pb2 as pb
     from router.v1 import router_pb2_grpc as pb_grpc
-    from skill_router_client import build_context
 
     quiet_logs()
     profiler = Profiler(profile)
@@ -115,9 +139,10 @@ async def run(plan: Plan, *, profile: bool = False, quick: bool = False) -> dict
             if bad or not probe.results:
                 raise RuntimeError(f"the sidecar's probe Execute did not succeed: {bad or 'no results'}")
             calls = baseline_calls(config, probe)
+            direct = {"base_url": emu_url, "calls": calls, "max_connections": CONNECTIONS, "timeout_s": 30}
             variants = {
-                "baseline": {"kind": "http", "base_url": emu_url, "calls": calls,
-                             "max_connections": CONNECTIONS * len(calls), "timeout_s": 30},
+                "direct_httpx": {"kind": "http", **direct},
+                "direct_aiohttp": {"kind": "aiohttp", **direct},
                 "sidecar": {"kind": "grpc", "target": app.address, "method": "Execute",
                             "request": request.SerializeToString(), "timeout_s": 30,
                             "expect_results": len(probe.results)},
@@ -128,12 +153,16 @@ async def run(plan: Plan, *, profile: bool = False, quick: bool = False) -> dict
                     m = await measure(gen, variants, concurrency=c, rounds=plan.rounds, duration_s=plan.duration_s,
                                       warmup_s=plan.warmup_s, emulator=emu_proc, profiler=profiler,
                                       profiled="sidecar")
-                    b, s = m["baseline"], m["sidecar"]
-                    levels.append({
-                        "concurrency": c, "baseline": b, "sidecar": s, "ratio": compare(s, b),
-                        "added_ms": {"p50": s["p50_ms"] - b["p50_ms"], "p99": s["p99_ms"] - b["p99_ms"],
-                                     "mean": s["mean_ms"] - b["mean_ms"]},
-                    })
+                    level: dict[str, Any] = {"concurrency": c, **m}
+                    s = m["sidecar"]
+                    for base in ("direct_httpx", "direct_aiohttp"):
+                        b = m[base]
+                        level[f"vs_{base.removeprefix('direct_')}"] = {
+                            **compare(s, b),
+                            "added_ms": {"p50": s["p50_ms"] - b["p50_ms"], "p99": s["p99_ms"] - b["p99_ms"],
+                                         "mean": s["mean_ms"] - b["mean_ms"]},
+                        }
+                    levels.append(level)
             await rss.stop()
             memory["peak_under_load"] = rss.peak
             await asyncio.sleep(0.5)
@@ -166,19 +195,35 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+VARIANTS = (("direct_httpx", "direct (httpx)"), ("direct_aiohttp", "direct (aiohttp)"), ("sidecar", "sidecar"))
+
+
+def _cpu_per_query(name: str, summary: Mapping[str, Any]) -> float:
+    """Load generator + sidecar CPU per query (the sidecar process is idle
+    while a direct variant runs, so only the load generator counts there)."""
+    cpu = summary["client_cpu_us_per_call"]
+    if name == "sidecar":
+        cpu += summary["server_cpu_us_per_call"]
+    return cpu / 1000.0
+
+
 def _rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    headers = ["concurrency", "p50 direct", "p50 sidecar", "p50 added", "p50 ×", "p99 direct", "p99 sidecar",
-               "p99 added", "p99 ×", "qps direct", "qps sidecar", "sidecar CPU/query"]
+    headers = ["concurrency", "variant", "p50", "p99", "qps", "CPU/query", "p50 added (×)", "p99 added (×)",
+               "p50 added vs aiohttp (×)"]
     rows = []
     for lv in result["levels"]:
-        b, s, r, a = lv["baseline"], lv["sidecar"], lv["ratio"], lv["added_ms"]
-        rows.append([
-            str(lv["concurrency"]),
-            f"{fmt(b['p50_ms'])} ms", f"{fmt(s['p50_ms'])} ms", f"{fmt(a['p50'], '+.2f')} ms", fmt(r["p50"]),
-            f"{fmt(b['p99_ms'])} ms", f"{fmt(s['p99_ms'])} ms", f"{fmt(a['p99'], '+.2f')} ms", fmt(r["p99"]),
-            fmt(b["throughput_qps"], ".0f"), fmt(s["throughput_qps"], ".0f"),
-            f"{fmt(s['server_cpu_us_per_call'], '.0f')} µs",
-        ])
+        for name, label in VARIANTS:
+            v = lv[name]
+            row = [str(lv["concurrency"]), label, f"{fmt(v['p50_ms'])} ms", f"{fmt(v['p99_ms'])} ms",
+                   fmt(v["throughput_qps"], ".0f"), f"{fmt(_cpu_per_query(name, v))} ms"]
+            if name == "sidecar":
+                h, a = lv["vs_httpx"], lv["vs_aiohttp"]
+                row += [f"{fmt(h['added_ms']['p50'], '+.2f')} ms ({fmt(h['p50'])}×)",
+                        f"{fmt(h['added_ms']['p99'], '+.2f')} ms ({fmt(h['p99'])}×)",
+                        f"{fmt(a['added_ms']['p50'], '+.2f')} ms ({fmt(a['p50'])}×)"]
+            else:
+                row += ["", "", ""]
+            rows.append(row)
     return headers, rows
 
 
@@ -192,40 +237,48 @@ def _memory_line(result: Mapping[str, Any]) -> str:
 def _errors(result: Mapping[str, Any]) -> list[str]:
     out = []
     for lv in result["levels"]:
-        for name in ("baseline", "sidecar"):
+        for name, label in VARIANTS:
             if lv[name]["errors"]:
-                out.append(f"concurrency {lv['concurrency']}, {name}: errors {lv[name]['errors']}")
+                out.append(f"concurrency {lv['concurrency']}, {label}: errors {lv[name]['errors']}")
     return out
 
 
-def _spread(result: Mapping[str, Any]) -> list[str]:
+def _spread(result: Mapping[str, Any]) -> str:
     out = []
     for lv in result["levels"]:
-        r = lv["ratio"]
+        r = lv["vs_httpx"]
         parts = [f"{k} {fmt(r[k + '_round_range'][0])}–{fmt(r[k + '_round_range'][1])}"
                  for k in ("p50", "p99") if r.get(k + "_round_range")]
         out.append(f"concurrency {lv['concurrency']}: " + ", ".join(parts))
-    return out
+    return "per-round sidecar/direct (httpx) ratios: " + "; ".join(out)
 
 
 def _utilization(result: Mapping[str, Any]) -> str:
     parts = []
     for lv in result["levels"]:
         s = lv["sidecar"]
-        parts.append(f"{lv['concurrency']}: {fmt(s['server_cpu_utilization'] * 100, '.0f')}%")
+        parts.append(f"{lv['concurrency']}: {fmt(s['server_cpu_utilization'] * 100, '.0f')}% "
+                     f"({fmt(s['server_cpu_us_per_call'] / 1000)} ms/query)")
     return "sidecar process CPU while loaded (100% = one core), by concurrency: " + ", ".join(parts)
+
+
+def _notes(result: Mapping[str, Any]) -> list[str]:
+    return [_spread(result), _utilization(result), _memory_line(result)]
+
+
+def _cap(line: str) -> str:
+    return line[:1].upper() + line[1:] + "."
 
 
 def table(result: Mapping[str, Any]) -> str:
     headers, rows = _rows(result)
     m = result["machine"]
     lines = [
-        f"Execute: sidecar vs calling the backends directly (k={result['k']}: {', '.join(result['calls'])}; "
-        f"every backend answers in {result['backend_latency_ms']:g} ms; × = sidecar / direct)",
+        (f"Execute: sidecar vs calling the k={result['k']} backends directly ({', '.join(result['calls'])}; "
+        f"every backend answers in {result['backend_latency_ms']:g} ms). "
+        "Added = sidecar - direct (httpx), × = sidecar / direct."),
         text_table(headers, rows),
-        "per-round ratio ranges: " + "; ".join(_spread(result)),
-        _utilization(result),
-        _memory_line(result),
+        *_notes(result),
         f"{m['cpus']} CPUs, Python {m['python']}, grpcio {m['grpcio']}, httpx {m['httpx']} ({m['note']}); "
         f"{result['plan']['rounds']} rounds × {result['plan']['duration_s']} s per variant and concurrency"
         + (" — QUICK: rough figures" if result["quick"] else "")
@@ -239,22 +292,19 @@ def markdown(result: Mapping[str, Any]) -> str:
     headers, rows = _rows(result)
     m = result["machine"]
     lines = [
-        f"Measured {result['when']} with `{result['command']}` on {m['cpus']} CPUs ({m['note']}); "
+        (f"Measured {result['when']} with `{result['command']}` on {m['cpus']} CPUs ({m['note']}); "
         f"Python {m['python']}, grpcio {m['grpcio']}, httpx {m['httpx']}. {result['plan']['rounds']} interleaved "
         f"rounds × {result['plan']['duration_s']} s per variant and concurrency. Request: "
         f"`{result['request']['query']}` (domain `{result['request']['domain']}`, complexity "
         f"{result['request']['complexity']}); the sidecar chooses k={result['k']} skills "
-        f"({', '.join(result['selected'])}), so each query is {result['k']} concurrent backend calls on both sides: "
+        f"({', '.join(result['selected'])}), so each query is {result['k']} concurrent backend calls on every side: "
         f"{', '.join(f'`{c}`' for c in result['calls'])}. Every backend answers in "
-        f"{result['backend_latency_ms']:g} ms. *Added* is sidecar − direct, × is sidecar / direct.",
+        f"{result['backend_latency_ms']:g} ms. *Added* is sidecar − direct, × is sidecar / direct; CPU/query is "
+        "the load generator's plus the sidecar process's CPU time per query (the emulator's excluded)."),
         "",
         md_table(headers, rows),
         "",
-        "Per-round ratio ranges: " + "; ".join(_spread(result)) + ".",
-        "",
-        _utilization(result)[0].upper() + _utilization(result)[1:] + ".",
-        "",
-        _memory_line(result)[0].upper() + _memory_line(result)[1:] + ".",
+        *(_cap(n) for n in _notes(result)),
     ]
     errs = _errors(result)
     if errs:

@@ -22,8 +22,24 @@ from typing import Any
 
 import grpc
 
-from bench._common import (LOOPBACK, LoadGenerator, Plan, Profiler, compare, emit, emulator_process, fmt,
-                           json_safe, machine, md_table, measure, parse_args, quiet_logs, text_table, timestamp)
+from bench._common import (
+    LOOPBACK,
+    LoadGenerator,
+    Plan,
+    Profiler,
+    compare,
+    emit,
+    emulator_process,
+    fmt,
+    json_safe,
+    machine,
+    md_table,
+    measure,
+    parse_args,
+    quiet_logs,
+    text_table,
+    timestamp,
+)
 
 NAME = "route_overhead"
 COMMAND = ".venv/bin/python -m bench.route_overhead"
@@ -37,7 +53,7 @@ def _canned_servicer(response: Any) -> Any:
     from router.v1 import router_pb2_grpc as pb_grpc
 
     class Canned(pb_grpc.RouterServiceServicer):
-        async def Route(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802 - gRPC name
+        async def Route(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
             return response
 
     return Canned()
@@ -54,11 +70,12 @@ async def _baseline_server(response: Any) -> tuple[grpc.aio.Server, str]:
 
 
 async def run(plan: Plan, *, profile: bool = False, quick: bool = False) -> dict[str, Any]:
+    from skill_router_client import build_context
+
     from router.app import build_app
     from router.config import load_config
     from router.v1 import router_pb2 as pb
     from router.v1 import router_pb2_grpc as pb_grpc
-    from skill_router_client import build_context
 
     quiet_logs()
     profiler = Profiler(profile)
@@ -142,8 +159,8 @@ def table(result: Mapping[str, Any]) -> str:
     headers, rows = _rows(result)
     m = result["machine"]
     lines = [
-        f"Route: sidecar vs bare grpc.aio server (canned RouteResponse, {result['response_bytes']} bytes; "
-        f"ratio × = sidecar / bare)",
+        (f"Route: sidecar vs bare grpc.aio server (canned RouteResponse, {result['response_bytes']} bytes; "
+        f"ratio × = sidecar / bare)"),
         text_table(headers, rows),
         "per-round ratio ranges: " + "; ".join(_spread(result)),
         f"{m['cpus']} CPUs, Python {m['python']}, grpcio {m['grpcio']} ({m['note']}); "
@@ -159,12 +176,12 @@ def markdown(result: Mapping[str, Any]) -> str:
     headers, rows = _rows(result)
     m = result["machine"]
     lines = [
-        f"Measured {result['when']} with `{result['command']}` on {m['cpus']} CPUs ({m['note']}); "
+        (f"Measured {result['when']} with `{result['command']}` on {m['cpus']} CPUs ({m['note']}); "
         f"Python {m['python']}, grpcio {m['grpcio']}. {result['plan']['rounds']} interleaved rounds × "
         f"{result['plan']['duration_s']} s per variant and concurrency. Request: "
         f"`{result['request']['query']}` (domain `{result['request']['domain']}`, complexity "
         f"{result['request']['complexity']}; the sidecar selects {', '.join(result['selected'])}); "
-        f"response {result['response_bytes']} bytes on both sides. × is sidecar / bare.",
+        f"response {result['response_bytes']} bytes on both sides. × is sidecar / bare."),
         "",
         md_table(headers, rows),
         "",

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from router.backends import BackendPool
 from router.config import RouterConfig
@@ -30,6 +32,8 @@ from router.runtime.skills import AdmissionOptions, BatchingOptions, SkillRuntim
 from router.runtime.stats import Snapshot, skill_snapshots
 from router.service.servicer import RouterServicer
 from router.service.server import RouterServer
+from router.storage import MetricsStore, StoreSettings, open_store
+from router.telemetry import Telemetry, TelemetrySettings, setup_telemetry
 
 log = logging.getLogger("router")
 
@@ -42,6 +46,8 @@ class App:
     runtimes: dict[str, SkillRuntime]
     pipeline: Pipeline
     server: RouterServer
+    telemetry: Telemetry
+    store: MetricsStore | None = None
     started_at: float = field(default_factory=time.monotonic)
     _stopped: bool = False
     warm_failures: dict = field(default_factory=dict)
@@ -54,7 +60,21 @@ class App:
         return Snapshot(skill_snapshots(self.registry, self.runtimes, time.monotonic()), self.registry.totals,
                         time.monotonic() - self.started_at, self.pipeline.policy.moe_enabled)
 
+    def live_stats(self) -> list[tuple[str, int, float, int]]:
+        return [(n, rt.gate.in_flight, rt.gate.utilization, rt.gate.queued) for n, rt in self.runtimes.items()]
+
+    async def window(self, window_s: float) -> tuple[object | None, str, int]:
+        """Stats over time, read from the metrics store (None when there is none)."""
+        if self.store is None:
+            return None, "", 0
+        return await self.store.aggregate(window_s), self.store.backend, self.store.stats.dropped
+
     async def start(self) -> None:
+        settings = _store_settings(self.config)
+        if settings is not None:
+            self.store = await open_store(settings)
+            await self.store.start()
+            self.pipeline.sink = self.store
         await self.server.start()
         # Warm every pool before SERVING. A backend that cannot be reached now
         # is logged, not fatal: its calls fail (and its breaker opens) until
@@ -74,6 +94,9 @@ class App:
         await self.server.stop(grace)
         await self.pipeline.aclose()
         await self.pool.aclose()
+        if self.store is not None:
+            await self.store.aclose()
+        await self.telemetry.aclose()
 
     async def __aenter__(self) -> "App":
         await self.start()
@@ -124,19 +147,34 @@ def _admission(config: RouterConfig) -> AdmissionOptions:
                             retry_budget_ratio=r.budget_ratio)
 
 
-def build_app(config: RouterConfig, listen: str | None = None) -> App:
+def _store_settings(config: RouterConfig) -> StoreSettings | None:
+    st = config.storage
+    if not (st.sqlite_path or st.postgres_dsn):
+        return None  # no metrics store: Stats has no window
+    return StoreSettings(sqlite_path=st.sqlite_path, postgres_dsn=st.postgres_dsn,
+                         retention_days=st.retention_days, batch_size=st.batch_size,
+                         flush_interval_s=st.flush_interval_s, buffer_size=st.buffer_size)
+
+
+def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[str, str] | None = None) -> App:
+    """Wire the sidecar from ``config``; ``env`` (default os.environ) holds the
+    ``OTEL_*`` telemetry settings."""
+    app_ref: list[App] = []
+    telemetry = setup_telemetry(
+        TelemetrySettings(service_name=config.telemetry.service_name,
+                          record_query_text=config.telemetry.record_query_text),
+        os.environ if env is None else env, live_stats=lambda: app_ref[0].live_stats())
     pool = BackendPool.from_skills(
         config.skills, batch=lambda s, i: config.implementation_options(s.name, i.name).can_batch)
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
     runtimes = _runtimes(config)
     pipeline = Pipeline(config.skills, config.policy, pool, registry, runtimes, admission=_admission(config),
-                        default_deadline_s=config.server.default_deadline_s)
-    app_ref: list[App] = []
-    servicer = RouterServicer(pipeline, lambda: app_ref[0].snapshot())
-    server = RouterServer(servicer, listen or config.server.listen,
+                        observer=telemetry.observer, default_deadline_s=config.server.default_deadline_s)
+    servicer = RouterServicer(pipeline, lambda: app_ref[0].snapshot(), lambda w: app_ref[0].window(w))
+    server = RouterServer(servicer, listen or config.server.listen, interceptors=[telemetry.server_interceptor()],
                           max_concurrent_rpcs=config.server.max_concurrent_rpcs)
-    app = App(config, pool, registry, runtimes, pipeline, server)
+    app = App(config, pool, registry, runtimes, pipeline, server, telemetry)
     app_ref.append(app)
     return app
 

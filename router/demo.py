@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import time
@@ -111,9 +112,15 @@ async def _run_mode(config: RouterConfig, queries: list[tuple[str, str, float]],
     }
 
 
+def _without_store(config: RouterConfig) -> RouterConfig:
+    """The demo's two sidecars keep no metrics rows (nothing to clean up)."""
+    return dataclasses.replace(config, storage=config.storage.model_copy(update={"sqlite_path": None,
+                                                                                 "postgres_dsn": None}))
+
+
 async def run_demo(config_path: str | None, n: int, concurrency: int = 16, *, progress: bool = True) -> dict:
-    moe_cfg = load_config(config_path)
-    all_cfg = load_config(config_path, env={**os.environ, "BRAIN_MOE_ENABLED": "false"})
+    moe_cfg = _without_store(load_config(config_path))
+    all_cfg = _without_store(load_config(config_path, env={**os.environ, "BRAIN_MOE_ENABLED": "false"}))
     queries = workload(moe_cfg, n)
     result: dict = {}
     async with emulator_for(moe_cfg) as emu:

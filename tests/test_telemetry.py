@@ -328,6 +328,46 @@ async def test_skill_block_that_raises_ends_its_span(receiver):
     assert by_name(spans, "router.execute").attributes["error.type"] == "cancelled"
 
 
+async def test_batch_span_links_the_queries_it_carries(receiver):
+    tel = setup_telemetry(TelemetrySettings(), env=grpc_env(receiver))
+    plan = legal_plan()
+    p = plan.planned[0]
+    impl_spec = p.choice.implementation
+    other_trace = "0af7651916cd43dd8448eb211c80319c"
+    skill_spans = []
+    queries = []
+    for caller in (TRACEPARENT, f"00-{other_trace}-b7ad6b7169203331-01"):
+        with tel.server_span(METHOD, [("traceparent", caller)]):
+            obs = tel.observer.start_query("execute", "q")
+            sk = obs.skill_call(p).__enter__()
+            skill_spans.append(sk)
+            queries.append(obs)
+    with tel.observer.batch(p.name, impl_spec, "b-1", 2, 0.004, skill_spans):
+        pass
+    with pytest.raises(RuntimeError), tel.observer.batch(p.name, impl_spec, "b-2", 2, 0.0, skill_spans):
+        raise RuntimeError("backend down")
+    for sk, obs in zip(skill_spans, queries):
+        sk.finish(outcome_for(p))
+        obs.finish(None)
+    await tel.aflush()
+    await receiver.wait_for_metric("router.batch.size")
+    await tel.aclose()
+    spans = await receiver.wait_for_spans(8)
+
+    batch = by_name([s for s in spans if s.attributes.get("router.batch.id") == "b-1"], f"chat {impl_spec.model} batch")
+    assert batch.kind == "CLIENT" and batch.parent_span_id == ""
+    assert batch.trace_id not in (CALLER_TRACE, other_trace)  # a trace of its own
+    assert batch.attributes["router.batch.size"] == 2
+    assert set(batch.links) == {(CALLER_TRACE, skill_spans[0].span_id), (other_trace, skill_spans[1].span_id)}
+    assert batch.attributes["router.batch.first_wait_ms"] == pytest.approx(4.0)
+    assert batch.attributes["gen_ai.request.model"] == impl_spec.model
+    failed = next(s for s in spans if s.attributes.get("router.batch.id") == "b-2")
+    assert failed.status_code == "ERROR" and failed.attributes["error.type"] == "RuntimeError"
+    points = receiver.metric_points("router.batch.size")
+    assert points[0][0] == {"router.skill": p.name, "router.implementation": impl_spec.name}
+    assert points[0][1]["count"] == 2
+
+
 # ---- metrics -----------------------------------------------------------------
 
 async def test_metrics_are_exported(receiver):

@@ -31,6 +31,7 @@ class Instruments:
     __slots__ = (
         "_gauges",
         "_live_stats",
+        "batch_size",
         "cost",
         "cost_saved",
         "genai_duration",

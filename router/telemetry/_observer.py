@@ -25,14 +25,14 @@ import asyncio
 import re
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, Sequence
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
-from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
 
 from router.core.errors import RouterError
@@ -122,7 +122,7 @@ class OtelObserver:
         return QueryObservationSpan(self, span, rpc)
 
     def batch(self, skill: str, implementation: ImplementationSpec, batch_id: str, size: int,
-              first_wait_s: float, tags: Sequence[Any]) -> "BatchSpan":
+              first_wait_s: float, tags: Sequence[Any]) -> BatchSpan:
         """One backend request carrying ``size`` queries' calls; ``tags``
         are their ``SkillObservation``s, linked from the batch span."""
         return BatchSpan(self, skill, implementation, batch_id, size, first_wait_s, tags)
@@ -440,7 +440,7 @@ class BatchSpan:
     """One batched backend request: a CLIENT span of its own trace, linked
     to the skill span of every query it carries; current for its block."""
 
-    __slots__ = ("_o", "_span", "_token_cm", "_size", "_metric_attrs")
+    __slots__ = ("_metric_attrs", "_o", "_size", "_span", "_token_cm")
 
     def __init__(self, observer: OtelObserver, skill: str, impl: ImplementationSpec, batch_id: str, size: int,
                  first_wait_s: float, tags: Sequence[Any]) -> None:

@@ -71,6 +71,7 @@ class ReceivedSpan:
     resource: dict[str, Any]
     scope: str
     flags: int = 0
+    links: tuple[tuple[str, str], ...] = ()  # (trace_id, span_id) of each linked span
 
     @property
     def duration_ns(self) -> int:
@@ -137,6 +138,7 @@ def _decode_spans(req: trace_service_pb2.ExportTraceServiceRequest) -> list[Rece
                     resource=resource,
                     scope=ss.scope.name,
                     flags=s.flags,
+                    links=tuple((link.trace_id.hex(), link.span_id.hex()) for link in s.links),
                 ))
     return out
 

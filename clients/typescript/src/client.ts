@@ -9,6 +9,7 @@
 import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
 
 import {
   RouterService,
@@ -76,6 +77,14 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+export interface StatsOptions extends CallOptions {
+  /**
+   * Window of the metrics-store aggregates (`StatsResponse.window`), in
+   * milliseconds, ending now. Unset: the sidecar's default (24 hours).
+   */
+  windowMs?: number;
+}
+
 export interface RouterClient {
   /** The base URL calls go to, e.g. `http://127.0.0.1:50051`. */
   readonly baseUrl: string;
@@ -83,8 +92,11 @@ export interface RouterClient {
   route(query: string, context?: QueryContextInit, options?: CallOptions): Promise<RouteResponse>;
   /** Route the query, call the chosen skills, return their synthesis. */
   execute(query: string, context?: QueryContextInit, options?: CallOptions): Promise<ExecuteResponse>;
-  /** The live state of every skill and the totals since the sidecar started. */
-  stats(options?: CallOptions): Promise<StatsResponse>;
+  /**
+   * The live state of every skill, the totals since the sidecar started and
+   * the aggregates over `options.windowMs` from its metrics store.
+   */
+  stats(options?: StatsOptions): Promise<StatsResponse>;
   /**
    * Resolves once the sidecar answers a call (retrying while it is
    * UNAVAILABLE, e.g. still starting); rejects with the last error after
@@ -161,7 +173,10 @@ export function createRouterClient(options: RouterClientOptions = {}): RouterCli
     raw,
     route: (query, context, o) => call("Route", () => raw.route({ query, context }, callOptions(o))),
     execute: (query, context, o) => call("Execute", () => raw.execute({ query, context }, callOptions(o))),
-    stats: (o) => call("Stats", () => raw.stats({}, callOptions(o))),
+    stats: (o) =>
+      call("Stats", () =>
+        raw.stats({ window: o?.windowMs === undefined ? undefined : durationFromMs(o.windowMs) }, callOptions(o)),
+      ),
     async waitForReady(timeoutMs = 10_000) {
       const until = Date.now() + timeoutMs;
       for (let pause = 25; ; pause = Math.min(pause * 2, 500)) {

@@ -119,7 +119,9 @@ export class RouterError extends Error {
     const name = codeName(init.code);
     const violations = init.fieldViolations ?? [];
     let message = `${init.method}: ${name}: ${init.rawMessage}`;
-    if (violations.length > 0) message += ` (field ${violations.map((v) => v.field).join(", ")})`;
+    // The sidecar's messages usually start with the field; name it only when not.
+    const unnamed = violations.filter((v) => v.field !== "" && !init.rawMessage.includes(v.field));
+    if (unnamed.length > 0) message += ` (field ${unnamed.map((v) => v.field).join(", ")})`;
     if (init.retryDelayMs !== undefined) message += ` (retry in ${init.retryDelayMs} ms)`;
     super(message, { cause: init.cause });
     this.code = init.code;

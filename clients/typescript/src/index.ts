@@ -18,8 +18,10 @@ export {
   type QueryContextInit,
   type RouterClient,
   type RouterClientOptions,
+  type StatsOptions,
 } from "./client.js";
 export { RouterError, codeName, toRouterError, type FieldViolation, type GrpcCodeName } from "./errors.js";
 export * from "./gen/router/v1/router_pb.js";
 export { Code } from "@connectrpc/connect";
 export { create, toJson, toJsonString, type JsonValue } from "@bufbuild/protobuf";
+export { durationFromMs, durationMs, timestampDate, timestampMs } from "@bufbuild/protobuf/wkt";
