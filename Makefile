@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo serve test pytest lint check-gen gen services bench clean
+.PHONY: setup demo serve test pytest test-ts lint check-gen gen services bench clean
 
 setup: $(STAMP) node_modules/.installed
 
@@ -43,6 +43,13 @@ services:
 test: setup check-gen lint services
 	set -a; [ -f .services.env ] && . ./.services.env; set +a; \
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(MAKE) test-ts
+
+# The TypeScript client (for the Next.js app) against the real sidecar.
+test-ts: $(STAMP)
+	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error
+	bash scripts/check-gen-ts.sh
+	cd clients/typescript && npm test
 
 pytest: $(STAMP)
 	set -a; [ -f .services.env ] && . ./.services.env; set +a; \

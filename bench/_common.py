@@ -138,6 +138,22 @@ def compare(subject: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str
     return out
 
 
+@contextlib.contextmanager
+def store_path() -> Iterator[str]:
+    """A SQLite metrics-store path in a temporary directory: the sidecar
+    keeps its store (it is part of what is measured) without writing into
+    the working directory."""
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        yield os.path.join(tmp, "metrics.db")
+
+
+def with_store(config: Any, path: str) -> Any:
+    """``config`` with its SQLite metrics store at ``path``."""
+    import dataclasses
+
+    return dataclasses.replace(config, storage=config.storage.model_copy(update={"sqlite_path": path}))
+
+
 # -- processes -----------------------------------------------------------------------------
 
 
@@ -442,8 +458,11 @@ class Profiler:
     """cProfile of this process's main thread (the asyncio loop that runs the
     sidecar), switched on only while the sidecar is being measured."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.profile = cProfile.Profile() if enabled else None
+    def __init__(self, setting: str | None) -> None:
+        """``setting``: None (off), "" (on) or a path to also dump the raw
+        stats to (read them with ``python -m pstats PATH``)."""
+        self.profile = cProfile.Profile() if setting is not None else None
+        self.dump_path = setting or None
 
     @contextlib.contextmanager
     def active(self, on: bool) -> Iterator[None]:
@@ -459,6 +478,8 @@ class Profiler:
     def report(self, top: int = 25) -> str:
         if self.profile is None:
             return ""
+        if self.dump_path:
+            self.profile.dump_stats(self.dump_path)
         out = io.StringIO()
         stats = pstats.Stats(self.profile, stream=out)
         stats.sort_stats("tottime").print_stats(top)
@@ -519,9 +540,10 @@ def parse_args(description: str, argv: Sequence[str] | None, *, full: Plan, quic
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--rounds", type=int, help=f"interleaved rounds per variant (default {full.rounds}, quick {quick.rounds})")
     p.add_argument("--duration", type=float, help=f"seconds per round (default {full.duration_s}, quick {quick.duration_s})")
-    p.add_argument("--profile", action="store_true",
+    p.add_argument("--profile", nargs="?", const="", metavar="STATS_FILE",
                    help="cProfile the sidecar's event loop while it is measured; print the hot spots to stderr "
-                        "(the profiler slows the sidecar: ratios of such a run are not comparable)")
+                        "and dump the raw stats to STATS_FILE when given (the profiler slows the sidecar: "
+                        "ratios of such a run are not comparable)")
     args = p.parse_args(argv)
     plan = quick if args.quick else full
     plan = Plan(args.rounds or plan.rounds, args.duration if args.duration is not None else plan.duration_s,

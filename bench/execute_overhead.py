@@ -23,7 +23,7 @@ columns), throughput, CPU per query (load generator + sidecar process), and
 the sidecar process's resident memory (psutil) before start, when ready, at
 its peak under load and after the load.
 
-    .venv/bin/python -m bench.execute_overhead [--quick] [--json] [--profile]
+    .venv/bin/python -m bench.execute_overhead [--quick] [--json] [--profile [STATS_FILE]]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from bench._common import (
     measure,
     parse_args,
     quiet_logs,
+    store_path,
     text_table,
     timestamp,
 )
@@ -69,7 +70,7 @@ LIMIT = 1024
 CONNECTIONS = 256
 
 
-def bench_config(emulator_url: str) -> Any:
+def bench_config(emulator_url: str, store: str) -> Any:
     """The bundled default config with admission limits and pools raised."""
     import yaml
 
@@ -83,7 +84,7 @@ def bench_config(emulator_url: str) -> Any:
         skill["queue_depth"] = LIMIT
         for impl in skill["implementations"]:
             impl["max_connections"] = CONNECTIONS
-    data["storage"]["sqlite_path"] = None
+    data["storage"]["sqlite_path"] = store
     return parse_config(data, "default.yaml (bench: limits raised)").with_urls(emulator_url)
 
 
@@ -112,7 +113,7 @@ def baseline_calls(config: Any, response: Any) -> list[tuple[str, dict[str, Any]
     return calls
 
 
-async def run(plan: Plan, *, profile: bool = False, quick: bool = False) -> dict[str, Any]:
+async def run(plan: Plan, *, profile: str | None = None, quick: bool = False) -> dict[str, Any]:
     from skill_router_client import build_context
 
     from router.app import build_app
@@ -127,57 +128,58 @@ async def run(plan: Plan, *, profile: bool = False, quick: bool = False) -> dict
     rss = RssSampler()
     memory: dict[str, int] = {"before_start": rss.now()}
     emulator = {"seed": 0, "default": {"latency_ms": BACKEND_MS}}
-    async with emulator_process(emulator) as (emu_url, emu_proc):
-        config = bench_config(emu_url)
-        app = build_app(config, f"{LOOPBACK}:0")
-        await app.start()
-        try:
-            memory["ready"] = rss.now()
-            async with grpc.aio.insecure_channel(app.address) as channel:
-                probe = await pb_grpc.RouterServiceStub(channel).Execute(request, timeout=10)
-            bad = [f"{r.skill}: {r.error}" for r in probe.results if r.status != pb.SKILL_STATUS_OK]
-            if bad or not probe.results:
-                raise RuntimeError(f"the sidecar's probe Execute did not succeed: {bad or 'no results'}")
-            calls = baseline_calls(config, probe)
-            direct = {"base_url": emu_url, "calls": calls, "max_connections": CONNECTIONS, "timeout_s": 30}
-            variants = {
-                "direct_httpx": {"kind": "http", **direct},
-                "direct_aiohttp": {"kind": "aiohttp", **direct},
-                "sidecar": {"kind": "grpc", "target": app.address, "method": "Execute",
-                            "request": request.SerializeToString(), "timeout_s": 30,
-                            "expect_results": len(probe.results)},
-            }
-            rss.start()
-            async with LoadGenerator() as gen:
-                for c in CONCURRENCY:
-                    m = await measure(gen, variants, concurrency=c, rounds=plan.rounds, duration_s=plan.duration_s,
-                                      warmup_s=plan.warmup_s, emulator=emu_proc, profiler=profiler,
-                                      profiled="sidecar")
-                    level: dict[str, Any] = {"concurrency": c, **m}
-                    s = m["sidecar"]
-                    for base in ("direct_httpx", "direct_aiohttp"):
-                        b = m[base]
-                        level[f"vs_{base.removeprefix('direct_')}"] = {
-                            **compare(s, b),
-                            "added_ms": {"p50": s["p50_ms"] - b["p50_ms"], "p99": s["p99_ms"] - b["p99_ms"],
-                                         "mean": s["mean_ms"] - b["mean_ms"]},
-                        }
-                    levels.append(level)
-            await rss.stop()
-            memory["peak_under_load"] = rss.peak
-            await asyncio.sleep(0.5)
-            memory["after_load"] = rss.now()
-        finally:
-            await app.stop(0)
-    memory["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if profile:
+    with store_path() as db:
+        async with emulator_process(emulator) as (emu_url, emu_proc):
+            config = bench_config(emu_url, db)
+            app = build_app(config, f"{LOOPBACK}:0")
+            await app.start()
+            try:
+                memory["ready"] = rss.now()
+                async with grpc.aio.insecure_channel(app.address) as channel:
+                    probe = await pb_grpc.RouterServiceStub(channel).Execute(request, timeout=10)
+                bad = [f"{r.skill}: {r.error}" for r in probe.results if r.status != pb.SKILL_STATUS_OK]
+                if bad or not probe.results:
+                    raise RuntimeError(f"the sidecar's probe Execute did not succeed: {bad or 'no results'}")
+                calls = baseline_calls(config, probe)
+                direct = {"base_url": emu_url, "calls": calls, "max_connections": CONNECTIONS, "timeout_s": 30}
+                variants = {
+                    "direct_httpx": {"kind": "http", **direct},
+                    "direct_aiohttp": {"kind": "aiohttp", **direct},
+                    "sidecar": {"kind": "grpc", "target": app.address, "method": "Execute",
+                                "request": request.SerializeToString(), "timeout_s": 30,
+                                "expect_results": len(probe.results)},
+                }
+                rss.start()
+                async with LoadGenerator() as gen:
+                    for c in CONCURRENCY:
+                        m = await measure(gen, variants, concurrency=c, rounds=plan.rounds, duration_s=plan.duration_s,
+                                          warmup_s=plan.warmup_s, emulator=emu_proc, profiler=profiler,
+                                          profiled="sidecar")
+                        level: dict[str, Any] = {"concurrency": c, **m}
+                        s = m["sidecar"]
+                        for base in ("direct_httpx", "direct_aiohttp"):
+                            b = m[base]
+                            level[f"vs_{base.removeprefix('direct_')}"] = {
+                                **compare(s, b),
+                                "added_ms": {"p50": s["p50_ms"] - b["p50_ms"], "p99": s["p99_ms"] - b["p99_ms"],
+                                             "mean": s["mean_ms"] - b["mean_ms"]},
+                            }
+                        levels.append(level)
+                await rss.stop()
+                memory["peak_under_load"] = rss.peak
+                await asyncio.sleep(0.5)
+                memory["after_load"] = rss.now()
+            finally:
+                await app.stop(0)
+        memory["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if profile is not None:
         print(profiler.report(), file=sys.stderr)
     return json_safe({
         "benchmark": NAME,
         "command": COMMAND + (" --quick" if quick else ""),
         "when": timestamp(),
         "quick": quick,
-        "profiled": profile,
+        "profiled": profile is not None,
         "machine": machine(),
         "plan": {"rounds": plan.rounds, "duration_s": plan.duration_s, "warmup_s": plan.warmup_s},
         "backend_latency_ms": BACKEND_MS,

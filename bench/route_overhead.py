@@ -10,7 +10,7 @@ validation, error mapping, health or reflection. A separate load-generator
 process drives both with the same generated stub, closed-loop at concurrency
 1 and 32, in interleaved rounds.
 
-    .venv/bin/python -m bench.route_overhead [--quick] [--json] [--profile]
+    .venv/bin/python -m bench.route_overhead [--quick] [--json] [--profile [STATS_FILE]]
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ from bench._common import (
     measure,
     parse_args,
     quiet_logs,
+    store_path,
     text_table,
     timestamp,
+    with_store,
 )
 
 NAME = "route_overhead"
@@ -69,7 +71,7 @@ async def _baseline_server(response: Any) -> tuple[grpc.aio.Server, str]:
     return server, f"{LOOPBACK}:{port}"
 
 
-async def run(plan: Plan, *, profile: bool = False, quick: bool = False) -> dict[str, Any]:
+async def run(plan: Plan, *, profile: str | None = None, quick: bool = False) -> dict[str, Any]:
     from skill_router_client import build_context
 
     from router.app import build_app
@@ -82,35 +84,36 @@ async def run(plan: Plan, *, profile: bool = False, quick: bool = False) -> dict
     request = pb.RouteRequest(query=REQUEST["query"],
                               context=build_context(domain=REQUEST["domain"], complexity=REQUEST["complexity"]))
     levels = []
-    async with emulator_process({"seed": 0}) as (emu_url, emu_proc):
-        app = build_app(load_config().with_urls(emu_url), f"{LOOPBACK}:0")
-        await app.start()
-        try:
-            async with grpc.aio.insecure_channel(app.address) as channel:
-                canned = await pb_grpc.RouterServiceStub(channel).Route(request, timeout=10)
-            baseline, baseline_address = await _baseline_server(canned)
+    with store_path() as db:
+        async with emulator_process({"seed": 0}) as (emu_url, emu_proc):
+            app = build_app(with_store(load_config().with_urls(emu_url), db), f"{LOOPBACK}:0")
+            await app.start()
             try:
-                job = {"kind": "grpc", "method": "Route", "request": request.SerializeToString(), "timeout_s": 10}
-                variants = {"baseline": {**job, "target": baseline_address}, "sidecar": {**job, "target": app.address}}
-                async with LoadGenerator() as gen:
-                    for c in CONCURRENCY:
-                        m = await measure(gen, variants, concurrency=c, rounds=plan.rounds, duration_s=plan.duration_s,
-                                          warmup_s=plan.warmup_s, emulator=emu_proc, profiler=profiler,
-                                          profiled="sidecar")
-                        levels.append({"concurrency": c, "baseline": m["baseline"], "sidecar": m["sidecar"],
-                                       "ratio": compare(m["sidecar"], m["baseline"])})
+                async with grpc.aio.insecure_channel(app.address) as channel:
+                    canned = await pb_grpc.RouterServiceStub(channel).Route(request, timeout=10)
+                baseline, baseline_address = await _baseline_server(canned)
+                try:
+                    job = {"kind": "grpc", "method": "Route", "request": request.SerializeToString(), "timeout_s": 10}
+                    variants = {"baseline": {**job, "target": baseline_address}, "sidecar": {**job, "target": app.address}}
+                    async with LoadGenerator() as gen:
+                        for c in CONCURRENCY:
+                            m = await measure(gen, variants, concurrency=c, rounds=plan.rounds, duration_s=plan.duration_s,
+                                              warmup_s=plan.warmup_s, emulator=emu_proc, profiler=profiler,
+                                              profiled="sidecar")
+                            levels.append({"concurrency": c, "baseline": m["baseline"], "sidecar": m["sidecar"],
+                                           "ratio": compare(m["sidecar"], m["baseline"])})
+                finally:
+                    await baseline.stop(0)
             finally:
-                await baseline.stop(0)
-        finally:
-            await app.stop(0)
-    if profile:
+                await app.stop(0)
+    if profile is not None:
         print(profiler.report(), file=sys.stderr)
     return json_safe({
         "benchmark": NAME,
         "command": COMMAND + (" --quick" if quick else ""),
         "when": timestamp(),
         "quick": quick,
-        "profiled": profile,
+        "profiled": profile is not None,
         "machine": machine(),
         "plan": {"rounds": plan.rounds, "duration_s": plan.duration_s, "warmup_s": plan.warmup_s},
         "request": REQUEST,

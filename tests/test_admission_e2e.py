@@ -45,16 +45,19 @@ Q = dict(domain="general", complexity=6.0)
 # ---- set-up -------------------------------------------------------------------------
 
 
-def admission_config(url: str, skills: Mapping[str, Mapping[str, Any]] | None = None, **sections: Any) -> Any:
+def admission_config(url: str, skills: Mapping[str, Mapping[str, Any]] | None = None, *, fast: bool = True,
+                     **sections: Any) -> Any:
     """The integration tests' config, with per-skill admission overrides.
-    Every implementation of a tuned skill declares a short expected latency,
-    so the gate's expected wait (before its first release) is small."""
+    With ``fast``, every implementation of a tuned skill declares a short
+    expected latency, so the gate's expected wait (before its first
+    release) is small."""
     data = config_data(url, **sections)
     for name, over in (skills or {}).items():
         entry = data["skills"][name]
         entry.update(over)
         for impl in entry["implementations"]:
-            impl["expected_latency_ms"] = FAST_MS
+            if fast:
+                impl["expected_latency_ms"] = FAST_MS
     return parse_config(data, "<admission tests>", {})
 
 
@@ -540,3 +543,125 @@ async def test_stats_count_rejected_shed_timed_out_and_queue_wait(emulator) -> N
         assert any(s.queue_wait_ms == pytest.approx(waited) for s in gepa_spans)
         assert {"router.skill": "gepa", "router.shed.reason": "queue timeout",
                 "router.shed.replaced_by": "ace"} in rec.query_events("skill.shed")
+
+
+async def test_an_expected_wait_beyond_the_deadline_sheds_before_queueing(emulator) -> None:
+    # gepa declares 1500 ms: before any release, that is the gate's estimate
+    # of how long a slot is held, so a query with 1 s left would wait too long.
+    cfg = admission_config(emulator.url, {"gepa": dict(concurrency_limit=1, queue_depth=5, queue_timeout_s=60)},
+                           fast=False)
+    async with sidecar(cfg) as (app, client, _):
+        emulator.pause("gepa")
+        running = spawn(client, "running", **ONLY_GEPA)
+        await gate_state(client, "gepa", 1, 0)
+        resp = await asyncio.wait_for(client.execute("in a hurry", **Q, **GEPA_THEN_ACE, timeout=1.0), WAIT_S)
+        [shed] = resp.shed
+        assert shed.skill == "gepa" and shed.reason == pb.SHED_REASON_EXPECTED_WAIT and shed.replaced_by == "ace"
+        assert [(r.skill, r.status) for r in resp.results] == [("ace", pb.SKILL_STATUS_OK)]
+        st = await skill_stats(client, "gepa")
+        assert (st.shed, st.queue_depth, st.rejected, st.timed_out) == (1, 0, 0, 0)  # it never queued
+        emulator.resume("gepa")
+        assert (await asyncio.wait_for(running, WAIT_S)).results[0].status == pb.SKILL_STATUS_OK
+
+
+async def test_a_half_open_breaker_probes_and_closes_while_the_others_take_the_next_implementation(emulator) -> None:
+    cfg = admission_config(
+        emulator.url,
+        admission={"breaker": {"failure_threshold": 2, "window": 4, "min_calls": 4, "cooldown_s": 0.3},
+                   "retry": {"max_attempts": 1}})
+    ctx = dict(required_quality=0.9, **ONLY_KIMI)
+
+    async def nemotron_state() -> int:
+        kimi = await skill_stats(client, "kimiK2")
+        return next(i for i in kimi.implementations if i.name == "nvidia-nemotron").breaker_state
+
+    async with sidecar(cfg) as (app, client, rec):
+        emulator.set_profile("nemotron", ModelProfile(latency_ms=1, error_rate=1.0))
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await asyncio.wait_for(client.execute("break it", **Q, **ctx), WAIT_S)
+        assert await nemotron_state() == pb.BREAKER_STATE_OPEN
+
+        async def half_open() -> bool:
+            return await nemotron_state() == pb.BREAKER_STATE_HALF_OPEN
+
+        await until(half_open, "nemotron's breaker half-open")
+        kimi = await skill_stats(client, "kimiK2")
+        assert not next(i for i in kimi.implementations if i.name == "nvidia-nemotron").HasField("half_open_at")
+
+        # Half-open: the next call is the probe; hold it at the backend.
+        emulator.set_profile("nemotron", MODELS["nemotron"])
+        emulator.pause("nemotron")
+        probe = spawn(client, "probe", **ctx)
+        await until(lambda: emulator.stats()["nemotron"].concurrent == 1, "the probe held at nemotron")
+        # Its one probe place is taken: the next query takes the next
+        # implementation of the same skill instead of waiting or being shed.
+        resp = await asyncio.wait_for(client.execute("meanwhile", **Q, **ctx), WAIT_S)
+        assert not resp.shed
+        assert [(r.implementation, r.status) for r in resp.results] == [("tongyi-deepresearch", pb.SKILL_STATUS_OK)]
+
+        emulator.resume("nemotron")
+        resp = await asyncio.wait_for(probe, WAIT_S)
+        assert [(r.implementation, r.status) for r in resp.results] == [("nvidia-nemotron", pb.SKILL_STATUS_OK)]
+        assert await nemotron_state() == pb.BREAKER_STATE_CLOSED
+        resp = await asyncio.wait_for(client.execute("closed again", **Q, **ctx), WAIT_S)
+        assert resp.results[0].implementation == "nvidia-nemotron"
+        moves = [(e["router.breaker.from"], e["router.breaker.to"]) for e in rec.skill_events("breaker.transition")
+                 if e["router.breaker"] == "kimiK2/nvidia-nemotron"]
+        assert moves == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed-limit", "aimd"])
+async def test_the_adaptive_limit_backs_off_on_429s_and_is_off_by_default(emulator, adaptive) -> None:
+    adm: dict[str, Any] = {"retry": {"max_attempts": 1},
+                           "breaker": {"failure_threshold": 100, "window": 20, "min_calls": 20, "failure_rate": 1.0}}
+    if adaptive:
+        adm["adaptive_limit"] = {"enabled": True, "algorithm": "aimd", "min_limit": 1, "max_limit": 50}
+    cfg = admission_config(emulator.url, {"gepa": dict(concurrency_limit=8, queue_depth=20, queue_timeout_s=60)},
+                           admission=adm)
+    async with sidecar(cfg) as (app, client, _):
+        # The backend takes 2 at once and answers 429 above that.
+        emulator.set_profile("gepa", ModelProfile(latency_ms=1, max_concurrency=2))
+        emulator.pause("gepa")
+        held = [spawn(client, f"held {i}", **ONLY_GEPA) for i in range(2)]
+        await until(lambda: emulator.stats().get("gepa") is not None and emulator.stats()["gepa"].concurrent == 2,
+                    "two calls held at gepa")
+        for i in range(6):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(client.execute(f"too many {i}", **Q, **ONLY_GEPA), WAIT_S)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "429" in info.value.details()
+        st = await skill_stats(client, "gepa")
+        # AIMD: each drop takes the limit down by one (8 × 0.9 rounds down to 7, ...).
+        assert st.concurrency_limit == (2 if adaptive else 8)
+        assert st.in_flight == 2
+        emulator.resume("gepa")
+        for resp in await settle(held):
+            assert isinstance(resp, pb.ExecuteResponse), resp
+            assert resp.results[0].status == pb.SKILL_STATUS_OK
+
+
+@pytest.mark.parametrize("bias", [0.0, 0.5], ids=["off-by-default", "on"])
+async def test_the_load_bias_lowers_a_busy_skills_rank_and_is_off_by_default(emulator, bias) -> None:
+    sections = {"admission": {"load_bias": bias}} if bias else {}
+    cfg = admission_config(emulator.url, {"gepa": dict(concurrency_limit=2, queue_depth=5)}, **sections)
+    async with sidecar(cfg) as (app, client, _):
+        emulator.pause("gepa")
+        held = [spawn(client, f"held {i}", **ONLY_GEPA) for i in range(2)]
+        await gate_state(client, "gepa", 2, 0)
+        route = await client.route("which skills", **Q, all_skills=True)
+        factors = {s.skill: s.parts.load_factor for s in route.selections}
+        assert factors["gepa"] == pytest.approx(1.0 - bias)  # utilization 1.0
+        assert all(f == 1.0 for skill, f in factors.items() if skill != "gepa")
+        emulator.resume("gepa")
+        await settle(held)
+
+
+async def test_seed_limits_and_the_brain_env_defaults_show_in_stats(emulator) -> None:
+    from support.configs import make_config
+    cfg = make_config(emulator.url, env={"BRAIN_MOE_MAX_CONCURRENT_PER_SKILL": "7", "BRAIN_MAX_QUEUE_DEPTH": "4"})
+    async with sidecar(cfg) as (app, client, _):
+        s = await client.stats()
+        limits = {x.skill: (x.concurrency_limit, x.queue_capacity) for x in s.skills}
+    # The seed's limits stay (the file sets them); the env gives the rest.
+    assert limits == {"kimiK2": (5, 4), "trm": (10, 4), "gepa": (3, 4), "ace": (8, 4), "legal": (7, 4),
+                      "flaky": (7, 4), "slow": (7, 4)}

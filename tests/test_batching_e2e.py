@@ -373,6 +373,26 @@ async def test_identical_calls_to_a_backend_that_cannot_batch_share_one_call(emu
     assert math.isclose(totals.cost_usd, 0.03)  # the one call's cost, once
 
 
+async def test_the_caller_that_started_a_shared_call_leaving_does_not_fail_the_others(emu):
+    async with sidecar(emu) as (app, client):
+        emu.pause("plain")
+        flights = app.runtimes["plain"].flights
+        leader = ask(client, "plain", "the same question", timeout=3.0)
+        await until(lambda: concurrent(emu, "plain") == 1, "the call is in flight")
+        joiner = ask(client, "plain", "the same question")
+        await until(lambda: flights.stats().coalesced == 1, "the second caller joined the call in flight")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(leader, WAIT_S)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await until(lambda: app.pipeline.in_flight == 1, "the sidecar has let the leader go")
+        assert not joiner.done() and concurrent(emu, "plain") == 1
+        emu.resume("plain")
+        resp = await asyncio.wait_for(joiner, WAIT_S)
+    r = result(resp, "plain")
+    assert r.status == pb.SKILL_STATUS_OK and r.shared_by == 2 and "the same question" in r.output
+    assert emu.stats()["plain"].requests == 1
+
+
 async def test_different_calls_are_not_coalesced(emu):
     async with sidecar(emu) as (app, client):
         emu.pause("plain")

@@ -22,7 +22,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from router.core.admission import GateRejected, RejectReason
 from router.core.batching import batch_key, should_batch, split_cost
@@ -89,6 +89,7 @@ class _Item:
 
     call: SkillCall
     priority: Priority
+    deadline_s: float  # the caller's own deadline, on the pipeline's clock
 
 
 @dataclass
@@ -318,7 +319,8 @@ class Pipeline:
                     assert rt.batchers is not None
                     key = batch_key(rt.batching.key, rt.name, impl.name, run.query.domain, run.skill_set,
                                     run.query.complexity)
-                    item = await rt.batchers.submit(key, _Item(call, run.query.priority), tag=sk, deadline_s=remaining)
+                    item = await self._within(remaining, rt.batchers.submit(
+                        key, _Item(call, run.query.priority, run.deadline_s), tag=sk, deadline_s=remaining))
                     reply, attempts, wait_ms = item.value
                     batch_size = item.batch_size
                     sk.event("batch.joined", {"router.batch.id": item.batch_id, "router.batch.size": item.batch_size,
@@ -328,9 +330,12 @@ class Pipeline:
                     # in flight share one (single flight).
                     flight_key = (impl.name, impl.model, call.query, call.domain, call.system_prompt,
                                   round(call.complexity, 1))
-                    fr = await rt.flights.run_detailed(
-                        flight_key, lambda: self._gated(rt, impl, run.query.priority, run.deadline_s, sk,
-                                                        lambda t: self.backends.get(rt.name, impl.name).call(call, t)))
+                    # The shared call is not bound to its first caller's
+                    # deadline: each caller stops waiting at its own.
+                    flight_deadline = max(run.deadline_s, self._clock() + impl.timeout_s)
+                    fr = await self._within(remaining, rt.flights.run_detailed(
+                        flight_key, lambda: self._gated(rt, impl, run.query.priority, flight_deadline, sk,
+                                                        lambda t: self.backends.get(rt.name, impl.name).call(call, t))))
                     (reply, attempts, wait_ms), shared_by = fr.value, fr.sharers
                 else:
                     reply, attempts, wait_ms = await self._gated(
@@ -359,6 +364,19 @@ class Pipeline:
             self.registry.record_call(skill.name, outcome.ok, outcome.latency_ms)
             sk.finish(outcome, queue_wait_ms=outcome.queue_wait_ms, attempts=outcome.attempts)
             return outcome
+
+    async def _within(self, remaining_s: float, shared: Awaitable[Any]) -> Any:
+        """Wait for a shared call (a batch, a single flight) no longer than
+        this caller's own deadline. Leaving does not stop the shared call:
+        it goes on for the callers still waiting."""
+        bound = asyncio.timeout(max(0.0, remaining_s))
+        try:
+            async with bound:
+                return await shared
+        except TimeoutError:
+            if bound.expired():
+                raise BackendTimeout(f"no answer within {remaining_s * 1000:.0f} ms") from None
+            raise
 
     async def _gated(self, rt: SkillRuntime, impl: ImplementationSpec, priority: Priority, deadline_s: float,
                      events: SkillObservation | None, send: Callable[[float], Any]) -> tuple[Any, int, float]:
@@ -434,7 +452,9 @@ class Pipeline:
                           batch: Batch[_Item]) -> Sequence[tuple[SkillReply, int, float] | BaseException]:
         """One batch = one backend request = one permit of the skill's gate."""
         priority = max(i.priority for i in batch.items)
-        deadline = batch.deadline_at if batch.deadline_at is not None else self._clock() + impl.timeout_s
+        # The batch serves its callers up to the latest deadline among them;
+        # each caller stops waiting at its own (``_within``).
+        deadline = max(i.deadline_s for i in batch.items)
         backend = self.backends.get(rt.name, impl.name)
         calls = [i.call for i in batch.items]
         with self.observer.batch(rt.name, impl, batch.batch_id, batch.size, batch.first_wait_s, batch.tags):

@@ -5,8 +5,10 @@
  * The binary is SKILL_ROUTER_BIN, else the repo's .venv/bin/skill-router.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { createRouterClient, RouterError, type RouterClient } from "../src/index.js";
@@ -52,7 +54,10 @@ async function stopChild(child: ChildProcess): Promise<void> {
 
 async function startOnce(port: number): Promise<Sidecar> {
   const target = `127.0.0.1:${port}`;
+  // Its own working directory: the sidecar writes its metrics store there.
+  const cwd = mkdtempSync(join(tmpdir(), "skill-router-ts-"));
   const child = spawn(SIDECAR_BIN, ["serve", "--demo", "--listen", target], {
+    cwd,
     stdio: ["ignore", "pipe", "pipe"],
     // Tracing on (spans to the piped stdout, not exported anywhere) so that
     // ExecuteResponse.trace_id is set once the sidecar wires telemetry.
@@ -81,6 +86,7 @@ async function startOnce(port: number): Promise<Sidecar> {
       client.close();
       await stopChild(child);
       process.removeListener("exit", killOnExit);
+      rmSync(cwd, { recursive: true, force: true });
     },
   };
   // Ready when a call succeeds; give up at once if the process dies.
