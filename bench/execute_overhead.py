@@ -304,10 +304,10 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"{result['backend_latency_ms']:g} ms. *Added* is sidecar − direct, × is sidecar / direct; CPU/query is "
         "the load generator's plus the sidecar process's CPU time per query (the emulator's excluded)."),
         "",
-        md_table(headers, rows),
-        "",
-        *(_cap(n) for n in _notes(result)),
+        md_table(headers, rows, left=2),
     ]
+    for note in _notes(result):
+        lines += ["", _cap(note)]
     errs = _errors(result)
     if errs:
         lines += ["", "Errors: " + "; ".join(errs) + "."]

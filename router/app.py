@@ -112,6 +112,8 @@ def _runtimes(config: RouterConfig) -> dict[str, SkillRuntime]:
     breaker = BreakerConfig(consecutive_failures=b.failure_threshold, window=b.window,
                             min_calls=min(b.min_calls, b.window), failure_rate=b.failure_rate,
                             cooldown_s=b.cooldown_s, half_open_probes=b.half_open_probes)
+    if not adm.enabled:  # admission off: no limits, queues or breakers (the breakers count, never trip)
+        breaker = BreakerConfig(consecutive_failures=0, failure_rate=2.0)
     unlimited = 1_000_000  # admission off (BRAIN_LOAD_BALANCING_ENABLED=false): count, never queue
 
     def limits(s: SkillSpec) -> tuple[int, int, float]:

@@ -53,11 +53,13 @@ def admission_config(url: str, skills: Mapping[str, Mapping[str, Any]] | None = 
     release) is small."""
     data = config_data(url, **sections)
     for name, over in (skills or {}).items():
+        over = dict(over)
+        latency = over.pop("expected_latency_ms", FAST_MS if fast else None)
         entry = data["skills"][name]
         entry.update(over)
         for impl in entry["implementations"]:
-            if fast:
-                impl["expected_latency_ms"] = FAST_MS
+            if latency is not None:
+                impl["expected_latency_ms"] = latency
     return parse_config(data, "<admission tests>", {})
 
 
@@ -665,3 +667,66 @@ async def test_seed_limits_and_the_brain_env_defaults_show_in_stats(emulator) ->
     # The seed's limits stay (the file sets them); the env gives the rest.
     assert limits == {"kimiK2": (5, 4), "trm": (10, 4), "gepa": (3, 4), "ace": (8, 4), "legal": (7, 4),
                       "flaky": (7, 4), "slow": (7, 4)}
+
+
+async def test_a_skill_whose_only_breaker_is_open_is_overloaded_not_unactivated(emulator) -> None:
+    cfg = admission_config(
+        emulator.url,
+        admission={"breaker": {"failure_threshold": 1, "window": 4, "min_calls": 4, "cooldown_s": 60},
+                   "retry": {"max_attempts": 1}})
+    async with sidecar(cfg) as (app, client, _):
+        emulator.set_profile("trm", ModelProfile(latency_ms=1, error_rate=1.0))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(client.execute("trip it", **Q, **ONLY_TRM), WAIT_S)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        # trm is activated but its one implementation's breaker is open: the
+        # query is refused for capacity, with when to come back.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(client.execute("alone", **Q, **ONLY_TRM), WAIT_S)
+        d = error_details(info.value)
+        assert d.code == grpc.StatusCode.RESOURCE_EXHAUSTED, d
+        assert "trm" in d.message and "breaker open" in d.message
+        assert d.retry_delay_s is not None and 0 < d.retry_delay_s <= 60
+        # With another activated skill allowed, it steps in.
+        resp = await asyncio.wait_for(client.execute("not alone", **Q, force_skills=["trm"], top_k=1), WAIT_S)
+        assert resp.results[0].skill != "trm" and resp.results[0].status == pb.SKILL_STATUS_OK
+        [rej] = [r for r in resp.rejections if r.skill == "trm"]
+        assert rej.reason == pb.REJECTION_REASON_NO_IMPLEMENTATION
+        assert emulator.stats()["trm"].requests == 1
+
+
+async def test_a_queued_query_leaves_while_there_is_still_time_for_the_next_best(emulator) -> None:
+    # gepa's calls are expected to hold a slot 400 ms: a query waits in its
+    # queue only while 400 ms would still be left, then ace steps in.
+    cfg = admission_config(emulator.url, {"gepa": dict(concurrency_limit=1, queue_depth=5, queue_timeout_s=60,
+                                                       expected_latency_ms=400)})
+    async with sidecar(cfg) as (app, client, _):
+        emulator.pause("gepa")
+        running = spawn(client, "running", **ONLY_GEPA)
+        await gate_state(client, "gepa", 1, 0)
+        resp = await asyncio.wait_for(client.execute("late", **Q, **GEPA_THEN_ACE, timeout=2.0), WAIT_S)
+        [shed] = resp.shed
+        assert shed.skill == "gepa" and shed.reason == pb.SHED_REASON_DEADLINE and shed.replaced_by == "ace"
+        assert [(r.skill, r.status) for r in resp.results] == [("ace", pb.SKILL_STATUS_OK)]
+        st = await skill_stats(client, "gepa")
+        assert (st.timed_out, st.shed, st.queue_depth) == (1, 1, 0)
+        emulator.resume("gepa")
+        assert (await asyncio.wait_for(running, WAIT_S)).results[0].status == pb.SKILL_STATUS_OK
+        assert emulator.stats()["gepa"].requests == 1  # the late query never reached gepa
+
+
+async def test_admission_off_has_no_limits_queues_or_breakers(emulator) -> None:
+    from support.configs import make_config
+    cfg = make_config(emulator.url, env={"BRAIN_LOAD_BALANCING_ENABLED": "false"},
+                      admission={"retry": {"max_attempts": 1}})
+    async with sidecar(cfg) as (app, client, _):
+        for i in range(7):  # more failures in a row than the breaker's default threshold (5)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(client.execute(f"flaky {i}", **Q, force_skills=["flaky"], top_k=1,
+                                                      exclude_skills=["kimiK2", "trm", "gepa", "ace"]), WAIT_S)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "500" in info.value.details()
+        assert emulator.stats()["broken"].requests == 7  # every call reached the backend
+        flaky = await skill_stats(client, "flaky")
+        [impl] = flaky.implementations
+        assert impl.breaker_state == pb.BREAKER_STATE_CLOSED and impl.times_opened == 0
+        assert flaky.concurrency_limit >= 1_000_000 and flaky.queue_capacity == 0

@@ -20,12 +20,12 @@ from typing import Any
 
 import grpc
 import pytest
+from skill_router_client import AsyncRouterClient, Priority
 
 from router.app import App, build_app
 from router.config import parse_config
 from router.emulator import Emulator, EmulatorConfig, ModelProfile
 from router.v1 import router_pb2 as pb
-from skill_router_client import AsyncRouterClient, Priority
 
 FAIL = "[emulator:fail]"  # the emulator's default fail marker
 WAIT_S = 15.0  # bound of every wait on a state
@@ -53,6 +53,9 @@ def skills(url: str) -> dict[str, Any]:
         # a second skill for queries that must come back even when their batched skill fails
         "helper": {"concurrency_limit": 16, "implementations": [
             _impl("helper-http", "http", "helper", url, cost_per_query=0.01)]},
+        # one permit and no queue: while its batch is in flight, the gate is full
+        "narrow": {"concurrency_limit": 1, "queue_depth": 0, "implementations": [
+            _impl("narrow-http", "http", "narrow", url, cost_per_query=0.02, batch="http_batch")]},
         # a batchable skill expected to take 1.5 s: its deadline budget leaves little room to wait
         "slowbatch": {"concurrency_limit": 4, "implementations": [
             _impl("slowbatch-http", "http", "slowbatch", url, cost_per_query=0.02, batch="http_batch",
@@ -61,7 +64,7 @@ def skills(url: str) -> dict[str, Any]:
 
 
 MODELS = {name: ModelProfile(latency_ms=2, batch_overhead_ms=2, per_item_ms=0.5)
-          for name in ("batchy", "vllm", "plain", "helper", "slowbatch")}
+          for name in ("batchy", "vllm", "plain", "helper", "narrow", "slowbatch")}
 
 
 @pytest.fixture
@@ -72,14 +75,18 @@ async def emu() -> AsyncIterator[Emulator]:
 
 @contextlib.asynccontextmanager
 async def sidecar(emu: Emulator, *, window_ms: float = 10_000, max_batch_size: int = 8, enabled: bool = True,
+                  env: dict[str, str] | None = None, skill_batching: dict[str, dict[str, Any]] | None = None,
                   **batching: Any) -> AsyncIterator[tuple[App, AsyncRouterClient]]:
+    entries = skills(emu.url)
+    for name, override in (skill_batching or {}).items():
+        entries[name]["batching"] = override
     data = {
-        "skills": skills(emu.url),
+        "skills": entries,
         "storage": {"sqlite_path": None},
         "server": {"grace_period_s": 5},
         "batching": {"enabled": enabled, "window_ms": window_ms, "max_batch_size": max_batch_size, **batching},
     }
-    app = build_app(parse_config(data, "<test_batching_e2e>", {}), "127.0.0.1:0")
+    app = build_app(parse_config(data, "<test_batching_e2e>", env or {}), "127.0.0.1:0")
     await app.start()
     try:
         async with AsyncRouterClient(app.address, timeout=30) as client:
@@ -106,7 +113,9 @@ async def gathered(*aws: Any) -> list[Any]:
 def ask(client: AsyncRouterClient, skill: str, text: str, **kw: Any) -> asyncio.Task:
     kw.setdefault("force_skills", [skill])
     kw.setdefault("top_k", len(kw["force_skills"]))
-    return asyncio.ensure_future(client.execute(text, domain="general", complexity=5, **kw))
+    kw.setdefault("domain", "general")
+    kw.setdefault("complexity", 5)
+    return asyncio.ensure_future(client.execute(text, **kw))
 
 
 def concurrent(emu: Emulator, model: str) -> int:
@@ -184,7 +193,10 @@ async def test_concurrent_queries_become_one_batch_and_each_caller_gets_its_own_
 
 
 async def test_a_batch_goes_when_its_window_closes_while_the_skill_is_still_busy(emu):
-    async with sidecar(emu, window_ms=50, max_batch_size=64) as (app, client):
+    # The file says 60 s; BRAIN_MOE_BATCHING_WINDOW_MS makes it 50 ms.
+    env = {"BRAIN_MOE_BATCHING_WINDOW_MS": "50"}
+    async with sidecar(emu, window_ms=60_000, max_batch_size=64, env=env) as (app, client):
+        assert app.runtimes["batchy"].batching.window_s == 0.05
         first = await busy(emu, client, "batchy", "batchy")
         tasks = [ask(client, "batchy", question(i)) for i in range(1, 4)]
         # The first request is still held, so nothing ever made the skill
@@ -288,6 +300,69 @@ async def test_a_caller_going_away_while_its_batch_is_in_flight_does_not_cancel_
     s = emu.stats()["batchy"]
     assert (s.requests, s.batches, s.items) == (2, 2, 4)
     assert app.runtimes["batchy"].gate.in_flight == 0
+
+
+async def test_items_collect_while_the_only_permit_is_held_by_a_batch(emu):
+    # A full gate with no queue refuses a query at once; but an item joining
+    # a batch needs no permit of its own: the batch takes one when it goes.
+    async with sidecar(emu, window_ms=60_000, max_batch_size=8) as (app, client):
+        first = await busy(emu, client, "narrow", "narrow")
+        tasks = [ask(client, "narrow", question(i)) for i in range(1, 4)]
+        await until(lambda: pending(app, "narrow") == 3, "three items wait for the permit")
+        assert not any(t.done() for t in tasks)
+        emu.resume("narrow")  # the first batch ends: the skill is idle, the three go as one batch
+        _, *resps = await gathered(first, *tasks)
+    for resp, i in zip(resps, (1, 2, 3)):
+        r = result(resp, "narrow")
+        assert r.status == pb.SKILL_STATUS_OK and r.batch_size == 3 and answers_only(r.output, i, 4)
+    assert (emu.stats()["narrow"].batches, emu.stats()["narrow"].items) == (2, 4)
+    assert batch_stats(app, "narrow").flush_reasons == {"idle": 2}
+
+
+async def test_a_skills_own_batching_settings_win(emu):
+    # Globally: batches of up to 8, a 60 s window. batchy: batches of 2;
+    # vllm: batching off (each call its own request, not a batch).
+    overrides = {"batchy": {"max_batch_size": 2}, "vllm": {"enabled": False}}
+    async with sidecar(emu, window_ms=60_000, max_batch_size=8, skill_batching=overrides) as (app, client):
+        first = await busy(emu, client, "batchy", "batchy")
+        tasks = [ask(client, "batchy", question(i)) for i in (1, 2)]
+        await until(lambda: concurrent(emu, "batchy") == 2, "a batch of two goes as soon as it is full")
+        emu.resume("batchy")
+        _, *resps = await gathered(first, *tasks)
+        plain = await gathered(*(ask(client, "vllm", question(i)) for i in (1, 2)))
+    assert [result(r, "batchy").batch_size for r in resps] == [2, 2]
+    assert all(result(r, "vllm").batch_size == 1 for r in plain)
+    assert (emu.stats()["vllm"].requests, emu.stats()["vllm"].batches) == (2, 0)
+
+
+async def test_the_seed_batch_key_batches_only_similar_queries(emu):
+    # key: seed: a batch holds queries of one domain (and skill set and
+    # whole complexity); key: implementation would mix them.
+    async with sidecar(emu, window_ms=60_000, max_batch_size=2, key="seed") as (app, client):
+        first = await busy(emu, client, "batchy", "batchy")
+        g1 = ask(client, "batchy", question(1), domain="general")
+        c1 = ask(client, "batchy", question(2), domain="code")
+        await until(lambda: pending(app, "batchy") == 2, "two items wait")
+        assert len(app.runtimes["batchy"].batchers) == 2 and concurrent(emu, "batchy") == 1  # two keys, not full
+        g2 = ask(client, "batchy", question(3), domain="general")
+        c2 = ask(client, "batchy", question(4), domain="code")
+        await until(lambda: concurrent(emu, "batchy") == 3, "two full batches reach the emulator")
+        emu.resume("batchy")
+        resps = await gathered(first, g1, c1, g2, c2)
+    assert all(result(r, "batchy").batch_size == 2 for r in resps[1:])
+    assert (emu.stats()["batchy"].batches, emu.stats()["batchy"].items) == (3, 5)
+    assert batch_stats(app, "batchy").flush_reasons == {"idle": 1, "full": 2}
+
+
+async def test_the_implementation_batch_key_mixes_domains(emu):
+    async with sidecar(emu, window_ms=60_000, max_batch_size=2) as (app, client):
+        first = await busy(emu, client, "batchy", "batchy")
+        g1 = ask(client, "batchy", question(1), domain="general")
+        c1 = ask(client, "batchy", question(2), domain="code")
+        await until(lambda: concurrent(emu, "batchy") == 2, "one full batch of both domains")
+        emu.resume("batchy")
+        resps = await gathered(first, g1, c1)
+    assert [result(r, "batchy").batch_size for r in resps] == [1, 2, 2]
 
 
 # -- 5: high priority skips batching --------------------------------------------------------

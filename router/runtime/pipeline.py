@@ -223,6 +223,7 @@ class Pipeline:
             plan, t0, t1 = self._plan(query)
             obs.selection(plan, t0, t1)
             if not plan.planned:
+                self._raise_if_breakers_block(plan)
                 raise NoSkillActivated(query.domain, query.complexity,
                                        {r.name: r.detail for r in plan.rejected
                                         if r.reason is RejectionReason.NOT_ACTIVATED})
@@ -265,6 +266,25 @@ class Pipeline:
         return ExecuteOutcome(qid, obs.trace_id, plan, tuple(ran), tuple(outcomes), tuple(run.shed), synthesis,
                               (t1 - t0) // 1000, (t2 - t1) // 1000, (t3 - t_start) // 1000)
 
+    def _raise_if_breakers_block(self, plan: RoutePlan) -> None:
+        """Activated skills left out only because no implementation's breaker
+        lets a call through are saturated, not unfit: Overloaded, with the
+        time until one may take calls again."""
+        now = self._clock()
+        blocked: dict[str, tuple[float, str]] = {}
+        for r in plan.rejected:
+            rt = self.runtimes[r.name]
+            if r.reason is not RejectionReason.NO_IMPLEMENTATION:
+                continue
+            why = rt.unavailable(now)
+            wait = rt.available_in_s(now)
+            if wait is not None and all(i.name in why for i in rt.spec.implementations):
+                blocked[r.name] = (wait, "; ".join(why.values()))
+        if blocked:
+            raise Overloaded("every candidate skill is unavailable: "
+                             + "; ".join(f"{name}: {why}" for name, (_, why) in blocked.items()),
+                             max(0.05, min(wait for wait, _ in blocked.values())))
+
     async def _slot(self, planned: PlannedSkill | None, run: _QueryRun) -> tuple[PlannedSkill, SkillOutcome] | None:
         """Run one chosen skill; when it cannot take the query, shed it and
         let the next-best activated skill step in. None: nothing could."""
@@ -273,7 +293,15 @@ class Pipeline:
             impl = planned.choice.implementation
             assert impl is not None
             remaining = run.deadline_s - self._clock()
-            ok, why = rt.gate.can_admit(run.query.priority, remaining, breaker=rt.breakers[impl.name])
+            if self._batches(rt, impl, run.query.priority)[0]:
+                # An item joining a batch needs no permit of its own: the
+                # batch takes one as it goes (and sheds its items if refused).
+                ok, why = rt.breakers[impl.name].would_allow(self._clock())
+                why = "" if ok else RejectReason.BREAKER_OPEN
+            else:
+                # Queue only while the call itself would still fit before the deadline.
+                ok, why = rt.gate.can_admit(run.query.priority, remaining - rt.service_time_s,
+                                            breaker=rt.breakers[impl.name])
             if ok:
                 try:
                     return planned, await self._run_skill(planned, rt, impl, run)
@@ -311,9 +339,7 @@ class Pipeline:
             t0 = self._clock()
             batch_size, shared_by, wait_ms, attempts = 1, 1, 0.0, 1
             try:
-                batch_ok, why = should_batch(run.query.priority, enabled=rt.batching.enabled,
-                                             supports_batch=rt.can_batch.get(impl.name, False),
-                                             priority_bypass=rt.batching.priority_bypass)
+                batch_ok = self._batches(rt, impl, run.query.priority)[0]
                 remaining = run.deadline_s - self._clock()
                 if batch_ok:
                     assert rt.batchers is not None
@@ -365,6 +391,11 @@ class Pipeline:
             sk.finish(outcome, queue_wait_ms=outcome.queue_wait_ms, attempts=outcome.attempts)
             return outcome
 
+    @staticmethod
+    def _batches(rt: SkillRuntime, impl: ImplementationSpec, priority: Priority) -> tuple[bool, str]:
+        return should_batch(priority, enabled=rt.batching.enabled, supports_batch=rt.can_batch.get(impl.name, False),
+                            priority_bypass=rt.batching.priority_bypass)
+
     async def _within(self, remaining_s: float, shared: Awaitable[Any]) -> Any:
         """Wait for a shared call (a batch, a single flight) no longer than
         this caller's own deadline. Leaving does not stop the shared call:
@@ -385,7 +416,9 @@ class Pipeline:
         Returns (value, attempts, queue wait ms); raises the last
         BackendError, or GateRejected when the skill cannot take it."""
         breaker = rt.breakers[impl.name]
-        async with rt.gate.acquire(priority, timeout_s=max(0.0, deadline_s - self._clock())) as permit:
+        # Wait for a slot only while the call would still fit before the deadline.
+        wait_s = max(0.0, deadline_s - self._clock() - rt.service_time_s)
+        async with rt.gate.acquire(priority, timeout_s=wait_s) as permit:
             ok, why = breaker.allow(self._clock())
             if not ok:
                 permit.ignore()

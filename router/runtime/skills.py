@@ -53,14 +53,36 @@ class SkillRuntime:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def service_time_s(self) -> float:
+        """How long a call holds a slot of the skill's gate (its estimate):
+        the part of a deadline a query must keep for the call itself."""
+        return self.gate.stats().service_time_s or 0.0
+
     def unavailable(self, now: float) -> dict[str, str]:
-        """Implementations whose breaker is open now (selection skips them)."""
+        """Implementations whose breaker lets no call through now: open, or
+        half-open with every probe place taken (selection skips them, so the
+        next implementation of the skill steps in)."""
         out = {}
         for impl, b in self.breakers.items():
+            ok, why = b.would_allow(now)
+            if ok:
+                continue
             if b.state(now) is BreakerState.OPEN:
                 at = b.half_open_at
                 out[impl] = "circuit breaker open" + (f" (half-opens in {max(0.0, at - now):.1f}s)" if at else "")
+            else:
+                out[impl] = f"circuit breaker half-open, probe places taken ({why})"
         return out
+
+    def available_in_s(self, now: float) -> float | None:
+        """When an implementation that ``unavailable`` skips may take calls
+        again (an open breaker half-opens; a probe place frees, guessed as
+        the gate's retry-after); None when none is skipped."""
+        waits = [max(0.0, b.half_open_at - now) if b.state(now) is BreakerState.OPEN and b.half_open_at is not None
+                 else self.gate.retry_after_s()
+                 for b in self.breakers.values() if not b.would_allow(now)[0]]
+        return min(waits) if waits else None
 
     def batch_stats(self) -> BatcherStats | None:
         if self.batchers is None:
