@@ -7,7 +7,10 @@ from rich.table import Table
 
 from router.v1 import router_pb2 as pb
 
-console = Console()
+import sys
+
+# Piped output gets a width that fits the tables, not rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 140)
 
 
 def _reason(r: pb.Rejection) -> str:
@@ -41,12 +44,16 @@ def render_execute(resp: pb.ExecuteResponse) -> None:
     console.print(_selection_table(resp))
     _rejections(resp)
     t = Table(title="results")
-    for col in ("skill", "implementation", "weight", "status", "cost $", "latency ms", "error"):
+    for col in ("skill", "implementation", "weight", "status", "cost $", "latency ms", "queue ms", "tries", "error"):
         t.add_column(col)
     for r in resp.results:
         t.add_row(r.skill, r.implementation, f"{r.weight:.2f}", pb.SkillStatus.Name(r.status).removeprefix("SKILL_STATUS_"),
-                  f"{r.cost_usd:.4f}", f"{r.latency_ms:.0f}", r.error)
+                  f"{r.cost_usd:.4f}", f"{r.latency_ms:.0f}", f"{r.queue_wait_ms:.0f}", str(r.attempts), r.error)
     console.print(t)
+    for s in resp.shed:
+        why = pb.ShedReason.Name(s.reason).removeprefix("SHED_REASON_").lower()
+        console.print(f"  [yellow]shed: {s.skill} ({why})" + (f" → {s.replaced_by} stepped in" if s.replaced_by else "")
+                      + "[/yellow]")
     console.print(resp.text)
     c, tm = resp.cost, resp.timing
     console.print(f"cost ${c.actual_usd:.4f} vs all-skills ${c.baseline_usd:.4f} → saved ${c.saved_usd:.4f} "
@@ -56,19 +63,56 @@ def render_execute(resp: pb.ExecuteResponse) -> None:
                   + (f" · trace {resp.trace_id}" if resp.trace_id else ""))
 
 
+_BREAKER = {pb.BREAKER_STATE_CLOSED: "closed", pb.BREAKER_STATE_OPEN: "OPEN", pb.BREAKER_STATE_HALF_OPEN: "half-open"}
+
+
 def render_stats(resp: pb.StatsResponse) -> None:
-    t = Table(title=f"skills (up {resp.uptime_seconds:.0f}s, MoE {'on' if resp.moe_enabled else 'off'})")
-    for col in ("skill", "in-flight", "limit", "util", "queued", "calls", "failures", "success", "p50 ms", "p99 ms"):
+    # The live view (the seed's /api/brain/load-balancing) ...
+    t = Table(title=f"live load (up {resp.uptime_seconds:.0f}s, MoE {'on' if resp.moe_enabled else 'off'})")
+    for col in ("skill", "in-flight", "util", "queued (low/normal/high)", "queue wait ms", "rejected", "shed",
+                "timed out", "breakers"):
         t.add_column(col)
     for s in resp.skills:
-        t.add_row(s.skill, str(s.in_flight), str(s.concurrency_limit), f"{s.utilization:.0%}", str(s.queue_depth),
-                  str(s.calls), str(s.failures), f"{s.success_rate:.0%}", f"{s.latency_p50_ms:.0f}",
-                  f"{s.latency_p99_ms:.0f}")
+        q = s.queue_depth_by_priority
+        breakers = ", ".join(f"{i.name}: {_BREAKER.get(i.breaker_state, '?')}" for i in s.implementations
+                             if i.breaker_state != pb.BREAKER_STATE_CLOSED) or "closed"
+        t.add_row(s.skill, f"{s.in_flight}/{s.concurrency_limit}", f"{s.utilization:.0%}",
+                  f"{s.queue_depth}/{s.queue_capacity} ({q.get('low', 0)}/{q.get('normal', 0)}/{q.get('high', 0)})",
+                  f"{s.mean_queue_wait_ms:.0f}", str(s.rejected), str(s.shed), str(s.timed_out), breakers)
     console.print(t)
+    c = Table(title="calls since start")
+    for col in ("skill", "calls", "failures", "success", "p50 ms", "p99 ms", "batches", "mean batch", "coalesced"):
+        c.add_column(col)
+    for s in resp.skills:
+        c.add_row(s.skill, str(s.calls), str(s.failures), f"{s.success_rate:.0%}", f"{s.latency_p50_ms:.0f}",
+                  f"{s.latency_p99_ms:.0f}", str(s.batches), f"{s.mean_batch_size:.1f}" if s.batches else "-",
+                  str(s.coalesced_calls))
+    console.print(c)
     tt = resp.totals
-    console.print(f"queries {tt.queries} (failed {tt.failed_queries}) · routes {tt.routes} · "
+    console.print(f"since start: queries {tt.queries} (failed {tt.failed_queries}) · routes {tt.routes} · "
                   f"skills/query {tt.avg_skills_per_query:.2f} · cost ${tt.cost_usd:.4f} · "
                   f"saved ${tt.cost_saved_usd:.4f} of ${tt.baseline_cost_usd:.4f}")
+    # ... and the dashboard over a window (the seed's /api/brain/moe-metrics).
+    w = resp.window
+    if not w.available:
+        console.print("[dim]no metrics store configured: no figures over time[/dim]")
+        return
+    hours = (w.until.ToSeconds() - w.since.ToSeconds()) / 3600
+    console.print(f"\nlast {hours:g} h ({w.store}): queries {w.queries} (errors {w.errors}) · "
+                  f"skills/query {w.avg_skills_selected:.2f} · cost/query ${w.avg_cost_per_query_usd:.4f} · "
+                  f"saved ${w.cost_saved_usd:.4f} · response {w.avg_response_ms:.0f} ms (p99 {w.p99_response_ms:.0f}) · "
+                  f"quality {w.avg_quality:.3f}" + (f" · rows dropped {w.rows_dropped}" if w.rows_dropped else ""))
+    if w.skill_distribution:
+        dist = sorted(w.skill_distribution.items(), key=lambda kv: -kv[1])
+        console.print("skill distribution: " + ", ".join(f"{k} {v}" for k, v in dist))
+    if w.hourly:
+        h = Table(title="hourly")
+        for col in ("hour (UTC)", "queries", "cost/query", "response ms", "quality"):
+            h.add_column(col)
+        for x in w.hourly:
+            h.add_row(x.hour.ToDatetime().strftime("%Y-%m-%d %H:00"), str(x.queries), f"${x.avg_cost_usd:.4f}",
+                      f"{x.avg_response_ms:.0f}", f"{x.avg_quality:.3f}")
+        console.print(h)
 
 
 def render_demo(result: dict, n: int) -> None:
