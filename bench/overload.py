@@ -59,8 +59,20 @@ from typing import Any
 import grpc
 import psutil
 
-from bench._common import (LOOPBACK, emit, emulator_process, fmt, json_safe, machine, md_table, percentile,
-                           quiet_logs, store_path, text_table, timestamp)
+from bench._common import (
+    LOOPBACK,
+    emit,
+    emulator_process,
+    fmt,
+    json_safe,
+    machine,
+    md_table,
+    percentile,
+    quiet_logs,
+    store_path,
+    text_table,
+    timestamp,
+)
 
 NAME = "overload"
 COMMAND = ".venv/bin/python -m bench.overload"
@@ -119,6 +131,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _sidecar_files(tmp: str, config: Mapping[str, Any]) -> tuple[str, Any]:
+    """The config file (JSON is YAML) and the open log file, in ``tmp``."""
+    path = os.path.join(tmp, "config.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return path, open(os.path.join(tmp, "log"), "w+", encoding="utf-8")  # closed by the caller
+
+
 @contextlib.asynccontextmanager
 async def sidecar_process(config: Mapping[str, Any]) -> AsyncIterator[tuple[str, psutil.Process]]:
     """``skill-router serve`` with ``config`` on a free loopback port; yields
@@ -126,11 +146,9 @@ async def sidecar_process(config: Mapping[str, Any]) -> AsyncIterator[tuple[str,
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with tempfile.TemporaryDirectory(prefix="bench-sidecar-") as tmp:
-        path = os.path.join(tmp, "config.yaml")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(config, f)  # JSON is YAML
+        path, log_file = _sidecar_files(tmp, config)
         address = f"{LOOPBACK}:{_free_port()}"
-        with open(os.path.join(tmp, "log"), "w+", encoding="utf-8") as log:
+        with log_file as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", "from router.cli import main; main()", "--log-level", "ERROR",
                 "serve", "--config", path, "--listen", address, stdout=log, stderr=log)
@@ -206,6 +224,7 @@ async def open_loop(stub: Any, request: Any, rate_qps: float, duration_s: float,
     before sending the next."""
     outcomes: collections.Counter = collections.Counter()
     ok_ms: list[float] = []
+    refused_ms: list[float] = []
     retry_delays: list[float] = []
     examples: dict[str, str] = {}
     tasks: set[asyncio.Task] = set()
@@ -220,6 +239,7 @@ async def open_loop(stub: Any, request: Any, rate_qps: float, duration_s: float,
             outcomes[err.code().name] += 1
             examples.setdefault(err.code().name, (err.details() or "")[:300])
             if err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                refused_ms.append((perf() - t0) * 1000.0)
                 d = error_details(err).retry_delay_s
                 if d is not None:
                     retry_delays.append(d)
@@ -246,17 +266,20 @@ async def open_loop(stub: Any, request: Any, rate_qps: float, duration_s: float,
     sending_s = perf() - start
     hung = 0
     if tasks:
-        done, pending = await asyncio.wait(set(tasks), timeout=DEADLINE_S + HANG_GRACE_S)
+        _, pending = await asyncio.wait(set(tasks), timeout=DEADLINE_S + HANG_GRACE_S)
         hung = len(pending)
         for t in pending:
             t.cancel()
+    answered_s = perf() - start  # first send to last answer
     ok_ms.sort()
+    refused_ms.sort()
     return {
         "sent": sent, "offered_qps": sent / sending_s if sending_s else 0.0, "max_send_lag_ms": max_lag * 1000,
         "outcomes": dict(outcomes), "hung": hung,
         "ok_p50_ms": percentile(ok_ms, 0.5), "ok_p99_ms": percentile(ok_ms, 0.99),
         "ok_max_ms": ok_ms[-1] if ok_ms else float("nan"),
-        "goodput_qps": len(ok_ms) / sending_s if sending_s else 0.0,
+        "refused_p50_ms": percentile(refused_ms, 0.5), "refused_p99_ms": percentile(refused_ms, 0.99),
+        "goodput_qps": len(ok_ms) / answered_s if answered_s else 0.0, "answered_s": answered_s,
         "error_examples": examples,
         "retry_delay_s": {"min": min(retry_delays), "max": max(retry_delays)} if retry_delays else None,
     }
@@ -367,7 +390,7 @@ _LABEL = {"on": "admission on", "off": "admission off (baseline)"}
 
 def _outcome_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     headers = ["variant", "sent", "offered qps", "OK", "RESOURCE_EXHAUSTED", "other", "hung", "goodput qps",
-               "OK p50", "OK p99", "sidecar CPU", "RSS ready / mid / end / peak"]
+               "OK p50", "OK p99", "refused p50 / p99", "sidecar CPU", "RSS ready / mid / end / peak"]
     rows = []
     for key, v in result["variants"].items():
         out = v["outcomes"]
@@ -378,6 +401,7 @@ def _outcome_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
             str(out.get("RESOURCE_EXHAUSTED", 0)),
             (", ".join(f"{k} {n}" for k, n in sorted(other.items())) or "0"), str(v["hung"]),
             fmt(v["goodput_qps"], ".1f"), f"{fmt(v['ok_p50_ms'], '.0f')} ms", f"{fmt(v['ok_p99_ms'], '.0f')} ms",
+            f"{fmt(v['refused_p50_ms'], '.1f')} / {fmt(v['refused_p99_ms'], '.1f')} ms",
             f"{fmt(v['sidecar_cpu_utilization'] * 100, '.0f')}%",
             " / ".join(_mib(m[k]) for k in ("ready", "mid", "end", "peak")),
         ])

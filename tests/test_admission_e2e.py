@@ -19,14 +19,13 @@ from typing import Any
 
 import grpc
 import pytest
+from skill_router_client import AsyncRouterClient, Priority, error_details
+from support.configs import MODELS, config_data
 
-from router.app import App, build_app
+from router.app import build_app
 from router.config import parse_config
 from router.emulator import Emulator, ModelProfile
 from router.v1 import router_pb2 as pb
-from skill_router_client import AsyncRouterClient, Priority, error_details
-
-from support.configs import MODELS, config_data
 
 WAIT_S = 15.0  # bound of every wait for a state; far above what any step takes
 FAST_MS = 10  # the declared latency of the tuned skills: the gate's service-time hint
@@ -74,19 +73,6 @@ async def sidecar(config: Any):  # type: ignore[no-untyped-def]
             yield app, client, rec
     finally:
         await app.stop(5)
-
-
-@pytest.fixture
-async def emulator():  # type: ignore[no-untyped-def]
-    # Overrides conftest's: the same models, and the request log long enough
-    # for the 120-call test.
-    async with Emulator(_emulator_config(), request_log_size=10_000) as emu:
-        yield emu
-
-
-def _emulator_config() -> Any:
-    from router.emulator import EmulatorConfig
-    return EmulatorConfig(models=MODELS, seed=1)
 
 
 async def until(pred: Callable[[], Awaitable[bool]] | Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
