@@ -237,7 +237,7 @@ async def test_a_full_queue_sheds_the_skill_and_the_next_best_answers(emulator) 
                                                      "router.shed.replaced_by": "ace"}
 
         st = await skill_stats(client, "gepa")
-        assert st.shed == 1 and st.in_flight == 2 and st.queue_depth == 2
+        assert st.shed == 1 and st.rejected == 1 and st.in_flight == 2 and st.queue_depth == 2
         emulator.resume("gepa")
         for resp in await settle(held):  # the held calls lost nothing
             assert isinstance(resp, pb.ExecuteResponse), resp

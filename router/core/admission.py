@@ -329,9 +329,14 @@ class AdmissionState:
 
     # ---- deciding ----------------------------------------------------------
 
-    def note_shed(self) -> None:
-        """The pipeline shed this skill for a query (counted for Stats)."""
+    def note_shed(self, refused: str | None = None) -> None:
+        """The pipeline shed this skill for a query (counted for Stats).
+        ``refused`` is the reason when the gate refused it before it queued
+        (``can_admit``); a full queue then also counts as a rejection, as if
+        the query had arrived and been turned away."""
         self.shed += 1
+        if refused == RejectReason.QUEUE_FULL:
+            self.rejected += 1
 
     def arrive(self, priority: Priority, now: float, timeout_s: float | None = None) -> tuple[Ticket, list[Ticket]]:
         """A caller asks for a slot. Returns its ticket (GRANTED, QUEUED or

@@ -204,9 +204,10 @@ class Gate:
         as slots are released."""
         self._wake(self._state.set_limit(limit, self._clock()))
 
-    def note_shed(self) -> None:
-        """The pipeline shed this skill for one query (a Stats counter)."""
-        self._state.note_shed()
+    def note_shed(self, refused: str | None = None) -> None:
+        """The pipeline shed this skill for one query (a Stats counter);
+        ``refused``: the ``can_admit`` reason when it never queued."""
+        self._state.note_shed(refused)
 
     # ---- internals ---------------------------------------------------------
 

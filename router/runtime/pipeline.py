@@ -302,6 +302,7 @@ class Pipeline:
                 # Queue only while the call itself would still fit before the deadline.
                 ok, why = rt.gate.can_admit(run.query.priority, remaining - rt.service_time_s,
                                             breaker=rt.breakers[impl.name])
+            refused: str | None = None  # refused before queueing (the gate counted nothing yet)
             if ok:
                 try:
                     return planned, await self._run_skill(planned, rt, impl, run)
@@ -310,7 +311,8 @@ class Pipeline:
                     detail = str(exc)
             else:
                 detail = f"{planned.name}: {why}"
-            rt.gate.note_shed()
+                refused = why
+            rt.gate.note_shed(refused)
             nxt = self._next_standby(run)
             run.shed.append(ShedSkill(planned.name, why, detail, nxt.name if nxt else ""))
             run.obs.event("skill.shed", {"router.skill": planned.name, "router.shed.reason": why,
