@@ -16,8 +16,8 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from router.backends import BackendPool
 from router.config import RouterConfig
@@ -30,8 +30,8 @@ from router.runtime.pipeline import Pipeline
 from router.runtime.registry import LiveRegistry
 from router.runtime.skills import AdmissionOptions, BatchingOptions, SkillRuntime, build_skill_runtimes
 from router.runtime.stats import Snapshot, skill_snapshots
-from router.service.servicer import RouterServicer
 from router.service.server import RouterServer
+from router.service.servicer import RouterServicer
 from router.storage import MetricsStore, StoreSettings, open_store
 from router.telemetry import Telemetry, TelemetrySettings, setup_telemetry
 
@@ -98,7 +98,7 @@ class App:
             await self.store.aclose()
         await self.telemetry.aclose()
 
-    async def __aenter__(self) -> "App":
+    async def __aenter__(self) -> App:
         await self.start()
         return self
 

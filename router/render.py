@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
 from router.v1 import router_pb2 as pb
-
-import sys
 
 # Piped output gets a width that fits the tables, not rich's 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 140)

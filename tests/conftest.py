@@ -3,13 +3,13 @@ ephemeral loopback port, and clients talking gRPC to it."""
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
+from support.configs import MODELS, make_config
 
 from router.config import RouterConfig
 from router.emulator import Emulator, EmulatorConfig
-from support.configs import MODELS, make_config
 
 
 @pytest.fixture

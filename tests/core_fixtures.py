@@ -7,16 +7,8 @@ so the core's tests do not depend on the config format.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-
-# Fallback for a checkout without the editable install: pytest puts only this
-# directory on sys.path, so add the repository root for ``router``.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 from router.core.scoring import SkillScore, score_skills
 from router.core.selection import SelectionResult, select

@@ -495,7 +495,7 @@ async def test_backend_pool_warm_failures(emu):
     dead = impl(f"http://127.0.0.1:{free_port()}", name="dead")
     pool = BackendPool.from_skills([make_skill("explain", impl(emu.url, name="alive"), dead)])
     try:
-        with pytest.raises(BackendConnectionError, match="1 of 2 backend.*explain/dead"):
+        with pytest.raises(BackendConnectionError, match=r"1 of 2 backend.*explain/dead"):
             await pool.warm_all()
         failures = await pool.warm_all(strict=False)
         assert list(failures) == [("explain", "dead")]

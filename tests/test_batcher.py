@@ -5,15 +5,11 @@ got which result; waits are measured on an injected clock."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from typing import Any
 
 import pytest
 
 # The repository root, so ``router`` imports without an installed package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from router.core.batching import FlushReason
 from router.core.errors import (
     BackendConnectionError,

@@ -4,16 +4,12 @@ in), batch keys, the priority bypass, cost split."""
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 # The repository root, so ``router`` imports without an installed package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from router.core.batching import (
     BatchKeyMode,
     FlushNow,

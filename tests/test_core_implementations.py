@@ -264,7 +264,7 @@ def test_complexity_breaks_cost_tie():
 
 _impls = st.lists(
     st.builds(
-        lambda q, c, l, o: (q, c, l, o),
+        lambda q, c, lat, o: (q, c, lat, o),
         st.sampled_from([0.5, 0.8, 0.85, 0.9, 0.95, 1.0]),
         st.sampled_from([0.0, 0.005, 0.01, 0.02, 0.05, 1.0]),
         st.sampled_from([0.0, 100.0, 800.0, 1500.0, 2000.0]),
@@ -278,7 +278,7 @@ _impls = st.lists(
 @given(specs=_impls, floor=st.sampled_from([0.0, 0.85, 0.9, 0.95, 0.99]), complexity=st.floats(0, 10),
        dynamic=st.booleans(), strict=st.booleans(), data=st.data())
 def test_choice_laws(specs, floor, complexity, dynamic, strict, data):
-    impls = tuple(impl(f"i{n}", quality=q, cost=c, latency_ms=l, optimal=o) for n, (q, c, l, o) in enumerate(specs))
+    impls = tuple(impl(f"i{n}", quality=q, cost=c, latency_ms=lat, optimal=o) for n, (q, c, lat, o) in enumerate(specs))
     default_index = data.draw(st.integers(0, len(impls) - 1))
     unavailable = {i.name: "open" for i in impls if data.draw(st.integers(0, 3)) == 0}
     s = skill("s", implementations=impls, default_index=default_index)

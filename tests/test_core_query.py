@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from types import MappingProxyType
 
-import core_fixtures  # noqa: F401  (puts the repo on sys.path)
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -13,14 +13,12 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from skill_router_client import AsyncRouterClient, RouterClient, build_context, error_details
+from support.configs import make_config
 
 from router.app import build_app
-from router.emulator import ModelProfile
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
-from skill_router_client import AsyncRouterClient, RouterClient, build_context, error_details
-
-from support.configs import make_config
 
 
 async def test_health_is_serving_once_warm(app) -> None:

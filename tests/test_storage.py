@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
-import core_fixtures  # noqa: F401  (puts the repo on sys.path)
 import pytest
 
 from router.runtime.observer import QueryRecord

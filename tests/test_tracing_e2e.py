@@ -5,12 +5,12 @@ skill backends (the emulator records the traceparent it received)."""
 from __future__ import annotations
 
 import pytest
+from skill_router_client import AsyncRouterClient
 from support.configs import make_config
 from support.otlp_receiver import OtlpGrpcReceiver, build_tree
 
 from router.app import build_app
 from router.v1 import router_pb2 as pb
-from skill_router_client import AsyncRouterClient
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"

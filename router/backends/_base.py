@@ -64,7 +64,7 @@ class PooledBackend:
         implementation: ImplementationSpec,
         *,
         batch: bool = False,
-        warm_path: str | None | object = _DEFAULT,
+        warm_path: str | object | None = _DEFAULT,
         warm_connections: int = 1,
         warm_timeout_s: float | None = None,
         keepalive_expiry: float = 30.0,

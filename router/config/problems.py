@@ -33,7 +33,7 @@ def format_path(loc: Iterable[str | int]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part and set(part) <= _PLAIN_KEY or part == "":
+        elif (part and set(part) <= _PLAIN_KEY) or part == "":
             out += f".{part}" if out else part
         else:
             out += f"[{part!r}]"

@@ -16,8 +16,8 @@ strict floor, the skill gets no implementation). Unavailable implementations
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .types import ImplementationSpec, Query, SkillSpec
 

@@ -4,8 +4,8 @@ field it is in, the way the service reports it (INVALID_ARGUMENT)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
 from .errors import InvalidArgument, UnknownSkill
 from .selection import MAX_TOP_K

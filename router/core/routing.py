@@ -7,8 +7,8 @@ skill below the top k steps in.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .implementations import ImplementationChoice, choose_implementation
 from .scoring import score_skills

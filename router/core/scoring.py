@@ -13,8 +13,8 @@ hot skill lose ties; utilization is passed in as data.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 from .admission import load_penalty
 from .types import Query, SkillSpec

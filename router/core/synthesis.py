@@ -9,8 +9,8 @@ quality of the implementations that answered.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from .types import SkillSpec
 

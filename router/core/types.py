@@ -7,9 +7,9 @@ policy) or once per query (the query and its context), and never mutated.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 
 class Priority(enum.IntEnum):

@@ -264,7 +264,7 @@ class Batcher(Generic[T, R]):
             return True
         try:
             return bool(self._is_idle())
-        except Exception:  # noqa: BLE001 - a load probe must not stop the batcher
+        except Exception:
             return False  # unknown load: let the window decide
 
     def _reconsider(self) -> None:
@@ -347,7 +347,7 @@ class Batcher(Generic[T, R]):
             # Only aclose() or the loop's end cancels a batch task.
             self._fail_all(entries, ShuttingDown())
             raise
-        except Exception as exc:  # noqa: BLE001 - whatever send raised is the items' answer
+        except Exception as exc:
             self._batch_failures += 1
             self._fail_all(entries, exc)
             return
@@ -356,7 +356,7 @@ class Batcher(Generic[T, R]):
             raise
         try:
             results = list(results)
-        except Exception as exc:  # noqa: BLE001 - as above
+        except Exception as exc:
             self._batch_failures += 1
             self._fail_all(entries, exc)
             return

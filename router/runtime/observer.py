@@ -9,8 +9,9 @@ does nothing and costs nothing. The metrics store receives one
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from router.core.routing import PlannedSkill, RoutePlan
 from router.core.synthesis import SkillOutcome, Synthesis

@@ -21,14 +21,22 @@ import hashlib
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from router.core.admission import GateRejected, RejectReason
 from router.core.batching import batch_key, should_batch, split_cost
 from router.core.breaker import CircuitBreaker, is_breaker_failure
-from router.core.errors import (AllSkillsFailed, BackendError, BackendTimeout, DeadlineExceeded, NoSkillActivated,
-                                Overloaded, ShuttingDown)
+from router.core.errors import (
+    AllSkillsFailed,
+    BackendError,
+    BackendTimeout,
+    DeadlineExceeded,
+    NoSkillActivated,
+    Overloaded,
+    ShuttingDown,
+)
 from router.core.implementations import ImplementationChoice
 from router.core.routing import PlannedSkill, RoutePlan, plan_route
 from router.core.selection import RejectionReason
@@ -433,7 +441,7 @@ class Pipeline:
                     raise BackendTimeout(f"the deadline passed before attempt {n}")
                 try:
                     return await asyncio.wait_for(send(t), t)
-                except (asyncio.TimeoutError, TimeoutError):
+                except TimeoutError:
                     raise BackendTimeout(f"no answer within {t * 1000:.0f} ms") from None
 
             def on_retry(n: int, err: BackendError, decision: Any) -> None:

@@ -4,8 +4,9 @@ runtime never imports an edge library."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 from router.core.errors import BackendError
 from router.core.types import ImplementationSpec

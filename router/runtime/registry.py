@@ -8,20 +8,20 @@ from the event loop's thread, so no locks are needed.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 def quantile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank quantile of an ascending list (0 when empty)."""
     if not sorted_values:
         return 0.0
-    idx = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    idx = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[idx]
 
 
 class SkillLive:
-    __slots__ = ("name", "calls", "failures", "in_flight", "_outcomes", "_latencies")
+    __slots__ = ("_latencies", "_outcomes", "calls", "failures", "in_flight", "name")
 
     def __init__(self, name: str, success_window: int, latency_window: int) -> None:
         self.name = name

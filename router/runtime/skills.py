@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from router.core.batching import BatchKeyMode
 from router.core.breaker import BreakerConfig, BreakerState, CircuitBreaker

@@ -3,8 +3,8 @@ telemetry gauges. Plain data; the service layer turns it into protobuf."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from router.core.breaker import BreakerState
 from router.core.types import Priority

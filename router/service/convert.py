@@ -3,15 +3,16 @@ Nothing here decides anything."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from router.core.breaker import BreakerState
 from router.core.errors import InvalidArgument
 from router.core.implementations import ImplementationChoice
 from router.core.query import make_query
 from router.core.routing import PlannedSkill, RoutePlan
 from router.core.selection import RejectionReason
 from router.core.synthesis import SkillOutcome, Status
-from router.core.breaker import BreakerState
 from router.core.types import ImplementationSpec, Priority, Query, RoutingPolicy
 from router.runtime.pipeline import ShedSkill
 from router.runtime.stats import SkillSnapshot

@@ -19,8 +19,16 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from router.core.errors import (AllSkillsFailed, DeadlineExceeded, InvalidArgument, NoSkillActivated, Overloaded,
-                                RouterError, ShuttingDown, UnknownSkill)
+from router.core.errors import (
+    AllSkillsFailed,
+    DeadlineExceeded,
+    InvalidArgument,
+    NoSkillActivated,
+    Overloaded,
+    RouterError,
+    ShuttingDown,
+    UnknownSkill,
+)
 
 log = logging.getLogger("router.service")
 
@@ -77,7 +85,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 return await inner(request, context)
             except RouterError as exc:
                 await abort_with(context, exc)
-            except Exception as exc:  # noqa: BLE001 - the boundary: nothing escapes unmapped
+            except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 await abort_with(context, exc)

@@ -4,7 +4,8 @@ responses, nothing else. Errors are mapped by ``ErrorMappingInterceptor``."""
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 

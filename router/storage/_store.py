@@ -164,7 +164,7 @@ class MetricsStore:
                 except asyncio.CancelledError:
                     self._failed += len(batch)
                     raise
-                except Exception as exc:  # noqa: BLE001 - any database failure: count it, keep serving
+                except Exception as exc:
                     self._errors += 1
                     self._failed += len(batch)
                     log.warning("metrics store (%s): could not write %d rows: %s", self._backend.name, len(batch), exc)
@@ -177,7 +177,7 @@ class MetricsStore:
                 await self.purge()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a failed sweep is retried at the next interval
+            except Exception as exc:
                 self._errors += 1
                 log.warning("metrics store (%s): retention failed: %s", self._backend.name, exc)
             await asyncio.sleep(self._settings.retention_interval_s)

@@ -15,7 +15,8 @@ the field violation or retry delay the sidecar attaches.
 
 from __future__ import annotations
 
-from ._client import (AsyncRouterClient, ErrorDetails, Priority, RouterClient, build_context, error_details)
 from router.v1 import router_pb2 as pb
 
-__all__ = ["AsyncRouterClient", "RouterClient", "ErrorDetails", "Priority", "build_context", "error_details", "pb"]
+from ._client import AsyncRouterClient, ErrorDetails, Priority, RouterClient, build_context, error_details
+
+__all__ = ["AsyncRouterClient", "ErrorDetails", "Priority", "RouterClient", "build_context", "error_details", "pb"]

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -90,7 +90,7 @@ class AsyncRouterClient:
         self.timeout = timeout
         self.metadata = tuple(metadata)
 
-    async def __aenter__(self) -> "AsyncRouterClient":
+    async def __aenter__(self) -> AsyncRouterClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -131,7 +131,7 @@ class RouterClient:
         self.timeout = timeout
         self.metadata = tuple(metadata)
 
-    def __enter__(self) -> "RouterClient":
+    def __enter__(self) -> RouterClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
