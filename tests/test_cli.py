@@ -1,0 +1,143 @@
+"""The ``skill-router`` command line, run as a user runs it: a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from router.config import default_config_path
+from skill_router_client import AsyncRouterClient
+
+CLI = str(Path(sys.executable).parent / "skill-router")
+
+
+async def run(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})})
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_check_config_accepts_the_bundled_config() -> None:
+    rc, out, err = await run("check-config", str(default_config_path()))
+    assert rc == 0, err
+    for skill in ("trm", "gepa", "ace", "kimiK2"):
+        assert skill in out
+    assert "tongyi-deepresearch" in out and "gemini-flash" in out
+
+
+async def test_check_config_names_file_line_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "router.yaml"
+    bad.write_text("routing:\n  top_kk: 3\nskills:\n  s:\n    implementations:\n"
+                   "      - {name: a, backend: openai, url: 'http://127.0.0.1:1', quality: 1.5,\n"
+                   "         cost_per_query: 0.01, expected_latency_ms: 100}\n")
+    rc, out, err = await run("check-config", str(bad))
+    assert rc == 1
+    assert f"{bad}:2: routing.top_kk: unknown key" in err
+    assert "skills.s.implementations[0].quality" in err and "1.5" in err
+
+
+async def test_check_config_names_a_bad_environment_variable() -> None:
+    rc, _, err = await run("check-config", str(default_config_path()), env={"BRAIN_MOE_TOP_K": "three"})
+    assert rc == 1 and "BRAIN_MOE_TOP_K" in err
+
+
+async def test_route_execute_stats_against_a_running_sidecar(app) -> None:
+    target = ("--target", app.address)
+    rc, out, err = await run("route", "Why does my parser leak?", "--domain", "code", "--complexity", "3",
+                             "--json", *target)
+    assert rc == 0, err
+    body = json.loads(out)
+    assert body["k"] == 3 and body["selections"] and body["query_id"]
+    rc, out, err = await run("execute", "Why does my parser leak?", "--domain", "code", "--complexity", "3",
+                             "--json", *target)
+    assert rc == 0, err
+    body = json.loads(out)
+    assert body["text"] and float(body["cost"]["baseline_usd"]) >= float(body["cost"]["actual_usd"])
+    rc, out, err = await run("execute", "Why does my parser leak?", "--domain", "code", *target)
+    assert rc == 0 and "cost $" in out and "### " in out, err
+    rc, out, err = await run("stats", *target)
+    assert rc == 0 and "live load" in out and "queries 2" in out, err
+
+
+async def test_cli_reports_bad_input_with_the_field(app) -> None:
+    rc, _, err = await run("route", "q", "--complexity", "11", "--target", app.address)
+    assert rc == 1 and "INVALID_ARGUMENT" in err and "context.complexity" in err
+
+
+async def test_demo_prints_the_comparison_as_json() -> None:
+    rc, out, err = await run("demo", "--queries", "30", "--concurrency", "8", "--json", timeout=300)
+    assert rc == 0, err
+    result = json.loads(out)
+    assert set(result) == {"moe", "all_skills"}
+    keys = {"avg_ms", "p99_ms", "cost_per_query", "throughput_qps", "skills_per_query", "quality"}
+    for mode in result.values():
+        assert keys <= set(mode) and mode["failed"] == 0 and mode["queries"] == 30
+    assert result["moe"]["cost_per_query"] < result["all_skills"]["cost_per_query"]
+    assert result["moe"]["skills_per_query"] <= result["all_skills"]["skills_per_query"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    proc = await asyncio.create_subprocess_exec(
+        CLI, "serve", "--demo", "--listen", address, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        async with grpc.aio.insecure_channel(address) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+
+            async def serving() -> None:
+                while True:
+                    try:
+                        r = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                        if r.status == health_pb2.HealthCheckResponse.SERVING:
+                            return
+                    except grpc.aio.AioRpcError:
+                        pass
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(serving(), 60)
+            watch = health.Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            async with AsyncRouterClient(address, timeout=30) as client:
+                # Catch a call in flight (the demo's backends take tens of ms).
+                for _ in range(50):
+                    call = asyncio.create_task(client.execute("in flight", domain="research", complexity=9))
+                    while not call.done():
+                        stats = await client.stats()
+                        if sum(s.in_flight for s in stats.skills):
+                            break
+                    if not call.done():
+                        break
+                    await call
+                else:
+                    pytest.fail("never saw a call in flight")
+                proc.send_signal(signal.SIGTERM)
+                assert (await asyncio.wait_for(watch.read(), 10)).status == \
+                    health_pb2.HealthCheckResponse.NOT_SERVING
+                resp = await asyncio.wait_for(call, 30)  # the in-flight call finishes
+                assert resp.text
+        rc = await asyncio.wait_for(proc.wait(), 30)
+        assert rc == 0
+        log = (await proc.stdout.read()).decode()  # type: ignore[union-attr]
+        assert "shutting down" in log
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
