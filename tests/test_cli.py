@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from skill_router_client import AsyncRouterClient
 
 from router.config import default_config_path
-from skill_router_client import AsyncRouterClient
 
 CLI = str(Path(sys.executable).parent / "skill-router")
 
