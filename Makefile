@@ -40,10 +40,10 @@ lint: $(STAMP)
 services:
 	bash scripts/services.sh
 
-test: setup check-gen lint services
+# The TypeScript client's tests run first so the suite's closing line is pytest's.
+test: setup check-gen lint services test-ts
 	set -a; [ -f .services.env ] && . ./.services.env; set +a; \
 	$(VENV)/bin/pytest -q -p no:cacheprovider
-	$(MAKE) test-ts
 
 # The TypeScript client (for the Next.js app) against the real sidecar.
 test-ts: $(STAMP)
