@@ -320,3 +320,17 @@ def test_dynamic_off_keeps_default_below_a_strict_floor():
                                strict_floor=True)
     assert ch.implementation.name == "gemini-flash"
     assert ch.meets_quality_floor is False
+
+
+def test_fit_weights_let_complexity_pick_the_implementation_made_for_it():
+    """With the seed's weights the cheapest implementation meeting the floor
+    wins at every complexity; weights that favour complexity fit send a
+    complex query to the implementation made for it."""
+    from router.core.types import FitWeights
+
+    kimi = kimi_k2()
+    q = query(complexity=9, required_quality=0.85)
+    assert choose_implementation(kimi, q).implementation.name == "gemini-flash"
+    w = FitWeights(quality_bonus=100, cost=0.0, latency=0.0, complexity=20)
+    assert choose_implementation(kimi, q, weights=w).implementation.name == "tongyi-deepresearch"
+    assert choose_implementation(kimi, query(complexity=4, required_quality=0.85), weights=w).implementation.name == "gemini-flash"

@@ -232,7 +232,9 @@ def test_force_a_non_activated_skill():
     res = run_select(skills, query(domain="math", force=("legal",)))
     assert names(res.chosen) == ["legal", "s9", "s8"]
     forced = res.chosen[0]
-    assert forced.forced and not forced.score.activated and forced.score.score == 0.0
+    # Scored as if activated (1 + complexity fit 0.5), so it gets a real
+    # synthesis weight; it stays marked as not activated.
+    assert forced.forced and not forced.score.activated and forced.score.score == 1.5
     assert "legal" not in reasons(res)
     assert "legal" not in names(res.activated)  # not part of the all-skills baseline
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router.core.selection import MAX_TOP_K
-from router.core.types import DynamicKRule, RoutingPolicy
+from router.core.types import DynamicKRule, FitWeights, RoutingPolicy
 
 __all__ = [
     "ActivationEntry",
@@ -171,6 +171,18 @@ class DynamicKSettings(Section):
         return DynamicKRule(threshold=self.threshold, high_k=self.high_k, low_k=self.low_k)
 
 
+class ImplementationWeights(Section):
+    """Weights of implementation choice's fit score; the seed's by default."""
+
+    quality_bonus: NonNegativeFloat = 100.0
+    cost: NonNegativeFloat = 10.0
+    latency: NonNegativeFloat = 5.0
+    complexity: NonNegativeFloat = 20.0
+
+    def to_weights(self) -> FitWeights:
+        return FitWeights(self.quality_bonus, self.cost, self.latency, self.complexity)
+
+
 class RoutingSettings(Section):
     moe_enabled: bool = True
     top_k: TopK | None = None
@@ -181,6 +193,7 @@ class RoutingSettings(Section):
     default_complexity: Complexity = 5.0
     default_success_rate: Unit = 1.0
     success_window: PositiveInt = 50
+    implementation_weights: ImplementationWeights = ImplementationWeights()
 
     def to_policy(self) -> RoutingPolicy:
         return RoutingPolicy(
@@ -192,6 +205,7 @@ class RoutingSettings(Section):
             strict_quality_floor=self.strict_quality_floor,
             default_complexity=self.default_complexity,
             default_success_rate=self.default_success_rate,
+            fit_weights=self.implementation_weights.to_weights(),
         )
 
 

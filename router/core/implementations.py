@@ -8,7 +8,8 @@ why not. Those that fit are scored:
         + latency_weight · 1000 / expected_latency_ms
         + complexity_weight · (1 − |optimal − complexity| / 10)
 
-with the seed's weights 10, 5 and 20. When none meets the floor, the
+with the seed's weights 10, 5 and 20 (``RoutingPolicy.fit_weights``,
+config ``routing.implementation_weights``). When none meets the floor, the
 highest-quality available one is taken and the choice says so (or, with a
 strict floor, the skill gets no implementation). Unavailable implementations
 (an open circuit breaker) are skipped.
@@ -19,12 +20,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .types import ImplementationSpec, Query, SkillSpec
+from .types import FitWeights, ImplementationSpec, Query, SkillSpec
 
 QUALITY_BONUS = 100.0
 COST_WEIGHT = 10.0
 LATENCY_WEIGHT = 5.0
 COMPLEXITY_WEIGHT = 20.0
+SEED_WEIGHTS = FitWeights(QUALITY_BONUS, COST_WEIGHT, LATENCY_WEIGHT, COMPLEXITY_WEIGHT)
 MIN_COST = 1e-4  # a free implementation scores as one costing $0.0001
 MIN_LATENCY_MS = 1.0
 
@@ -45,12 +47,12 @@ class ImplementationChoice:
     rejected: tuple[ImplRejection, ...]
 
 
-def fit_score(impl: ImplementationSpec, complexity: float) -> float:
+def fit_score(impl: ImplementationSpec, complexity: float, weights: FitWeights = SEED_WEIGHTS) -> float:
     return (
-        QUALITY_BONUS
-        + COST_WEIGHT / max(impl.cost_per_query, MIN_COST)
-        + LATENCY_WEIGHT * 1000.0 / max(impl.expected_latency_ms, MIN_LATENCY_MS)
-        + COMPLEXITY_WEIGHT * (1.0 - abs(impl.optimal_complexity - complexity) / 10.0)
+        weights.quality_bonus
+        + weights.cost / max(impl.cost_per_query, MIN_COST)
+        + weights.latency * 1000.0 / max(impl.expected_latency_ms, MIN_LATENCY_MS)
+        + weights.complexity * (1.0 - abs(impl.optimal_complexity - complexity) / 10.0)
     )
 
 
@@ -69,6 +71,7 @@ def choose_implementation(
     dynamic: bool = True,
     strict_floor: bool = False,
     unavailable: Mapping[str, str] | None = None,
+    weights: FitWeights = SEED_WEIGHTS,
 ) -> ImplementationChoice:
     """Pick the implementation of ``skill`` for ``query``.
 
@@ -88,7 +91,7 @@ def choose_implementation(
     for idx, impl in enumerate(impls):
         ok, why = is_supported(impl, query, unavailable)
         if ok:
-            fitting.append((fit_score(impl, query.complexity), idx, impl))
+            fitting.append((fit_score(impl, query.complexity, weights), idx, impl))
         else:
             rejected.append(ImplRejection(impl, why))
     if fitting:

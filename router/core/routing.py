@@ -65,7 +65,7 @@ def plan_route(
     def choose(c: Chosen) -> ImplementationChoice:
         return choose_implementation(c.score.skill, query, dynamic=dynamic,
                                      strict_floor=policy.strict_quality_floor,
-                                     unavailable=unavailable.get(c.name, {}))
+                                     unavailable=unavailable.get(c.name, {}), weights=policy.fit_weights)
 
     planned: list[PlannedSkill] = []
     rejected = list(sel.rejected)

@@ -46,18 +46,21 @@ class SkillScore:
 
 
 def score_skill(skill: SkillSpec, query: Query, success_rate: float, query_lower: str | None = None) -> SkillScore:
+    """A skill the request forces is scored as if activated (it keeps
+    ``activated=False`` and the reason), so it takes a real share of the
+    synthesis instead of a weight of 0."""
     ql = query.text.lower() if query_lower is None else query_lower
     priority_weight = 1.0 / skill.priority
     success_rate = min(1.0, max(0.0, success_rate))
     success_factor = SUCCESS_FLOOR + success_rate * SUCCESS_WEIGHT
     activated, reason = skill.activation.matches(ql, query.domain, query.complexity)
-    if not activated:
+    if not activated and skill.name not in query.force_skills:
         return SkillScore(skill, False, reason, 0.0, 0.0, success_rate, success_factor, priority_weight, 0.0, 0.0)
     domain_bonus = DOMAIN_BONUS if query.domain in skill.preferred_domains else 0.0
     complexity_fit = max(0.0, COMPLEXITY_FIT_MAX - abs(skill.optimal_complexity - query.complexity) * COMPLEXITY_FIT_SLOPE)
     score = (1.0 + domain_bonus + complexity_fit) * success_factor
     return SkillScore(
-        skill, True, "", domain_bonus, complexity_fit, success_rate, success_factor,
+        skill, activated, reason, domain_bonus, complexity_fit, success_rate, success_factor,
         priority_weight, score, score * priority_weight,
     )
 

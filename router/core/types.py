@@ -109,6 +109,21 @@ class DynamicKRule:
 
 
 @dataclass(frozen=True, slots=True)
+class FitWeights:
+    """The weights of implementation choice's fit score (the seed's defaults):
+    quality_bonus for meeting the floor, cost · 1/cost_per_query,
+    latency · 1000/expected_latency_ms, complexity · (1 − |optimal − c|/10).
+    With the seed's numbers cost dominates, so the cheapest implementation
+    that meets the floor wins; raise ``complexity`` to let complex queries
+    reach for the implementation made for them."""
+
+    quality_bonus: float = 100.0
+    cost: float = 10.0
+    latency: float = 5.0
+    complexity: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingPolicy:
     """Global routing settings (config plus the seed's environment overrides)."""
 
@@ -120,6 +135,7 @@ class RoutingPolicy:
     strict_quality_floor: bool = False
     default_complexity: float = 5.0
     default_success_rate: float = 1.0
+    fit_weights: FitWeights = FitWeights()
 
 
 @dataclass(frozen=True, slots=True)
