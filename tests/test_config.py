@@ -585,9 +585,12 @@ def test_with_urls_points_every_implementation_at_one_url(default: RouterConfig)
     urls = {i.url for s in demo.skills for i in s.implementations}
     assert urls == {"http://127.0.0.1:8765"}
     assert demo.skill_names == default.skill_names
-    # Everything else is kept, and the original is untouched.
+    # API keys are not sent to the other server; everything else is kept,
+    # and the original is untouched.
     k2, demo_k2 = default.skill("kimiK2"), demo.skill("kimiK2")
-    assert [dataclasses.replace(i, url="") for i in k2.implementations] == [
+    assert all(i.api_key_env is None for s in demo.skills for i in s.implementations)
+    assert k2.default_implementation.api_key_env == "OPENROUTER_API_KEY"
+    assert [dataclasses.replace(i, url="", api_key_env=None) for i in k2.implementations] == [
         dataclasses.replace(i, url="") for i in demo_k2.implementations
     ]
     assert k2.default_implementation.url == "https://openrouter.ai/api"

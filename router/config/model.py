@@ -125,13 +125,14 @@ class RouterConfig:
 
     def with_urls(self, url: str) -> RouterConfig:
         """A copy whose every implementation calls ``url`` (``--demo`` points
-        the bundled config at the emulated backend this way)."""
+        the bundled config at the emulated backend this way). API keys are
+        dropped: a provider's key must never be sent to another server."""
         try:
             check_url(url)
         except ValueError as exc:
             raise InvalidConfig([ConfigIssue("with_urls", "url", str(exc))]) from None
         skills = tuple(
-            dataclasses.replace(s, implementations=tuple(dataclasses.replace(i, url=url) for i in s.implementations))
+            dataclasses.replace(s, implementations=tuple(dataclasses.replace(i, url=url, api_key_env=None) for i in s.implementations))
             for s in self.skills
         )
         return dataclasses.replace(self, skills=skills)
