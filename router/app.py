@@ -145,8 +145,7 @@ def _admission(config: RouterConfig) -> AdmissionOptions:
     r = config.admission.retry
     policy = RetryPolicy(max_attempts=r.max_attempts, base_delay_s=r.base_backoff_ms / 1000.0,
                          max_delay_s=max(r.max_backoff_ms, r.base_backoff_ms) / 1000.0, jitter=r.jitter)
-    return AdmissionOptions(enabled=config.admission.enabled, load_bias=config.admission.load_bias, retry=policy,
-                            retry_budget_ratio=r.budget_ratio)
+    return AdmissionOptions(load_bias=config.admission.load_bias, retry=policy)
 
 
 def _store_settings(config: RouterConfig) -> StoreSettings | None:

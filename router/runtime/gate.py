@@ -170,6 +170,11 @@ class Gate:
         return self._state.queue_timeout_s
 
     @property
+    def service_time_s(self) -> float | None:
+        """EWMA of how long a slot is held (the hint before the first release)."""
+        return self._state.service_time_s
+
+    @property
     def utilization(self) -> float:
         return self._state.utilization
 

@@ -7,7 +7,6 @@ drives them. Nothing here decides: the decisions are ``router.core``'s.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,10 +31,8 @@ class BatchingOptions:
 
 @dataclass(frozen=True, slots=True)
 class AdmissionOptions:
-    enabled: bool = True
     load_bias: float = 0.0
     retry: RetryPolicy = RetryPolicy()
-    retry_budget_ratio: float = 0.2
 
 
 @dataclass
@@ -57,7 +54,7 @@ class SkillRuntime:
     def service_time_s(self) -> float:
         """How long a call holds a slot of the skill's gate (its estimate):
         the part of a deadline a query must keep for the call itself."""
-        return self.gate.stats().service_time_s or 0.0
+        return self.gate.service_time_s or 0.0
 
     def unavailable(self, now: float) -> dict[str, str]:
         """Implementations whose breaker lets no call through now: open, or
@@ -121,6 +118,3 @@ def build_skill_runtimes(
             budget=RetryBudget(budget_ratio), flights=SingleFlight(s.name))
     return out
 
-
-def new_rng(seed: int | None = None) -> random.Random:
-    return random.Random(seed)
