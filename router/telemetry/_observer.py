@@ -188,30 +188,20 @@ class QueryObservationSpan:
             "router.moe_enabled": plan.moe_enabled,
             "router.baseline_cost_usd": plan.baseline_cost,
             "router.baseline_skills": plan.baseline_skills,
+            "router.selection.rejected": [f"{r.name}: {r.reason.value}" for r in plan.rejected],
         })
-        for r in plan.rejected:
-            sel.add_event("skill.rejected", {
-                "router.skill": r.name, "router.rejection.reason": r.reason.value,
-                "router.rejection.detail": r.detail,
-            }, timestamp=end)
+        # Lists, not one event per skill: each attribute and event costs the
+        # SDK's validation on the event loop (bench/tracing_overhead). The
+        # details are in the Route/Execute response.
         impl = tracer.start_span("router.choose_implementation", context=trace.set_span_in_context(sel),
                                  start_time=start, attributes={
                                      "router.implementations": [
                                          f"{p.name}={p.choice.implementation.name}" for p in planned
                                          if p.choice.implementation is not None],
+                                     "router.implementation.reasons": [p.choice.reason for p in planned],
+                                     "router.implementation.meets_quality_floor": [
+                                         p.choice.meets_quality_floor for p in planned],
                                  })
-        for p in planned:
-            ch = p.choice
-            chosen = ch.implementation
-            impl.add_event("implementation.chosen", {
-                "router.skill": p.name,
-                "router.implementation": chosen.name if chosen else "",
-                GEN_AI_REQUEST_MODEL: chosen.model if chosen else "",
-                "router.implementation.fit_score": ch.fit_score,
-                "router.implementation.meets_quality_floor": ch.meets_quality_floor,
-                "router.implementation.reason": ch.reason,
-                "router.implementation.rejected": [f"{r.implementation.name}: {r.reason}" for r in ch.rejected],
-            }, timestamp=end)
         impl.end(end_time=end)
         sel.end(end_time=end)
 
