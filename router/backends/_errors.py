@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC
 from typing import Any
 
+import aiohttp
 import httpx
 
 from router.core.errors import (
@@ -51,6 +52,11 @@ def map_httpx_exceptions(where: str) -> Iterator[None]:
     try:
         yield
     except httpx.TimeoutException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, TimeoutError):
+            # The aiohttp transport reports every connection failure (refused,
+            # reset, DNS) as ConnectTimeout; only a real timeout is one.
+            raise BackendConnectionError(f"{where}: {_describe(cause)}") from exc
         raise BackendTimeout(f"{where}: timed out ({_describe(exc)})") from exc
     except (httpx.DecodingError, httpx.TooManyRedirects, httpx.LocalProtocolError) as exc:
         raise BackendProtocolError(f"{where}: {_describe(exc)}") from exc
