@@ -118,8 +118,10 @@ def sidecar_config(emulator_url: str, store: str, admission: bool) -> dict[str, 
 
 
 def emulator_config() -> dict[str, Any]:
-    return {"seed": SEED, "models": {model: {"latency_ms": latency_ms}
-                                     for model, _, latency_ms, _ in SKILLS.values()}}
+    # Each emulated provider enforces a rate limit at the skill's concurrency
+    # limit, as the seed's providers do: past it, 429 with Retry-After.
+    return {"seed": SEED, "models": {model: {"latency_ms": latency_ms, "max_concurrency": limit, "retry_after_s": 1.0}
+                                     for model, limit, latency_ms, _ in SKILLS.values()}}
 
 
 # -- the sidecar subprocess ---------------------------------------------------------------
@@ -409,15 +411,16 @@ def _outcome_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
 
 
 def _skill_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    headers = ["skill", "limit", "backend latency", "backend peak (on)", "backend peak (off)", "max queued (on)",
-               "shed (on)", "rejected (on)", "timed out (on)", "mean queue wait (on)"]
+    headers = ["skill", "limit", "backend latency", "backend peak (on)", "backend peak (off)", "429s (on)",
+               "429s (off)", "max queued (on)", "shed (on)", "rejected (on)", "timed out (on)", "mean queue wait (on)"]
     rows = []
     on = result["variants"]["on"]["skills"]
     off = result["variants"].get("off", {}).get("skills", {})
     for name, s in on.items():
         rows.append([
             name, str(s["limit"]), f"{s['latency_ms']:g} ms", str(s["backend_peak"]),
-            str(off[name]["backend_peak"]) if name in off else "–",
+            str(off[name]["backend_peak"]) if name in off else "–", str(s["backend_429"]),
+            str(off[name]["backend_429"]) if name in off else "–",
             f"{s['stats_max_queued']}/{s['queue_capacity']}", str(s["shed"]), str(s["rejected"]), str(s["timed_out"]),
             f"{fmt(s['mean_queue_wait_ms_since_start'], '.0f')} ms",
         ])
