@@ -92,8 +92,9 @@ export type QueryContext = Message<"router.v1.QueryContext"> & {
   allSkills: boolean;
 
   /**
-   * Free-form key/value pairs passed through to HTTP skill backends and
-   * recorded on the query's span. At most 64 entries.
+   * Free-form key/value pairs passed through to `http` skill backends. Not
+   * recorded in traces or the metrics store (it may carry user data). At most
+   * 64 entries; key and value together at most 4096 characters.
    *
    * @generated from field: map<string, string> metadata = 9;
    */
