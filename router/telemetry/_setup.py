@@ -34,13 +34,14 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from router.runtime.observer import NullObserver, Observer
 
 from ._config import GRPC, ExporterPlan, TelemetryPlan, read_plan
-
-DEFAULT_EXPORT_BATCH = 64
 from ._metrics import Instruments, LiveStats
 from ._observer import OtelObserver
 from ._server import NULL_SERVER_SPAN_CONTEXT, W3C_PROPAGATOR, ServerSpan, TracingInterceptor, start_server_span
 
 log = logging.getLogger(__name__)
+
+# Spans per OTLP export (the SDK defaults to 512; see setup_telemetry).
+DEFAULT_EXPORT_BATCH = 64
 
 INSTRUMENTATION_SCOPE = "router"
 
