@@ -79,6 +79,7 @@ class PooledBackend:
         self._where = f"{self.kind} backend {implementation.name!r} ({implementation.url})"
         self._in_flight = 0
         self._closed = False
+        self._urls: dict[str, httpx.URL] = {}
 
         headers = {"User-Agent": _USER_AGENT}
         key_env = implementation.api_key_env
@@ -167,13 +168,18 @@ class PooledBackend:
             raise BackendTimeout(f"{self._where}: no time left for the call ({timeout_s:g}s)")
         if self._closed:
             raise BackendConnectionError(f"{self._where}: the backend's client is closed")
+        url = self._urls.get(path)
+        if url is None:
+            # Merged with the base URL once per path: httpx re-parses a
+            # string URL on every request (~0.1 ms of CPU each).
+            url = self._urls[path] = self._client.build_request(method, path).url
         self._in_flight += 1
         try:
             with map_httpx_exceptions(self._where):
                 async with asyncio.timeout(timeout_s):
                     return await self._client.request(
                         method,
-                        path,
+                        url,
                         json=payload,
                         headers=dict(headers) if headers else None,
                         timeout=timeout_s,
