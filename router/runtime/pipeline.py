@@ -16,7 +16,6 @@ registry that the next query reads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import random
 import time
@@ -145,9 +144,7 @@ class Pipeline:
         self._rng = rng or random.Random()
         self._new_id = new_id
         self._draining = False
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.in_flight = 0  # queries being executed now
         for rt in self.runtimes.values():
             rt.batchers = BatcherGroup(self._batcher_factory(rt), name=rt.name)
 
@@ -157,15 +154,10 @@ class Pipeline:
     def skill_names(self) -> list[str]:
         return [s.name for s in self.skills]
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     def start_draining(self) -> None:
+        """Refuse new queries (ShuttingDown); the server's grace period lets
+        the ones in flight finish."""
         self._draining = True
-
-    async def drained(self) -> None:
-        await self._idle.wait()
 
     async def aclose(self) -> None:
         """Flush the batchers and shared calls (after the server stopped)."""
@@ -174,18 +166,9 @@ class Pipeline:
                 await rt.batchers.aclose()
             await rt.flights.aclose()
 
-    @contextlib.contextmanager
-    def _tracked(self):  # type: ignore[no-untyped-def]
+    def _admit(self) -> None:
         if self._draining:
             raise ShuttingDown()
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
 
     # ---- plan ------------------------------------------------------------
 
@@ -199,24 +182,28 @@ class Pipeline:
         return plan, t0, time.monotonic_ns()
 
     def route(self, query: Query) -> RouteOutcome:
-        with self._tracked():
-            qid = self._new_id()
-            obs = self.observer.start_query("route", qid)
-            try:
-                plan, t0, t1 = self._plan(query)
-                obs.selection(plan, t0, t1)
-                self.registry.record_route()
-            except BaseException as exc:
-                obs.finish(None, exc)
-                raise
-            obs.finish(None)
-            return RouteOutcome(qid, plan, (t1 - t0) // 1000)
+        self._admit()
+        qid = self._new_id()
+        obs = self.observer.start_query("route", qid)
+        try:
+            plan, t0, t1 = self._plan(query)
+            obs.selection(plan, t0, t1)
+            self.registry.record_route()
+        except BaseException as exc:
+            obs.finish(None, exc)
+            raise
+        obs.finish(None)
+        return RouteOutcome(qid, plan, (t1 - t0) // 1000)
 
     # ---- execute ---------------------------------------------------------
 
     async def execute(self, query: Query, timeout_s: float | None) -> ExecuteOutcome:
-        with self._tracked():
+        self._admit()
+        self.in_flight += 1
+        try:
             return await self._execute(query, self.default_deadline_s if timeout_s is None else timeout_s)
+        finally:
+            self.in_flight -= 1
 
     async def _execute(self, query: Query, timeout_s: float) -> ExecuteOutcome:
         arrived = self._wall()

@@ -27,7 +27,6 @@ class SkillLive:
         self.name = name
         self.calls = 0
         self.failures = 0
-        self.in_flight = 0
         self._outcomes: deque[bool] = deque(maxlen=success_window)
         self._latencies: deque[float] = deque(maxlen=latency_window)
 
