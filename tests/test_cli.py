@@ -141,3 +141,11 @@ async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_serve_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "router.yaml"
+    bad.write_text("skills:\n  s:\n    priority: 0\n    implementations: []\n")
+    rc, _, err = await run("serve", "--config", str(bad), "--listen", "127.0.0.1:0", timeout=60)
+    assert rc == 1
+    assert str(bad) in err and "skills.s.priority" in err and "skills.s.implementations" in err
