@@ -608,6 +608,26 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 
     return "\n".join(out)
 
 
+def footer(result: Mapping[str, Any], per: str | None = "variant", *, extra: str = "") -> str:
+    """The closing line of a text table: the machine and how it was measured."""
+    m = result["machine"]
+    line = f"{m['cpus']} CPUs, Python {m['python']}, grpcio {m['grpcio']}{extra} ({m['note']})"
+    if per is not None:
+        line += f"; {result['plan']['rounds']} rounds × {result['plan']['duration_s']} s per {per}"
+    line += " — QUICK: rough figures" if result["quick"] else ""
+    line += " — PROFILED: ratios distorted" if result.get("profiled") else ""
+    return line
+
+
+def bench_main(doc: str, argv: Sequence[str] | None, run: Callable[..., Any], table: Callable[[Mapping[str, Any]], str],
+               *, full: Plan, quick: Plan) -> dict[str, Any]:
+    """The command line every closed-loop benchmark shares: parse, run, print."""
+    args, plan = parse_args(doc.splitlines()[0], argv, full=full, quick=quick)
+    result = asyncio.run(run(plan, profile=args.profile, quick=args.quick))
+    emit(result, args.json, table)
+    return result
+
+
 def emit(result: Mapping[str, Any], as_json: bool, table: Callable[[Mapping[str, Any]], str]) -> None:
     if as_json:
         print(json.dumps(result, allow_nan=False, default=_json_default))

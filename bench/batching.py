@@ -30,7 +30,6 @@ of a batch's first query and why batches were sent.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -42,15 +41,15 @@ from bench._common import (
     LoadGenerator,
     Plan,
     Profiler,
+    bench_main,
     compare,
-    emit,
     emulator_process,
     fmt,
+    footer,
     json_safe,
     machine,
     md_table,
     measure,
-    parse_args,
     quiet_logs,
     store_path,
     text_table,
@@ -237,16 +236,12 @@ def _headline(result: Mapping[str, Any]) -> str:
 
 def table(result: Mapping[str, Any]) -> str:
     headers, rows = _rows(result)
-    m = result["machine"]
     return "\n".join([
         f"Batching off vs on ({_setup(result)})",
         text_table(headers, rows),
         _headline(result),
         _spread(result),
-        f"{m['cpus']} CPUs, Python {m['python']}, grpcio {m['grpcio']} ({m['note']}); "
-        f"{result['plan']['rounds']} rounds × {result['plan']['duration_s']} s per variant and load"
-        + (" — QUICK: rough figures" if result["quick"] else "")
-        + (" — PROFILED: ratios distorted" if result["profiled"] else ""),
+        footer(result, "variant and load"),
         *_errors(result),
     ])
 
@@ -275,9 +270,7 @@ def markdown(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, plan = parse_args(__doc__.splitlines()[0], argv, full=FULL, quick=QUICK)
-    result = asyncio.run(run(plan, profile=args.profile, quick=args.quick))
-    emit(result, args.json, table)
+    bench_main(__doc__, argv, run, table, full=FULL, quick=QUICK)
     return 0
 
 

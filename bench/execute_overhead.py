@@ -42,15 +42,15 @@ from bench._common import (
     Plan,
     Profiler,
     RssSampler,
+    bench_main,
     compare,
-    emit,
     emulator_process,
     fmt,
+    footer,
     json_safe,
     machine,
     md_table,
     measure,
-    parse_args,
     quiet_logs,
     store_path,
     text_table,
@@ -274,17 +274,13 @@ def _cap(line: str) -> str:
 
 def table(result: Mapping[str, Any]) -> str:
     headers, rows = _rows(result)
-    m = result["machine"]
     lines = [
         (f"Execute: sidecar vs calling the k={result['k']} backends directly ({', '.join(result['calls'])}; "
         f"every backend answers in {result['backend_latency_ms']:g} ms). "
         "Added = sidecar - direct (httpx), × = sidecar / direct."),
         text_table(headers, rows),
         *_notes(result),
-        f"{m['cpus']} CPUs, Python {m['python']}, grpcio {m['grpcio']}, httpx {m['httpx']} ({m['note']}); "
-        f"{result['plan']['rounds']} rounds × {result['plan']['duration_s']} s per variant and concurrency"
-        + (" — QUICK: rough figures" if result["quick"] else "")
-        + (" — PROFILED: ratios distorted" if result["profiled"] else ""),
+        footer(result, "variant and concurrency", extra=f", httpx {result['machine']['httpx']}"),
         *_errors(result),
     ]
     return "\n".join(lines)
@@ -315,9 +311,7 @@ def markdown(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, plan = parse_args(__doc__.splitlines()[0], argv, full=FULL, quick=QUICK)
-    result = asyncio.run(run(plan, profile=args.profile, quick=args.quick))
-    emit(result, args.json, table)
+    bench_main(__doc__, argv, run, table, full=FULL, quick=QUICK)
     return 0
 
 

@@ -64,6 +64,7 @@ from bench._common import (
     emit,
     emulator_process,
     fmt,
+    footer,
     json_safe,
     machine,
     md_table,
@@ -451,13 +452,11 @@ def _intro(result: Mapping[str, Any]) -> str:
 
 
 def table(result: Mapping[str, Any]) -> str:
-    m = result["machine"]
     h1, r1 = _outcome_rows(result)
     h2, r2 = _skill_rows(result)
     return "\n".join([
         _intro(result), text_table(h1, r1), "", text_table(h2, r2), _verdict(result),
-        f"{m['cpus']} CPUs, Python {m['python']}, grpcio {m['grpcio']} ({m['note']})"
-        + (" — QUICK: rough figures" if result["quick"] else ""),
+        footer(result, None),
     ])
 
 

@@ -15,7 +15,6 @@ process drives both with the same generated stub, closed-loop at concurrency
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,15 +26,15 @@ from bench._common import (
     LoadGenerator,
     Plan,
     Profiler,
+    bench_main,
     compare,
-    emit,
     emulator_process,
     fmt,
+    footer,
     json_safe,
     machine,
     md_table,
     measure,
-    parse_args,
     quiet_logs,
     store_path,
     text_table,
@@ -160,16 +159,12 @@ def _spread(result: Mapping[str, Any]) -> list[str]:
 
 def table(result: Mapping[str, Any]) -> str:
     headers, rows = _rows(result)
-    m = result["machine"]
     lines = [
         (f"Route: sidecar vs bare grpc.aio server (canned RouteResponse, {result['response_bytes']} bytes; "
         f"ratio × = sidecar / bare)"),
         text_table(headers, rows),
         "per-round ratio ranges: " + "; ".join(_spread(result)),
-        f"{m['cpus']} CPUs, Python {m['python']}, grpcio {m['grpcio']} ({m['note']}); "
-        f"{result['plan']['rounds']} rounds × {result['plan']['duration_s']} s per variant and concurrency"
-        + (" — QUICK: rough figures" if result["quick"] else "")
-        + (" — PROFILED: ratios distorted" if result["profiled"] else ""),
+        footer(result, "variant and concurrency"),
         *_errors(result),
     ]
     return "\n".join(lines)
@@ -197,9 +192,7 @@ def markdown(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, plan = parse_args(__doc__.splitlines()[0], argv, full=FULL, quick=QUICK)
-    result = asyncio.run(run(plan, profile=args.profile, quick=args.quick))
-    emit(result, args.json, table)
+    bench_main(__doc__, argv, run, table, full=FULL, quick=QUICK)
     return 0
 
 

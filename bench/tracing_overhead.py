@@ -58,15 +58,15 @@ from bench._common import (
     Measured,
     Plan,
     Profiler,
+    bench_main,
     compare,
     cpu_seconds,
-    emit,
     emulator_process,
     fmt,
+    footer,
     json_safe,
     machine,
     md_table,
-    parse_args,
     quiet_logs,
     round_summary,
     store_path,
@@ -412,17 +412,13 @@ def _errors(result: Mapping[str, Any]) -> list[str]:
 
 def table(result: Mapping[str, Any]) -> str:
     headers, rows = _rows(result)
-    m = result["machine"]
     lines = [
         ("Telemetry off vs on, OTLP/gRPC to a receiver in its own process (× = variant / off; CPU added = "
          "sidecar process CPU per call over off, split into the event loop's thread and the other threads)"),
         text_table(headers, rows),
         "per-round throughput ratios vs off: " + "; ".join(_spread(result)),
         _received(result),
-        f"{m['cpus']} CPUs, Python {m['python']}, grpcio {m['grpcio']} ({m['note']}); "
-        f"{result['plan']['rounds']} rounds × {result['plan']['duration_s']} s per variant and level"
-        + (" — QUICK: rough figures" if result["quick"] else "")
-        + (" — PROFILED: ratios distorted" if result["profiled"] else ""),
+        footer(result, "variant and level"),
         *_errors(result),
     ]
     return "\n".join(lines)
@@ -456,9 +452,7 @@ def markdown(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, plan = parse_args(__doc__.splitlines()[0], argv, full=FULL, quick=QUICK)
-    result = asyncio.run(run(plan, profile=args.profile, quick=args.quick))
-    emit(result, args.json, table)
+    result = bench_main(__doc__, argv, run, table, full=FULL, quick=QUICK)
     return 1 if result["problems"] else 0
 
 
