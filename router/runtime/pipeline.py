@@ -106,9 +106,15 @@ class _QueryRun:
     qid: str
     query: Query
     obs: QueryObservation
+    plan: RoutePlan
+    arrived: float  # wall clock, unix seconds
+    t_start: int  # monotonic ns: arrival, then selection start and end
+    t_select: tuple[int, int]
     deadline_s: float  # on the pipeline's clock (seconds)
     standby: list[PlannedSkill]
     skill_set: tuple[str, ...]
+    max_utilization: float  # of the chosen skills' gates at dispatch
+    avg_queue_depth: float
     shed: list[ShedSkill] = field(default_factory=list)
 
 
@@ -222,11 +228,10 @@ class Pipeline:
                 raise NoSkillActivated(query.domain, query.complexity,
                                        {r.name: r.detail for r in plan.rejected
                                         if r.reason is RejectionReason.NOT_ACTIVATED})
-            run = _QueryRun(qid, query, obs, self._clock() + budget_s, list(plan.standby),
-                            tuple(p.name for p in plan.planned))
             gates = [self.runtimes[p.name].gate for p in plan.planned]
-            max_util = max((g.utilization for g in gates), default=0.0)
-            avg_queue = sum(g.queued for g in gates) / len(gates) if gates else 0.0
+            run = _QueryRun(qid, query, obs, plan, arrived, t_start, (t0, t1), self._clock() + budget_s,
+                            list(plan.standby), tuple(p.name for p in plan.planned),
+                            max(g.utilization for g in gates), sum(g.queued for g in gates) / len(gates))
             slots = await asyncio.gather(*(self._slot(p, run) for p in plan.planned))
             done = [s for s in slots if s is not None]
             t2 = time.monotonic_ns()
@@ -234,8 +239,7 @@ class Pipeline:
                 retry = min((self.runtimes[s.skill].gate.retry_after_s() for s in run.shed), default=1.0)
                 detail = "; ".join(f"{s.skill}: {s.reason}" for s in run.shed)
                 self.registry.record_query(skills_selected=0, cost=0.0, baseline=plan.baseline_cost, failed=True)
-                record = self._record(qid, arrived, query, plan, [], [], None, t_start, t0, t1, t2, t2,
-                                      obs.trace_id, "resource_exhausted", max_util, avg_queue)
+                record = self._record(run, [], [], None, t2, t2, "resource_exhausted")
                 self.sink.submit(record)
                 raise Overloaded(f"every candidate skill is saturated: {detail}", retry)
             ran = [p for p, _ in done]
@@ -246,8 +250,7 @@ class Pipeline:
             failed = not synthesis.any_ok
             self.registry.record_query(skills_selected=len(ran), cost=synthesis.ledger.actual,
                                        baseline=plan.baseline_cost, failed=failed)
-            record = self._record(qid, arrived, query, plan, ran, outcomes, synthesis, t_start, t0, t1, t2, t3,
-                                  obs.trace_id, "ok" if not failed else "unavailable", max_util, avg_queue)
+            record = self._record(run, ran, outcomes, synthesis, t2, t3, "ok" if not failed else "unavailable")
             self.sink.submit(record)
             if failed:
                 if all(o.status is Status.TIMED_OUT for o in outcomes) and self._clock() >= run.deadline_s - 0.001:
@@ -494,25 +497,27 @@ class Pipeline:
 
     # ---- records ---------------------------------------------------------
 
-    def _record(self, qid: str, arrived: float, query: Query, plan: RoutePlan, ran: Sequence[PlannedSkill],
-                outcomes: Sequence[SkillOutcome], synthesis: Synthesis | None, t_start: int, t0: int, t1: int,
-                t2: int, t3: int, trace_id: str, status: str, max_util: float, avg_queue: float) -> QueryRecord:
+    def _record(self, run: _QueryRun, ran: Sequence[PlannedSkill], outcomes: Sequence[SkillOutcome],
+                synthesis: Synthesis | None, t_executed: int, t_done: int, status: str) -> QueryRecord:
+        """The query's row of the metrics store (the seed's brain_moe_metrics)."""
+        plan, query = run.plan, run.query
+        t0, t1 = run.t_select
         top = ran[0] if ran else (plan.planned[0] if plan.planned else None)
         return QueryRecord(
-            query_id=qid, timestamp=arrived, rpc="execute", status=status,
+            query_id=run.qid, timestamp=run.arrived, rpc="execute", status=status,
             query_hash=hashlib.sha256(query.text.encode()).hexdigest()[:16],
             domain=query.domain, complexity=query.complexity,
             skills_considered=len(self.skills), skills_selected=len(ran),
             top_skill=top.name if top else "", top_skill_score=top.chosen.score.score if top else 0.0,
-            selection_time_ms=(t1 - t0) / 1e6, execution_time_ms=(t2 - t1) / 1e6, total_time_ms=(t3 - t_start) / 1e6,
+            selection_time_ms=(t1 - t0) / 1e6, execution_time_ms=(t_executed - t1) / 1e6,
+            total_time_ms=(t_done - run.t_start) / 1e6,
             total_cost=synthesis.ledger.actual if synthesis else 0.0,
             cost_saved=synthesis.ledger.saved if synthesis else 0.0, baseline_cost=plan.baseline_cost,
             quality_score=synthesis.quality if synthesis else 0.0,
             synthesis_quality=synthesis.quality if synthesis else 0.0,
-            max_utilization=max_util, avg_queue_depth=avg_queue,
+            max_utilization=run.max_utilization, avg_queue_depth=run.avg_queue_depth,
             skills=tuple(p.name for p in ran), skills_ok=tuple(o.skill for o in outcomes if o.ok),
-            trace_id=trace_id,
+            trace_id=run.obs.trace_id,
         )
-
 
 __all__ = ["ExecuteOutcome", "ImplementationChoice", "Pipeline", "RouteOutcome", "ShedSkill"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from router.core.admission import RejectReason
 from router.core.breaker import BreakerState
 from router.core.errors import InvalidArgument
 from router.core.implementations import ImplementationChoice
@@ -109,13 +110,14 @@ def result_pb(o: SkillOutcome, weight: float) -> pb.SkillResult:
     )
 
 
+# RejectReason is a StrEnum: ShedSkill.reason (its value) looks up the same.
 _SHED = {
-    "queue full": pb.SHED_REASON_QUEUE_FULL,
-    "breaker open": pb.SHED_REASON_BREAKER_OPEN,
-    "expected wait exceeds the remaining deadline": pb.SHED_REASON_EXPECTED_WAIT,
-    "queue timeout": pb.SHED_REASON_QUEUE_TIMEOUT,
-    "deadline passed while queued": pb.SHED_REASON_DEADLINE,
-    "displaced by a higher-priority query": pb.SHED_REASON_DISPLACED,
+    RejectReason.QUEUE_FULL: pb.SHED_REASON_QUEUE_FULL,
+    RejectReason.BREAKER_OPEN: pb.SHED_REASON_BREAKER_OPEN,
+    RejectReason.EXPECTED_WAIT: pb.SHED_REASON_EXPECTED_WAIT,
+    RejectReason.QUEUE_TIMEOUT: pb.SHED_REASON_QUEUE_TIMEOUT,
+    RejectReason.DEADLINE: pb.SHED_REASON_DEADLINE,
+    RejectReason.DISPLACED: pb.SHED_REASON_DISPLACED,
 }
 
 
