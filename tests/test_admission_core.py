@@ -463,8 +463,9 @@ def test_breaker_trips(outcomes: str, config: BreakerConfig, state_after: Breake
     assert b.state(float(len(outcomes))) is state_after
 
 
-def test_breaker_cycle_with_transitions() -> None:
-    b = CircuitBreaker("impl", cfg(half_open_probes=1))
+def test_breaker_cycle_with_transitions_pushed_as_they_happen() -> None:
+    pushed: list = []
+    b = CircuitBreaker("impl", cfg(half_open_probes=1), on_transition=pushed.append)
     assert b.on_failure(0.0) is None
     b.on_failure(1.0)
     t = b.on_failure(2.0, "HTTP 503")
@@ -483,14 +484,13 @@ def test_breaker_cycle_with_transitions() -> None:
     t = b.on_success(24.0)
     assert t is not None and (t.from_state, t.to_state) == (BreakerState.HALF_OPEN, BreakerState.CLOSED)
     assert b.consecutive_failures == 0 and b.failure_rate == 0.0
-    assert [(x.from_state, x.to_state) for x in b.drain_transitions()] == [
+    assert [(x.from_state, x.to_state) for x in pushed] == [
         (BreakerState.CLOSED, BreakerState.OPEN),
         (BreakerState.OPEN, BreakerState.HALF_OPEN),
         (BreakerState.HALF_OPEN, BreakerState.OPEN),
         (BreakerState.OPEN, BreakerState.HALF_OPEN),
         (BreakerState.HALF_OPEN, BreakerState.CLOSED),
     ]
-    assert b.drain_transitions() == []
     assert b.times_opened == 2
 
 

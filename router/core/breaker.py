@@ -13,10 +13,11 @@ A probe that never reports (its caller was cancelled and nobody called
 ``on_ignore``) gives its place back after ``probe_timeout_s``, so a lost
 probe cannot wedge the breaker half-open.
 
-Every state change is a ``Transition``; ``on_success``/``on_failure`` return
-the one they caused, and all of them (the time-driven OPEN → HALF_OPEN
-included) queue up for ``drain_transitions()``, which the pipeline turns
-into span events.
+Every state change is a ``Transition``, pushed to ``on_transition`` (the
+runtime's listener: it keeps the set of unavailable implementations and
+tells the observer) the moment it happens; ``on_success``/``on_failure``
+also return the one they caused, so the call that caused it (a query's
+skill span, a batch's span) records it on its own span.
 
 The implementation chooser reads ``state(now)`` (an OPEN implementation is
 unavailable); the pipeline calls ``allow(now)`` right before the call and
@@ -28,14 +29,12 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import BackendError, BackendStatusError
 
 __all__ = ["BreakerConfig", "BreakerState", "CircuitBreaker", "Transition", "is_breaker_failure"]
-
-MAX_PENDING_TRANSITIONS = 64
-
 
 class BreakerState(enum.StrEnum):
     CLOSED = "closed"
@@ -90,9 +89,11 @@ def is_breaker_failure(error: BaseException) -> bool:
 class CircuitBreaker:
     """One implementation's breaker. Not thread-safe: one event loop owns it."""
 
-    def __init__(self, name: str, config: BreakerConfig = BreakerConfig()) -> None:
+    def __init__(self, name: str, config: BreakerConfig = BreakerConfig(), *,
+                 on_transition: Callable[[Transition], None] | None = None) -> None:
         self.name = name
         self.config = config
+        self._listener = on_transition
         self._state = BreakerState.CLOSED
         self._opened_at: float | None = None
         self._consecutive = 0
@@ -100,7 +101,6 @@ class CircuitBreaker:
         self._window_failures = 0
         self._probes: deque[float] = deque()  # start times of probes in flight
         self._probe_successes = 0
-        self._pending: deque[Transition] = deque(maxlen=MAX_PENDING_TRANSITIONS)
         self.times_opened = 0
 
     # ---- reading -----------------------------------------------------------
@@ -136,12 +136,6 @@ class CircuitBreaker:
         if len(self._probes) < self.config.half_open_probes:
             return True, "half-open probe"
         return False, f"breaker {self.name} half-open: {len(self._probes)} probe(s) in flight"
-
-    def drain_transitions(self) -> list[Transition]:
-        """Every transition since the last drain, oldest first."""
-        out = list(self._pending)
-        self._pending.clear()
-        return out
 
     # ---- deciding ----------------------------------------------------------
 
@@ -231,7 +225,8 @@ class CircuitBreaker:
             self._consecutive = 0
             self._window.clear()
             self._window_failures = 0
-        self._pending.append(t)
+        if self._listener is not None:
+            self._listener(t)
         return t
 
     def __repr__(self) -> str:

@@ -2,17 +2,34 @@
 implementation per chosen skill. The pure part of Route and Execute.
 
 A chosen skill with no usable implementation is rejected and the next-best
-skill below the top k steps in.
+skill below the top k steps in. Standby skills (the next-best, for when a
+chosen skill is shed or fails at run time) get their implementation only
+when they are needed: ``StandbyQueue``.
+
+Cost per query grows with the skills a query could activate, not with every
+registered skill: ``SkillIndex`` (built once) rules out the skills whose
+activation domains do not include the query's domain without scoring them,
+and they are spelled out as rejections only when the request explains all
+(or while there is room under ``MAX_REJECTIONS``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import heapq
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from .implementations import ImplementationChoice, choose_implementation
-from .scoring import score_skills
-from .selection import Chosen, RejectionReason, SelectionResult, SkillRejection, select
+from .scoring import score_skill, score_skills
+from .selection import (
+    MAX_REJECTIONS,
+    Chosen,
+    RejectionReason,
+    ReserveEntry,
+    SelectionResult,
+    SkillRejection,
+    select,
+)
 from .synthesis import baseline_cost
 from .types import Query, RoutingPolicy, SkillSpec
 
@@ -31,20 +48,108 @@ class PlannedSkill:
         return self.chosen.score.skill
 
 
+class SkillIndex:
+    """The configured skills, indexed by the domains their activation rule
+    admits, so a query scores only the skills it could activate. Immutable."""
+
+    __slots__ = ("_anywhere", "_by_domain", "_position", "skills")
+
+    def __init__(self, skills: Iterable[SkillSpec]) -> None:
+        self.skills = tuple(skills)
+        self._position = {s.name: i for i, s in enumerate(self.skills)}
+        by_domain: dict[str, list[int]] = {}
+        anywhere: list[int] = []
+        for i, s in enumerate(self.skills):
+            if s.activation.domains:
+                for d in s.activation.domains:
+                    by_domain.setdefault(d, []).append(i)
+            else:
+                anywhere.append(i)
+        self._anywhere = tuple(anywhere)
+        self._by_domain = {d: tuple(sorted(set(v) | set(anywhere))) for d, v in by_domain.items()}
+
+    def __len__(self) -> int:
+        return len(self.skills)
+
+    def candidates(self, domain: str) -> tuple[int, ...]:
+        """Positions (configuration order) of the skills that may activate
+        in ``domain``: those restricted to it and those not restricted."""
+        return self._by_domain.get(domain, self._anywhere)
+
+    def position(self, name: str) -> int | None:
+        return self._position.get(name)
+
+    def __repr__(self) -> str:
+        return f"<SkillIndex {len(self.skills)} skills | {len(self._by_domain)} domains | {len(self._anywhere)} anywhere>"
+
+
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
     query: Query
     k: int
     planned: tuple[PlannedSkill, ...]
-    rejected: tuple[SkillRejection, ...]
-    standby: tuple[PlannedSkill, ...]  # next-best activated skills, best first, with implementations
+    rejected: tuple[SkillRejection, ...]  # bounded: see ``rejections_omitted``
+    # The activated skills below the top k, as a heap: ``StandbyQueue`` pops
+    # the next best and chooses its implementation when one is needed.
+    reserve: tuple[ReserveEntry, ...]
     baseline_cost: float
     baseline_skills: int
     moe_enabled: bool
+    rejections_omitted: int = 0
+    policy: RoutingPolicy = RoutingPolicy()
+    # What was unavailable when the plan was made (skill → implementation → why).
+    unavailable: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @property
+    def standby(self) -> tuple[PlannedSkill, ...]:
+        """Every standby with an implementation, best first, as things stood
+        when the plan was made (for tests and explanations: it chooses an
+        implementation for each; the runtime pops a ``StandbyQueue``)."""
+        return tuple(StandbyQueue(self))
+
+
+def _choose(c: Chosen, query: Query, policy: RoutingPolicy,
+            unavailable: Mapping[str, Mapping[str, str]]) -> ImplementationChoice:
+    return choose_implementation(c.score.skill, query,
+                                 dynamic=policy.moe_enabled and policy.dynamic_routing_enabled,
+                                 strict_floor=policy.strict_quality_floor,
+                                 unavailable=unavailable.get(c.name, {}), weights=policy.fit_weights)
+
+
+class StandbyQueue:
+    """The next-best activated skills of a plan, popped best first, each
+    given an implementation as it is popped (skipping those with none
+    usable). One per query; mutable, owned by the query's run."""
+
+    __slots__ = ("_heap", "_policy", "_query", "_unavailable")
+
+    def __init__(self, plan: RoutePlan) -> None:
+        self._heap = list(plan.reserve)  # already a heap
+        self._query = plan.query
+        self._policy = plan.policy
+        self._unavailable = plan.unavailable
+
+    def pop(self, unavailable: Mapping[str, Mapping[str, str]] | None = None) -> PlannedSkill | None:
+        """The next best standby with a usable implementation now."""
+        down = self._unavailable if unavailable is None else unavailable
+        while self._heap:
+            _, score = heapq.heappop(self._heap)
+            chosen = Chosen(score)
+            choice = _choose(chosen, self._query, self._policy, down)
+            if choice.implementation is not None:
+                return PlannedSkill(chosen, choice)
+        return None
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __iter__(self) -> Iterator[PlannedSkill]:
+        while (p := self.pop()) is not None:
+            yield p
 
 
 def plan_route(
-    skills: tuple[SkillSpec, ...],
+    skills: tuple[SkillSpec, ...] | SkillIndex,
     query: Query,
     policy: RoutingPolicy,
     success_rates: Mapping[str, float],
@@ -52,28 +157,50 @@ def plan_route(
     *,
     utilization: Mapping[str, float] | None = None,
     load_bias: float = 0.0,
+    explain_all: bool = False,
+    max_rejections: int = MAX_REJECTIONS,
 ) -> RoutePlan:
     """``unavailable`` maps skill → implementation → why it cannot be used now
     (an open circuit breaker); ``utilization`` and ``load_bias`` feed the
-    optional load bias of the ranking."""
+    optional load bias of the ranking. Rejections are spelled out up to
+    ``max_rejections`` unless ``explain_all``."""
     unavailable = unavailable or {}
-    scores = score_skills(skills, query, success_rates, policy.default_success_rate,
+    index = skills if isinstance(skills, SkillIndex) else SkillIndex(skills)
+    every = index.skills
+    positions = index.candidates(query.domain)
+    if query.force_skills:  # a forced skill is scored whatever its domain
+        extra = {p for n in query.force_skills if (p := index.position(n)) is not None}
+        positions = tuple(sorted(set(positions) | extra))
+    scores = score_skills(tuple(every[i] for i in positions), query, success_rates, policy.default_success_rate,
                           utilization=utilization, load_bias=load_bias)
-    sel: SelectionResult = select(scores, query, policy)
-    dynamic = policy.moe_enabled and policy.dynamic_routing_enabled
-
-    def choose(c: Chosen) -> ImplementationChoice:
-        return choose_implementation(c.score.skill, query, dynamic=dynamic,
-                                     strict_floor=policy.strict_quality_floor,
-                                     unavailable=unavailable.get(c.name, {}), weights=policy.fit_weights)
+    bound = None if explain_all else max_rejections
+    not_scored = len(every) - len(positions)
+    sel: SelectionResult = select(scores, query, policy, max_rejections=bound, not_scored=not_scored)
+    rejected = list(sel.rejected)
+    omitted = sel.omitted
+    if not_scored and (bound is None or len(rejected) < bound):
+        # Spell out the skills the index ruled out, while there is room.
+        scored = set(positions)
+        ql = query.text.lower()
+        for i, s in enumerate(every):
+            if bound is not None and len(rejected) >= bound:
+                break
+            if i in scored:
+                continue
+            sc = score_skill(s, query, success_rates.get(s.name, policy.default_success_rate), ql)
+            if not s.enabled:
+                rejected.append(SkillRejection(sc, RejectionReason.DISABLED, "disabled in the configuration"))
+            elif s.name in query.exclude_skills:
+                rejected.append(SkillRejection(sc, RejectionReason.EXCLUDED, "excluded by the request"))
+            else:
+                rejected.append(SkillRejection(sc, RejectionReason.NOT_ACTIVATED, sc.reason))
+            omitted -= 1
 
     planned: list[PlannedSkill] = []
-    rejected = list(sel.rejected)
-    below = [r for r in rejected if r.reason is RejectionReason.BELOW_TOP_K]
-    standby: list[PlannedSkill] = []
+    reserve = list(sel.reserve)
     missing = 0
     for c in sel.chosen:
-        ch = choose(c)
+        ch = _choose(c, query, policy, unavailable)
         if ch.implementation is None:
             rejected.append(SkillRejection(c.score, RejectionReason.NO_IMPLEMENTATION, ch.reason))
             missing += 1
@@ -82,20 +209,18 @@ def plan_route(
     # For each chosen skill without an implementation, the next-best skill
     # below the top k steps in. They go after the chosen ones, so the plan
     # stays best first (forced first), like the selection.
-    while missing and below:
-        nxt = below.pop(0)
-        rejected.remove(nxt)
-        nch = choose(Chosen(nxt.score))
+    while missing and reserve:
+        _, nxt = heapq.heappop(reserve)
+        rejected = [r for r in rejected if not (r.reason is RejectionReason.BELOW_TOP_K and r.name == nxt.name)]
+        nch = _choose(Chosen(nxt), query, policy, unavailable)
         if nch.implementation is not None:
-            planned.append(PlannedSkill(Chosen(nxt.score), nch))
+            planned.append(PlannedSkill(Chosen(nxt), nch))
             missing -= 1
         else:
-            rejected.append(SkillRejection(nxt.score, RejectionReason.NO_IMPLEMENTATION, nch.reason))
-    for r in below:
-        nch = choose(Chosen(r.score))
-        if nch.implementation is not None:
-            standby.append(PlannedSkill(Chosen(r.score), nch))
+            rejected.append(SkillRejection(nxt, RejectionReason.NO_IMPLEMENTATION, nch.reason))
+    if not explain_all and len(rejected) > max_rejections:
+        omitted += len(rejected) - max_rejections
+        rejected = rejected[:max_rejections]
     base, n = baseline_cost(s.skill for s in sel.activated)
-    return RoutePlan(query, sel.k, tuple(planned), tuple(rejected), tuple(standby), base, n, policy.moe_enabled)
-
-
+    return RoutePlan(query, sel.k, tuple(planned), tuple(rejected), tuple(reserve), base, n, policy.moe_enabled,
+                     max(0, omitted), policy, unavailable)
