@@ -1,12 +1,13 @@
 """The composition root: the only module that wires the parts together.
 
-    config → backend pool (warm) → live registry → pipeline → servicer → server
-                                   telemetry (observer) ┘      metrics store (sink)
+    config → typed settings per skill → gates → telemetry (observer, live gauges)
+           → backend pool (warm) → live registry → skill runtimes (doors, callers)
+           → pipeline → App (the application the servicer serves) → server
 
-Start-up order: listen with health NOT_SERVING, warm every backend's pool,
-open the metrics store, then SERVING. Shutdown order: NOT_SERVING, stop
-taking calls and give in-flight ones the grace period, close the pools,
-flush the store and the telemetry.
+Start-up order: listen with health NOT_SERVING, open the metrics store,
+warm every backend's pool, then SERVING. Shutdown order: NOT_SERVING, stop
+taking calls and give in-flight ones the grace period, flush the batchers,
+close the pools, flush the store and the telemetry.
 """
 
 from __future__ import annotations
@@ -16,65 +17,71 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 
 from router.backends import BackendPool
 from router.config import RouterConfig
 from router.core.batching import BatchKeyMode
 from router.core.breaker import BreakerConfig
-from router.core.limits import AIMDLimit, Gradient2Limit
+from router.core.errors import BackendError
+from router.core.limits import AIMDLimit, Gradient2Limit, LimitAlgorithm
 from router.core.retry import RetryPolicy
+from router.core.routing import SkillIndex
 from router.core.types import SkillSpec
+from router.runtime.calls import BatchingOptions
 from router.runtime.pipeline import Pipeline
 from router.runtime.registry import LiveRegistry
-from router.runtime.skills import AdmissionOptions, BatchingOptions, SkillRuntime, build_skill_runtimes
+from router.runtime.skills import SkillRuntime, SkillSettings, build_gate
 from router.runtime.stats import Snapshot, skill_snapshots
 from router.service.server import RouterServer
 from router.service.servicer import RouterServicer
-from router.storage import MetricsStore, StoreSettings, open_store
+from router.storage import MetricsStore, StoreSettings, WindowAggregate, make_store
 from router.telemetry import Telemetry, TelemetrySettings, setup_telemetry
 
 log = logging.getLogger("router")
 
+# Admission off (BRAIN_LOAD_BALANCING_ENABLED=false): count, never queue.
+UNLIMITED = 1_000_000
 
-@dataclass
+
 class App:
-    config: RouterConfig
-    pool: BackendPool
-    registry: LiveRegistry
-    runtimes: dict[str, SkillRuntime]
-    pipeline: Pipeline
-    server: RouterServer
-    telemetry: Telemetry
-    store: MetricsStore | None = None
-    started_at: float = field(default_factory=time.monotonic)
-    _stopped: bool = False
-    warm_failures: dict = field(default_factory=dict)
+    """The running sidecar: what the servicer serves (``pipeline``,
+    ``snapshot``, ``window``) and its lifecycle (``start``, ``stop``)."""
+
+    def __init__(self, config: RouterConfig, pool: BackendPool, registry: LiveRegistry,
+                 runtimes: Mapping[str, SkillRuntime], pipeline: Pipeline, telemetry: Telemetry,
+                 store: MetricsStore | None, listen: str) -> None:
+        self.config = config
+        self.pool = pool
+        self.registry = registry
+        self.runtimes = runtimes
+        self.pipeline = pipeline
+        self.telemetry = telemetry
+        self.store = store
+        self.started_at = time.monotonic()
+        self.warm_failures: dict[tuple[str, str], BackendError] = {}
+        self._stopped = False
+        self.server = RouterServer(RouterServicer(self), listen, interceptors=[telemetry.server_interceptor()],
+                                   max_concurrent_rpcs=config.server.max_concurrent_rpcs)
 
     @property
     def address(self) -> str:
         return self.server.address
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(skill_snapshots(self.registry, self.runtimes, time.monotonic()), self.registry.totals,
-                        time.monotonic() - self.started_at, self.pipeline.policy.moe_enabled)
+        now = time.monotonic()
+        return Snapshot(skill_snapshots(self.registry, self.runtimes, now), self.registry.totals,
+                        now - self.started_at, self.pipeline.policy.moe_enabled)
 
-    def live_stats(self) -> list[tuple[str, int, float, int]]:
-        return [(n, rt.gate.in_flight, rt.gate.utilization, rt.gate.queued) for n, rt in self.runtimes.items()]
-
-    async def window(self, window_s: float) -> tuple[object | None, str, int]:
+    async def window(self, window_s: float) -> tuple[WindowAggregate | None, str, int]:
         """Stats over time, read from the metrics store (None when there is none)."""
         if self.store is None:
             return None, "", 0
         return await self.store.aggregate(window_s), self.store.backend, self.store.stats.dropped
 
     async def start(self) -> None:
-        settings = _store_settings(self.config)
-        if settings is not None:
-            self.store = await open_store(settings)
+        if self.store is not None:
             await self.store.start()
-            self.pipeline.sink = self.store
         await self.server.start()
         # Warm every pool before SERVING. A backend that cannot be reached now
         # is logged, not fatal: its calls fail (and its breaker opens) until
@@ -105,8 +112,13 @@ class App:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def __repr__(self) -> str:
+        return f"<App {self.config.source} on {self.server.address} | {self.pipeline!r}>"
 
-def _runtimes(config: RouterConfig) -> dict[str, SkillRuntime]:
+
+def skill_settings(config: RouterConfig) -> dict[str, SkillSettings]:
+    """Typed settings per skill, resolved from the global sections, the
+    per-skill overrides and the seed's environment overrides."""
     adm, bat = config.admission, config.batching
     b = adm.breaker
     breaker = BreakerConfig(consecutive_failures=b.failure_threshold, window=b.window,
@@ -114,41 +126,35 @@ def _runtimes(config: RouterConfig) -> dict[str, SkillRuntime]:
                             cooldown_s=b.cooldown_s, half_open_probes=b.half_open_probes)
     if not adm.enabled:  # admission off: no limits, queues or breakers (the breakers count, never trip)
         breaker = BreakerConfig(consecutive_failures=0, failure_rate=2.0)
-    unlimited = 1_000_000  # admission off (BRAIN_LOAD_BALANCING_ENABLED=false): count, never queue
+    r = adm.retry
+    retry = RetryPolicy(max_attempts=r.max_attempts, base_delay_s=r.base_backoff_ms / 1000.0,
+                        max_delay_s=max(r.max_backoff_ms, r.base_backoff_ms) / 1000.0, jitter=r.jitter)
+    a = adm.adaptive_limit
 
-    def limits(s: SkillSpec) -> tuple[int, int, float]:
-        if not adm.enabled:
-            return unlimited, 0, config.skill_options(s.name).queue_timeout_s
-        return s.concurrency_limit, s.queue_depth, config.skill_options(s.name).queue_timeout_s
-
-    def batching(s: SkillSpec) -> BatchingOptions:
-        o = config.skill_options(s.name)
-        return BatchingOptions(enabled=o.batching_enabled and o.batch_window_ms > 0 and o.max_batch_size > 1,
-                               window_s=o.batch_window_ms / 1000.0, max_batch_size=o.max_batch_size,
-                               key=BatchKeyMode.parse(bat.key), priority_bypass=bat.priority_bypass)
-
-    def limit_algorithm(s: SkillSpec, limit: int):  # type: ignore[no-untyped-def]
-        a = adm.adaptive_limit
+    def limit_algorithm(limit: int) -> Callable[[], LimitAlgorithm] | None:
         if not (adm.enabled and a.enabled):
             return None
         if a.algorithm == "gradient2":
-            return Gradient2Limit(limit, min_limit=a.min_limit, max_limit=a.max_limit)
-        return AIMDLimit(limit, min_limit=a.min_limit, max_limit=a.max_limit, backoff_ratio=a.backoff_ratio)
+            return lambda: Gradient2Limit(limit, min_limit=a.min_limit, max_limit=a.max_limit)
+        return lambda: AIMDLimit(limit, min_limit=a.min_limit, max_limit=a.max_limit, backoff_ratio=a.backoff_ratio)
 
-    return build_skill_runtimes(
-        config.skills, limits=limits, breaker=breaker, batching=batching,
-        can_batch=lambda s, impl: config.implementation_options(s.name, impl).can_batch,
-        budget_ratio=adm.retry.budget_ratio, limit_algorithm=limit_algorithm)
+    def one(s: SkillSpec) -> SkillSettings:
+        o = config.skill_options(s.name)
+        limit, depth = (s.concurrency_limit, s.queue_depth) if adm.enabled else (UNLIMITED, 0)
+        return SkillSettings(
+            spec=s, concurrency_limit=limit, queue_depth=depth, queue_timeout_s=o.queue_timeout_s,
+            breaker=breaker, retry=retry, retry_budget_ratio=r.budget_ratio,
+            batching=BatchingOptions(enabled=o.batching_enabled and o.batch_window_ms > 0 and o.max_batch_size > 1,
+                                     window_s=o.batch_window_ms / 1000.0, max_batch_size=o.max_batch_size,
+                                     key=BatchKeyMode.parse(bat.key), priority_bypass=bat.priority_bypass),
+            batchable=frozenset(i.name for i in s.implementations
+                                if config.implementation_options(s.name, i.name).can_batch),
+            limit_algorithm=limit_algorithm(limit))
+
+    return {s.name: one(s) for s in config.skills}
 
 
-def _admission(config: RouterConfig) -> AdmissionOptions:
-    r = config.admission.retry
-    policy = RetryPolicy(max_attempts=r.max_attempts, base_delay_s=r.base_backoff_ms / 1000.0,
-                         max_delay_s=max(r.max_backoff_ms, r.base_backoff_ms) / 1000.0, jitter=r.jitter)
-    return AdmissionOptions(load_bias=config.admission.load_bias, retry=policy)
-
-
-def _store_settings(config: RouterConfig) -> StoreSettings | None:
+def store_settings(config: RouterConfig) -> StoreSettings | None:
     st = config.storage
     if not (st.sqlite_path or st.postgres_dsn):
         return None  # no metrics store: Stats has no window
@@ -160,24 +166,26 @@ def _store_settings(config: RouterConfig) -> StoreSettings | None:
 def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[str, str] | None = None) -> App:
     """Wire the sidecar from ``config``; ``env`` (default os.environ) holds the
     ``OTEL_*`` telemetry settings."""
-    app_ref: list[App] = []
+    settings = skill_settings(config)
+    gates = {name: build_gate(s) for name, s in settings.items()}
     telemetry = setup_telemetry(
         TelemetrySettings(service_name=config.telemetry.service_name,
                           record_query_text=config.telemetry.record_query_text),
-        os.environ if env is None else env, live_stats=lambda: app_ref[0].live_stats())
+        os.environ if env is None else env,
+        live_stats=lambda: [(n, g.in_flight, g.utilization, g.queued) for n, g in gates.items()])
     pool = BackendPool.from_skills(
         config.skills, batch=lambda s, i: config.implementation_options(s.name, i.name).can_batch)
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
-    runtimes = _runtimes(config)
-    pipeline = Pipeline(config.skills, config.policy, pool, registry, runtimes, admission=_admission(config),
-                        observer=telemetry.observer, default_deadline_s=config.server.default_deadline_s)
-    servicer = RouterServicer(pipeline, lambda: app_ref[0].snapshot(), lambda w: app_ref[0].window(w))
-    server = RouterServer(servicer, listen or config.server.listen, interceptors=[telemetry.server_interceptor()],
-                          max_concurrent_rpcs=config.server.max_concurrent_rpcs)
-    app = App(config, pool, registry, runtimes, pipeline, server, telemetry)
-    app_ref.append(app)
-    return app
+    runtimes = {name: SkillRuntime(s, gates[name], pool, observer=telemetry.observer,
+                                   on_transition=registry.breaker_moved)
+                for name, s in settings.items()}
+    st = store_settings(config)
+    store = make_store(st) if st is not None else None
+    pipeline = Pipeline(SkillIndex(config.skills), config.policy, runtimes, registry, observer=telemetry.observer,
+                        sink=store, load_bias=config.admission.load_bias,
+                        default_deadline_s=config.server.default_deadline_s)
+    return App(config, pool, registry, runtimes, pipeline, telemetry, store, listen or config.server.listen)
 
 
 async def serve(config: RouterConfig, listen: str | None = None) -> None:

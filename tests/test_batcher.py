@@ -376,24 +376,6 @@ async def test_repr_shows_live_state():
     assert_no_other_tasks()
 
 
-async def test_reconsider_sends_pending_items_once_the_skill_is_idle():
-    gate_busy = True
-    backend = Backend()
-    batcher = Batcher(backend, window_s=NEVER, max_batch_size=8, is_idle=lambda: not gate_busy)
-    async with asyncio.timeout(GUARD_S):
-        callers = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
-        await settle()
-        batcher.reconsider()  # still busy: nothing happens
-        assert batcher.pending == 2 and backend.batches == []
-        gate_busy = False  # e.g. the gate released its last permit
-        batcher.reconsider()
-        results = await asyncio.gather(*callers)
-    assert [r.value for r in results] == [10, 20]
-    assert backend.reasons == [FlushReason.IDLE]
-    await batcher.aclose()
-    assert_no_other_tasks()
-
-
 async def test_batcher_group_makes_one_batcher_per_key_and_drops_empty_ones():
     backend = Backend(hold=True)
     made: list[tuple] = []

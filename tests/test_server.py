@@ -159,31 +159,50 @@ async def test_bad_input_names_the_field(client, emulator, rpc, case, kw, field,
     assert sum(st.requests for st in emulator.stats().values()) == 0  # nothing was called
 
 
-async def test_a_failing_skill_does_not_fail_the_query(client) -> None:
+async def test_a_failing_skill_is_replaced_by_the_next_best_and_the_query_answers(client) -> None:
     resp = await client.execute("flaky question", domain="general", complexity=5, force_skills=["flaky"])
-    by = {r.skill: r for r in resp.results}
-    assert by["flaky"].status == pb.SKILL_STATUS_FAILED and "500" in by["flaky"].error
-    assert by["flaky"].cost_usd == 0 and not by["flaky"].output
+    assert resp.outcome == pb.QUERY_OUTCOME_OK
+    assert "flaky" not in {r.skill for r in resp.results}
+    (shed,) = [s for s in resp.shed if s.skill == "flaky"]
+    assert shed.reason == pb.SHED_REASON_CALL_FAILED and shed.implementation == "broken" and "500" in shed.detail
+    (stand_in,) = [r for r in resp.results if r.stepped_in_for == "flaky/broken"]
+    assert stand_in.skill == shed.replaced_by and stand_in.implementation == shed.replaced_by_implementation
+    assert stand_in.step_in_reason == pb.SHED_REASON_CALL_FAILED and stand_in.status == pb.SKILL_STATUS_OK
+    assert [s.skill for s in resp.selections] == [r.skill for r in resp.results]
     ok = [r for r in resp.results if r.status == pb.SKILL_STATUS_OK]
-    assert ok and "### flaky" not in resp.text
+    assert ok == list(resp.results) and "### flaky" not in resp.text
     assert math.isclose(resp.cost.actual_usd, sum(r.cost_usd for r in ok))
     s = await client.stats()
     assert next(x for x in s.skills if x.skill == "flaky").failures == 1
 
 
+ALL_BUT_FLAKY = ["kimiK2", "trm", "gepa", "ace", "legal", "slow"]
+
+
+async def test_a_failing_skill_with_nobody_to_step_in_leaves_a_partial_answer(client) -> None:
+    resp = await client.execute("flaky question", complexity=5, force_skills=["flaky", "trm"],
+                                exclude_skills=["kimiK2", "gepa", "ace", "legal", "slow"])
+    by = {r.skill: r for r in resp.results}
+    assert resp.outcome == pb.QUERY_OUTCOME_PARTIAL
+    assert by["flaky"].status == pb.SKILL_STATUS_FAILED and "500" in by["flaky"].error
+    assert by["flaky"].cost_usd == 0 and not by["flaky"].output
+    assert by["trm"].status == pb.SKILL_STATUS_OK and "### flaky" not in resp.text
+
+
 async def test_every_skill_failing_is_unavailable_with_each_error(client) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await client.execute("flaky", force_skills=["flaky"], top_k=1)
+        await client.execute("flaky", force_skills=["flaky"], top_k=1, exclude_skills=ALL_BUT_FLAKY)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "flaky" in info.value.details() and "500" in info.value.details()
     s = await client.stats()
     assert s.totals.failed_queries == 1
 
 
-async def test_a_slow_skill_times_out_while_the_others_answer(client) -> None:
+async def test_a_slow_skill_cut_by_the_callers_deadline_while_the_others_answer(client) -> None:
     resp = await client.execute("slow question", complexity=5, force_skills=["slow"], timeout=1.0)
     by = {r.skill: r for r in resp.results}
-    assert by["slow"].status == pb.SKILL_STATUS_TIMED_OUT
+    assert by["slow"].status == pb.SKILL_STATUS_DEADLINE_EXCEEDED
+    assert resp.outcome == pb.QUERY_OUTCOME_PARTIAL
     assert any(r.status == pb.SKILL_STATUS_OK for r in resp.results)
 
 

@@ -33,7 +33,7 @@ def rec(ts: float, *, skills: tuple[str, ...] = ("kimiK2", "trm"), total_ms: flo
         domain="legal", complexity=6.0, skills_considered=4, skills_selected=len(skills),
         top_skill=skills[0] if skills else "", top_skill_score=1.25, selection_time_ms=0.2,
         execution_time_ms=total_ms - 1, total_time_ms=total_ms, total_cost=cost, cost_saved=saved,
-        baseline_cost=cost + saved, quality_score=quality, synthesis_quality=quality, max_utilization=0.5,
+        baseline_cost=cost + saved, quality_score=quality, max_utilization=0.5,
         avg_queue_depth=0.25, skills=skills, skills_ok=skills[:1], trace_id="ab" * 16,
     )
 

@@ -89,7 +89,7 @@ def record_for(plan: RoutePlan, synth, trace_id: str) -> QueryRecord:
         top_skill=top.name, top_skill_score=top.chosen.score.score,
         selection_time_ms=SELECTION_NS / 1e6, execution_time_ms=120.0, total_time_ms=121.0,
         total_cost=synth.ledger.actual, cost_saved=synth.ledger.saved, baseline_cost=synth.ledger.baseline,
-        quality_score=synth.quality, synthesis_quality=synth.quality, max_utilization=0.5, avg_queue_depth=0.0,
+        quality_score=synth.quality, max_utilization=0.5, avg_queue_depth=0.0,
         skills=tuple(p.name for p in plan.planned), trace_id=trace_id,
     )
 

@@ -72,6 +72,9 @@ class RejectReason(enum.StrEnum):
     QUEUE_TIMEOUT = "queue timeout"
     DEADLINE = "deadline passed while queued"
     DISPLACED = "displaced by a higher-priority query"
+    # Not an admission refusal: the skill's call failed while time remained,
+    # so its next implementation or the next-best skill stepped in.
+    CALL_FAILED = "call failed"
 
 
 class TicketState(enum.Enum):

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import BackendError, BackendStatusError
+from .errors import BackendError, BackendStatusError, CallerDeadline
 
 __all__ = ["BreakerConfig", "BreakerState", "CircuitBreaker", "Transition", "is_breaker_failure"]
 
@@ -78,9 +78,12 @@ class Transition:
 
 
 def is_breaker_failure(error: BaseException) -> bool:
-    """Whether an error counts against the backend's health: timeouts,
-    connection errors, bad answers, 408/429 and 5xx do; other 4xx say the
-    request was wrong, not that the backend is sick."""
+    """Whether an error counts against the backend's health: its own
+    timeout, connection errors, bad answers, 408/429 and 5xx do; other 4xx
+    say the request was wrong, and a call cut short by the caller's deadline
+    says nothing about the backend."""
+    if isinstance(error, CallerDeadline):
+        return False
     if isinstance(error, BackendStatusError):
         return error.status_code >= 500 or error.status_code in (408, 429)
     return isinstance(error, BackendError)

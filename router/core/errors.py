@@ -14,7 +14,8 @@ psycopg) are wrapped at the edges into these; one interceptor in
     ├── DeadlineExceeded         the caller's deadline passed → DEADLINE_EXCEEDED
     ├── ConfigError              bad config file (start-up, check-config)
     └── BackendError             one backend call failed (kept in the skill's result)
-        ├── BackendTimeout
+        ├── BackendTimeout       the implementation's own timeout passed
+        ├── CallerDeadline       the caller's deadline cut the call short (not the backend's fault)
         ├── BackendConnectionError
         ├── BackendStatusError   non-2xx answer (status_code, retry_after_s)
         └── BackendProtocolError answer not in the expected shape
@@ -94,6 +95,14 @@ class BackendError(RouterError):
 class BackendTimeout(BackendError):
     kind = "timeout"
     retryable = False  # the deadline is spent; a retry could not finish in time
+
+
+class CallerDeadline(BackendError):
+    """The caller's deadline, not the implementation's timeout, ended the
+    call: it says nothing about the backend's health, so no breaker counts it."""
+
+    kind = "deadline"
+    retryable = False
 
 
 class BackendConnectionError(BackendError):

@@ -4,6 +4,10 @@ A skill's weight is its share of the chosen skills' relevance scores (the
 seed's ``skill.score / totalScore``). The synthesized text lists the answers
 that succeeded, heaviest first; quality is the weighted mean of the declared
 quality of the implementations that answered.
+
+Every Execute ends in one ``QueryOutcome``; ``account`` turns it into the
+ledger's row: a query that was not answered saved nothing and has no
+quality (so averages of quality run over answered queries only).
 """
 
 from __future__ import annotations
@@ -17,8 +21,26 @@ from .types import SkillSpec
 
 class Status(enum.Enum):
     OK = "ok"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
+    FAILED = "failed"  # error status, bad answer, connection error
+    TIMED_OUT = "timed_out"  # the implementation's own timeout passed
+    DEADLINE = "deadline"  # the caller's deadline cut the call short
+    REFUSED = "refused"  # admission would not take it (and nobody stepped in)
+
+
+class QueryOutcome(enum.StrEnum):
+    """How one Execute ended: one row and one count each."""
+
+    OK = "ok"  # every skill that ran answered
+    PARTIAL = "partial"  # answered, but some skill that ran failed
+    FAILED = "failed"  # every skill that ran failed (UNAVAILABLE)
+    REFUSED = "refused"  # no skill could take it: saturated, breakers open, draining (RESOURCE_EXHAUSTED/UNAVAILABLE)
+    UNROUTED = "unrouted"  # no skill is activated by it (FAILED_PRECONDITION)
+    DEADLINE = "deadline"  # the caller's deadline passed before an answer (DEADLINE_EXCEEDED)
+    CANCELLED = "cancelled"  # the caller went away
+
+    @property
+    def answered(self) -> bool:
+        return self in (QueryOutcome.OK, QueryOutcome.PARTIAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +64,10 @@ class SkillOutcome:
     attempts: int = 1
     batch_size: int = 1  # items in the backend request that carried it
     shared_by: int = 1  # callers that shared one identical in-flight call
+    # When it stepped in for another: "skill/implementation" it replaced and
+    # why (a RejectReason value: shed, or "call failed").
+    stepped_in_for: str = ""
+    step_in_reason: str = ""
 
     @property
     def ok(self) -> bool:
@@ -106,3 +132,20 @@ def synthesize(outcomes: Sequence[SkillOutcome], baseline: float, baseline_skill
         quality = 0.0
     actual = sum(o.cost for o in outcomes)
     return Synthesis("\n\n".join(parts), weights, quality, CostLedger(actual, baseline, baseline_skills))
+
+
+@dataclass(frozen=True, slots=True)
+class Accounting:
+    """What one query adds to the ledger."""
+
+    cost: float  # spent
+    baseline: float  # the all-skills baseline, counted only when answered
+    saved: float  # baseline − cost when answered, else 0
+    quality: float | None  # None when not answered
+
+
+def account(outcome: QueryOutcome, synthesis: Synthesis | None, baseline: float) -> Accounting:
+    spent = synthesis.ledger.actual if synthesis is not None else 0.0
+    if outcome.answered and synthesis is not None:
+        return Accounting(spent, baseline, baseline - spent, synthesis.quality)
+    return Accounting(spent, 0.0, 0.0, None)

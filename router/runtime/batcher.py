@@ -205,14 +205,6 @@ class Batcher(Generic[T, R]):
         """Nothing pending and no batch in flight."""
         return not self._pending and not self._tasks
 
-    def reconsider(self) -> None:
-        """Decide again now. The batcher decides on each submit, each
-        finished batch and its timer; call this when the skill's load drops
-        for another reason (e.g. the gate released a permit), so pending
-        items need not wait out the window once the skill is idle."""
-        if self._pending:
-            self._reconsider()
-
     async def submit(self, item: T, *, tag: Any = None, deadline_s: float | None = None) -> BatchItemResult[R]:
         """Send ``item`` in a batch and return its own result.
 

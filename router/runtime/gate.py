@@ -72,9 +72,6 @@ class Permit:
     def released(self) -> bool:
         return self._ticket.state is not TicketState.GRANTED
 
-    def success(self) -> None:
-        self._outcome = Outcome.SUCCESS
-
     def dropped(self) -> None:
         """The call failed or timed out: a congestion signal for the limit."""
         self._outcome = Outcome.DROPPED
@@ -82,6 +79,11 @@ class Permit:
     def ignore(self) -> None:
         """The outcome says nothing about the backend's capacity."""
         self._outcome = Outcome.IGNORED
+
+    def settle(self, outcome: Outcome) -> None:
+        """Give the slot back now with ``outcome``. Exactly once: a second
+        settle (or the block's exit after one) is a no-op."""
+        self._gate._release(self._ticket, outcome)
 
     def _settle(self, exc: BaseException | None) -> None:
         outcome = self._outcome
@@ -197,6 +199,11 @@ class Gate:
         return self._state.snapshot()
 
     # ---- acting ------------------------------------------------------------
+
+    async def admit(self, priority: Priority = Priority.NORMAL, timeout_s: float | None = None) -> Permit:
+        """A slot without a block: the caller must ``settle`` the permit
+        exactly once (``router.runtime.admit`` does). Raises ``GateRejected``."""
+        return Permit(self, await self._wait_for_slot(priority, timeout_s))
 
     def acquire(self, priority: Priority = Priority.NORMAL, timeout_s: float | None = None) -> _Acquire:
         """``async with gate.acquire(priority, timeout_s=remaining) as permit``.

@@ -24,8 +24,8 @@ class QueryRecord:
 
     query_id: str
     timestamp: float  # unix seconds, when the query arrived
-    rpc: str  # "execute" | "route"
-    status: str  # "ok" | an error code name
+    rpc: str  # "execute"
+    status: str  # the query's outcome: a router.core.synthesis.QueryOutcome value
     query_hash: str
     domain: str
     complexity: float
@@ -36,11 +36,10 @@ class QueryRecord:
     selection_time_ms: float
     execution_time_ms: float
     total_time_ms: float
-    total_cost: float
-    cost_saved: float
-    baseline_cost: float
-    quality_score: float
-    synthesis_quality: float
+    total_cost: float  # spent, answered or not
+    cost_saved: float  # baseline_cost − total_cost when answered, else 0
+    baseline_cost: float  # every activated skill at its default implementation
+    quality_score: float | None  # the synthesis's quality; None when not answered
     max_utilization: float
     avg_queue_depth: float
     skills: tuple[str, ...] = ()

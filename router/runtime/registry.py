@@ -1,15 +1,26 @@
 """The live registry: what later queries need to know about earlier ones.
 
-Calls report outcomes here (success, latency); the next query reads a
-snapshot (success rates for scoring). Everything is mutated synchronously
-from the event loop's thread, so no locks are needed.
+Calls report outcomes here (success, latency), breakers their transitions,
+and every Execute its one ``QueryRecord``; the next query reads the
+success rates and the set of impaired skills. The totals are built from the
+very records the metrics store keeps, so live totals and a Stats window
+agree for the same queries. Everything is mutated synchronously from the
+event loop's thread, so no locks are needed.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import logging
+from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from router.core.breaker import BreakerState, Transition
+from router.core.synthesis import QueryOutcome
+
+from .observer import QueryRecord
+
+log = logging.getLogger("router.breaker")
 
 
 def quantile(sorted_values: list[float], q: float) -> float:
@@ -21,26 +32,30 @@ def quantile(sorted_values: list[float], q: float) -> float:
 
 
 class SkillLive:
-    __slots__ = ("_latencies", "_outcomes", "calls", "failures", "in_flight", "name")
+    __slots__ = ("_latencies", "_outcomes", "_successes", "calls", "failures", "name")
 
     def __init__(self, name: str, success_window: int, latency_window: int) -> None:
         self.name = name
         self.calls = 0
         self.failures = 0
         self._outcomes: deque[bool] = deque(maxlen=success_window)
+        self._successes = 0
         self._latencies: deque[float] = deque(maxlen=latency_window)
 
-    def record(self, ok: bool, latency_ms: float) -> None:
+    def record(self, ok: bool, latency_ms: float) -> float:
+        """Count one call; returns the new success rate."""
         self.calls += 1
         if not ok:
             self.failures += 1
+        if len(self._outcomes) == self._outcomes.maxlen and self._outcomes[0]:
+            self._successes -= 1
         self._outcomes.append(ok)
+        self._successes += ok
         self._latencies.append(latency_ms)
+        return self._successes / len(self._outcomes)
 
     def success_rate(self, default: float) -> float:
-        if not self._outcomes:
-            return default
-        return sum(self._outcomes) / len(self._outcomes)
+        return self._successes / len(self._outcomes) if self._outcomes else default
 
     def latency_quantiles(self, *qs: float) -> tuple[float, ...]:
         values = sorted(self._latencies)
@@ -49,20 +64,33 @@ class SkillLive:
 
 @dataclass(slots=True)
 class Totals:
+    """Executes since start, from their records (one per Execute received)."""
+
     queries: int = 0
     routes: int = 0
-    failed_queries: int = 0
+    answered: int = 0  # outcome ok or partial
     skills_selected: int = 0
-    cost: float = 0.0
-    baseline_cost: float = 0.0
+    cost: float = 0.0  # spent, answered or not
+    baseline_cost: float = 0.0  # over answered queries
+    cost_saved: float = 0.0  # over answered queries: baseline − spent
+    quality_sum: float = 0.0  # over answered queries
+    outcomes: Counter[str] = field(default_factory=Counter)
 
     @property
-    def cost_saved(self) -> float:
-        return self.baseline_cost - self.cost
+    def failed_queries(self) -> int:
+        return self.queries - self.answered
 
     @property
     def avg_skills_per_query(self) -> float:
         return self.skills_selected / self.queries if self.queries else 0.0
+
+    @property
+    def avg_quality(self) -> float:
+        return self.quality_sum / self.answered if self.answered else 0.0
+
+    @property
+    def avg_cost_per_query(self) -> float:
+        return self.cost / self.queries if self.queries else 0.0
 
 
 class LiveRegistry:
@@ -71,21 +99,51 @@ class LiveRegistry:
         self.skills = {n: SkillLive(n, success_window, latency_window) for n in skill_names}
         self.totals = Totals()
         self.default_success_rate = default_success_rate
+        # Success rates of the skills that have had calls (the rest score
+        # with the default): kept as calls report, read as is by scoring.
+        self.rates: dict[str, float] = {}
+        # skill → implementations whose breaker is not closed: the only ones
+        # a query must look at to know what is unavailable.
+        self._impaired: dict[str, set[str]] = {}
 
     def success_rates(self) -> dict[str, float]:
         return {n: s.success_rate(self.default_success_rate) for n, s in self.skills.items()}
 
     def record_call(self, skill: str, ok: bool, latency_ms: float) -> None:
-        self.skills[skill].record(ok, latency_ms)
+        self.rates[skill] = self.skills[skill].record(ok, latency_ms)
 
-    def record_query(self, *, skills_selected: int, cost: float, baseline: float, failed: bool) -> None:
+    def breaker_moved(self, skill: str, implementation: str, transition: Transition) -> None:
+        log.info("breaker %s: %s → %s (%s)", transition.breaker, transition.from_state, transition.to_state,
+                 transition.reason)
+        impaired = self._impaired.setdefault(skill, set())
+        if transition.to_state is BreakerState.CLOSED:
+            impaired.discard(implementation)
+            if not impaired:
+                del self._impaired[skill]
+        else:
+            impaired.add(implementation)
+
+    @property
+    def impaired(self) -> Iterable[str]:
+        """Skills with an implementation whose breaker is open or half-open."""
+        return self._impaired.keys()
+
+    def record_query(self, record: QueryRecord) -> None:
         t = self.totals
         t.queries += 1
-        t.skills_selected += skills_selected
-        t.cost += cost
-        t.baseline_cost += baseline
-        if failed:
-            t.failed_queries += 1
+        t.outcomes[record.status] += 1
+        t.skills_selected += record.skills_selected
+        t.cost += record.total_cost
+        if QueryOutcome(record.status).answered:
+            t.answered += 1
+            t.baseline_cost += record.baseline_cost
+            t.cost_saved += record.cost_saved
+            t.quality_sum += record.quality_score or 0.0
 
     def record_route(self) -> None:
         self.totals.routes += 1
+
+    def __repr__(self) -> str:
+        t = self.totals
+        return (f"<LiveRegistry {len(self.skills)} skills [queries {t.queries}, answered {t.answered}"
+                f" | impaired {sorted(self._impaired)}]>")

@@ -1,60 +1,121 @@
-"""The live resources of one skill: its gate, a circuit breaker per
-implementation, its batchers and single-flight table, and how it retries.
+"""The live resources of one skill, built once from typed settings and never
+re-wired: its gate, a circuit breaker and a door per implementation, its
+retry budget, and one caller per implementation (direct, coalesced or
+batched, chosen here from the settings, once).
 
-Built once by the composition root from the config; the pipeline reads and
-drives them. Nothing here decides: the decisions are ``router.core``'s.
+Nothing here decides: the decisions are ``router.core``'s.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
-from router.core.batching import BatchKeyMode
-from router.core.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from router.core.breaker import BreakerConfig, BreakerState, CircuitBreaker, Transition
+from router.core.limits import LimitAlgorithm
 from router.core.retry import RetryBudget, RetryPolicy
 from router.core.types import SkillSpec
 
-from .batcher import BatcherGroup, BatcherStats, SingleFlight
+from .admit import Door, Refusal
+from .batcher import BatcherStats
+from .calls import BatchedCaller, BatchingOptions, Caller, CoalescedCaller, DirectCaller, Sender
 from .gate import Gate
+from .observer import NullObserver, Observer
+from .ports import Backend
+
+__all__ = ["BackendLookup", "BatchingOptions", "SkillRuntime", "SkillSettings", "build_gate"]
+
+# (skill, implementation, transition): told of every breaker state change.
+TransitionListener = Callable[[str, str, Transition], None]
+
+
+class BackendLookup(Protocol):
+    """What the runtime needs of a backend pool."""
+
+    def get(self, skill: str, implementation: str) -> Backend: ...
 
 
 @dataclass(frozen=True, slots=True)
-class BatchingOptions:
-    enabled: bool = False
-    window_s: float = 0.1
-    max_batch_size: int = 16
-    key: BatchKeyMode = BatchKeyMode.IMPLEMENTATION
-    priority_bypass: bool = True
+class SkillSettings:
+    """Everything one skill's runtime is built from (the composition root
+    resolves it from the config's global sections and per-skill overrides)."""
 
-
-@dataclass(frozen=True, slots=True)
-class AdmissionOptions:
-    load_bias: float = 0.0
-    retry: RetryPolicy = RetryPolicy()
-
-
-@dataclass
-class SkillRuntime:
     spec: SkillSpec
-    gate: Gate
-    breakers: dict[str, CircuitBreaker]
-    batching: BatchingOptions
-    can_batch: dict[str, bool]  # per implementation: its backend takes batches
-    budget: RetryBudget
-    batchers: BatcherGroup | None = None  # set by the pipeline (it owns ``send``)
-    flights: SingleFlight = field(default_factory=SingleFlight)
+    concurrency_limit: int
+    queue_depth: int  # the bound of the queue
+    queue_timeout_s: float
+    breaker: BreakerConfig = BreakerConfig()
+    retry: RetryPolicy = RetryPolicy()
+    retry_budget_ratio: float = 0.2
+    batching: BatchingOptions = BatchingOptions()
+    batchable: frozenset[str] = frozenset()  # implementations whose backend takes batches
+    limit_algorithm: Callable[[], LimitAlgorithm] | None = None  # an adaptive limit, made per gate
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+
+def build_gate(settings: SkillSettings, clock: Callable[[], float] = time.monotonic) -> Gate:
+    s = settings.spec
+    hint = min(i.expected_latency_ms for i in s.implementations) / 1000.0
+    return Gate(s.name, settings.concurrency_limit, settings.queue_depth, settings.queue_timeout_s, clock,
+                limit_algorithm=settings.limit_algorithm() if settings.limit_algorithm else None,
+                service_time_hint_s=hint)
+
+
+class SkillRuntime:
+    """One skill's gate, breakers, doors, budget and callers."""
+
+    __slots__ = ("_clock", "breakers", "budget", "callers", "doors", "gate", "settings", "spec")
+
+    def __init__(self, settings: SkillSettings, gate: Gate, backends: BackendLookup, *,
+                 observer: Observer | None = None, on_transition: TransitionListener | None = None,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+        spec = settings.spec
+        self.settings = settings
+        self.spec = spec
+        self.gate = gate
+        self._clock = clock
+        self.budget = RetryBudget(settings.retry_budget_ratio)
+        observer = observer or NullObserver()
+        rng = rng or random.Random()
+        breakers: dict[str, CircuitBreaker] = {}
+        doors: dict[str, Door] = {}
+        callers: dict[str, Caller] = {}
+        b = settings.batching
+        for impl in spec.implementations:
+            listener = None if on_transition is None else (
+                lambda t, impl=impl.name: on_transition(spec.name, impl, t))
+            breaker = CircuitBreaker(f"{spec.name}/{impl.name}", settings.breaker, on_transition=listener)
+            door = Door(f"{spec.name}/{impl.name}", gate, breaker, self.budget, clock)
+            backend = backends.get(spec.name, impl.name)
+            direct = DirectCaller(impl, door, backend, Sender(impl, door, settings.retry, rng, clock), clock)
+            caller: Caller
+            if b.enabled and impl.name in settings.batchable:
+                caller = BatchedCaller(spec.name, direct, door, backend,
+                                       Sender(impl, door, settings.retry, rng, clock), b, observer, clock)
+            elif b.enabled:
+                # A backend that cannot batch still gains: identical calls in
+                # flight share one.
+                caller = CoalescedCaller(direct, spec.name, clock)
+            else:
+                caller = direct
+            breakers[impl.name], doors[impl.name], callers[impl.name] = breaker, door, caller
+        self.breakers: Mapping[str, CircuitBreaker] = breakers
+        self.doors: Mapping[str, Door] = doors
+        self.callers: Mapping[str, Caller] = callers
+
     @property
-    def service_time_s(self) -> float:
-        """How long a call holds a slot of the skill's gate (its estimate):
-        the part of a deadline a query must keep for the call itself."""
-        return self.gate.service_time_s or 0.0
+    def name(self) -> str:
+        return self.spec.name
+
+    def shed(self, refusal: Refusal) -> None:
+        """The skill was shed for a query (Stats)."""
+        self.gate.note_shed(None if refusal.counted else refusal.reason)
 
     def unavailable(self, now: float) -> dict[str, str]:
         """Implementations whose breaker lets no call through now: open, or
@@ -82,9 +143,7 @@ class SkillRuntime:
         return min(waits) if waits else None
 
     def batch_stats(self) -> BatcherStats | None:
-        if self.batchers is None:
-            return None
-        stats = list(self.batchers.stats().values())
+        stats = [s for c in self.callers.values() if isinstance(c, BatchedCaller) for s in c.stats().values()]
         if not stats:
             return None
         total = stats[0]
@@ -92,29 +151,21 @@ class SkillRuntime:
             total = total + s
         return total
 
+    def batchers(self) -> int:
+        """Batchers alive now (one per batch key with items pending or in flight)."""
+        return sum(len(c.batchers) for c in self.callers.values() if isinstance(c, BatchedCaller))
 
-def build_skill_runtimes(
-    skills: tuple[SkillSpec, ...],
-    *,
-    limits: Callable[[SkillSpec], tuple[int, int, float]],
-    breaker: BreakerConfig,
-    batching: Callable[[SkillSpec], BatchingOptions],
-    can_batch: Callable[[SkillSpec, str], bool],
-    budget_ratio: float,
-    limit_algorithm: Callable[[SkillSpec, int], object | None] = lambda s, n: None,
-    clock: Callable[[], float] = time.monotonic,
-) -> dict[str, SkillRuntime]:
-    """``limits(skill) -> (concurrency limit, queue depth, queue timeout s)``."""
-    out = {}
-    for s in skills:
-        limit, depth, queue_timeout = limits(s)
-        hint = min(i.expected_latency_ms for i in s.implementations) / 1000.0
-        gate = Gate(s.name, limit, depth, queue_timeout, clock, limit_algorithm=limit_algorithm(s, limit),  # type: ignore[arg-type]
-                    service_time_hint_s=hint)
-        out[s.name] = SkillRuntime(
-            spec=s, gate=gate,
-            breakers={i.name: CircuitBreaker(f"{s.name}/{i.name}", breaker) for i in s.implementations},
-            batching=batching(s), can_batch={i.name: can_batch(s, i.name) for i in s.implementations},
-            budget=RetryBudget(budget_ratio), flights=SingleFlight(s.name))
-    return out
+    def coalesced_calls(self) -> int:
+        return sum(c.flights.stats().coalesced for c in self.callers.values() if isinstance(c, CoalescedCaller))
+
+    async def aclose(self) -> None:
+        for c in self.callers.values():
+            await c.aclose()
+
+    def __repr__(self) -> str:
+        now = self._clock()
+        impls = ", ".join(f"{n} {b.state(now).value}" for n, b in self.breakers.items())
+        g = self.gate
+        return (f"<SkillRuntime {self.name} [in-flight {g.in_flight}/{g.limit} | queued {g.queued}/{g.queue_depth}"
+                f" | {impls} | {type(next(iter(self.callers.values()))).__name__}]>")
 

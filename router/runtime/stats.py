@@ -28,7 +28,7 @@ class SkillSnapshot:
     skill: str
     in_flight: int
     concurrency_limit: int
-    queue_depth: int
+    queued: int  # waiting now (the bound is ``queue_capacity``)
     calls: int
     failures: int
     success_rate: float
@@ -73,9 +73,8 @@ def skill_snapshots(registry: LiveRegistry, runtimes: Mapping[str, SkillRuntime]
                 impl_name, state, max(0.0, at - now) if state is BreakerState.OPEN and at is not None else None,
                 b.consecutive_failures, b.failure_rate, b.times_opened))
         bs = rt.batch_stats()
-        fs = rt.flights.stats()
         out.append(SkillSnapshot(
-            skill=name, in_flight=g.in_flight, concurrency_limit=g.limit, queue_depth=g.queued,
+            skill=name, in_flight=g.in_flight, concurrency_limit=g.limit, queued=g.queued,
             calls=live.calls, failures=live.failures, success_rate=live.success_rate(registry.default_success_rate),
             latency_p50_ms=p50, latency_p99_ms=p99,
             rejected=g.rejected + g.displaced, shed=g.shed, timed_out=g.timed_out + g.deadline_expired,
@@ -84,6 +83,6 @@ def skill_snapshots(registry: LiveRegistry, runtimes: Mapping[str, SkillRuntime]
             implementations=tuple(impls),
             batches=bs.batches if bs else 0, mean_batch_size=bs.mean_batch_size if bs else 0.0,
             mean_batch_wait_ms=(bs.mean_first_wait_s * 1000) if bs else 0.0,
-            coalesced_calls=fs.coalesced,
+            coalesced_calls=rt.coalesced_calls(),
         ))
     return tuple(out)

@@ -13,7 +13,7 @@ from router.core.implementations import ImplementationChoice
 from router.core.query import make_query
 from router.core.routing import PlannedSkill, RoutePlan
 from router.core.selection import RejectionReason
-from router.core.synthesis import SkillOutcome, Status
+from router.core.synthesis import QueryOutcome, SkillOutcome, Status
 from router.core.types import ImplementationSpec, Priority, Query, RoutingPolicy
 from router.runtime.pipeline import ShedSkill
 from router.runtime.stats import SkillSnapshot
@@ -39,7 +39,22 @@ _STATUS = {
     Status.OK: pb.SKILL_STATUS_OK,
     Status.FAILED: pb.SKILL_STATUS_FAILED,
     Status.TIMED_OUT: pb.SKILL_STATUS_TIMED_OUT,
+    Status.DEADLINE: pb.SKILL_STATUS_DEADLINE_EXCEEDED,
+    Status.REFUSED: pb.SKILL_STATUS_REFUSED,
 }
+_OUTCOME = {
+    QueryOutcome.OK: pb.QUERY_OUTCOME_OK,
+    QueryOutcome.PARTIAL: pb.QUERY_OUTCOME_PARTIAL,
+    QueryOutcome.FAILED: pb.QUERY_OUTCOME_FAILED,
+    QueryOutcome.REFUSED: pb.QUERY_OUTCOME_REFUSED,
+    QueryOutcome.UNROUTED: pb.QUERY_OUTCOME_UNROUTED,
+    QueryOutcome.DEADLINE: pb.QUERY_OUTCOME_DEADLINE,
+    QueryOutcome.CANCELLED: pb.QUERY_OUTCOME_CANCELLED,
+}
+
+
+def outcome_pb(o: QueryOutcome) -> int:
+    return _OUTCOME[o]
 
 
 def query_from_request(req: pb.RouteRequest | pb.ExecuteRequest, policy: RoutingPolicy, known_skills: list[str]) -> Query:
@@ -107,10 +122,12 @@ def result_pb(o: SkillOutcome, weight: float) -> pb.SkillResult:
         output=o.output, error=o.error, cost_usd=o.cost, latency_ms=o.latency_ms,
         input_tokens=o.input_tokens, output_tokens=o.output_tokens, quality=o.quality,
         queue_wait_ms=o.queue_wait_ms, attempts=o.attempts, batch_size=o.batch_size, shared_by=o.shared_by,
+        stepped_in_for=o.stepped_in_for,
+        step_in_reason=_SHED.get(RejectReason(o.step_in_reason), pb.SHED_REASON_UNSPECIFIED) if o.step_in_reason
+        else pb.SHED_REASON_UNSPECIFIED,
     )
 
 
-# RejectReason is a StrEnum: ShedSkill.reason (its value) looks up the same.
 _SHED = {
     RejectReason.QUEUE_FULL: pb.SHED_REASON_QUEUE_FULL,
     RejectReason.BREAKER_OPEN: pb.SHED_REASON_BREAKER_OPEN,
@@ -118,12 +135,13 @@ _SHED = {
     RejectReason.QUEUE_TIMEOUT: pb.SHED_REASON_QUEUE_TIMEOUT,
     RejectReason.DEADLINE: pb.SHED_REASON_DEADLINE,
     RejectReason.DISPLACED: pb.SHED_REASON_DISPLACED,
+    RejectReason.CALL_FAILED: pb.SHED_REASON_CALL_FAILED,
 }
 
 
 def shed_pb(s: ShedSkill) -> pb.ShedSkill:
-    return pb.ShedSkill(skill=s.skill, reason=_SHED.get(s.reason, pb.SHED_REASON_UNSPECIFIED), detail=s.detail,
-                        replaced_by=s.replaced_by)
+    return pb.ShedSkill(skill=s.skill, reason=_SHED[s.reason], detail=s.detail, replaced_by=s.replaced_by,
+                        implementation=s.implementation, replaced_by_implementation=s.replaced_by_implementation)
 
 
 _BREAKER = {BreakerState.CLOSED: pb.BREAKER_STATE_CLOSED, BreakerState.OPEN: pb.BREAKER_STATE_OPEN,
@@ -133,7 +151,7 @@ _BREAKER = {BreakerState.CLOSED: pb.BREAKER_STATE_CLOSED, BreakerState.OPEN: pb.
 def skill_stats_pb(s: SkillSnapshot, wall_now: float) -> pb.SkillStats:
     msg = pb.SkillStats(
         skill=s.skill, in_flight=s.in_flight, concurrency_limit=s.concurrency_limit, utilization=s.utilization,
-        queue_depth=s.queue_depth, calls=s.calls, failures=s.failures, success_rate=s.success_rate,
+        queue_depth=s.queued, calls=s.calls, failures=s.failures, success_rate=s.success_rate,
         latency_p50_ms=s.latency_p50_ms, latency_p99_ms=s.latency_p99_ms, rejected=s.rejected, shed=s.shed,
         timed_out=s.timed_out, queue_depth_by_priority=dict(s.queue_by_priority or {}),
         queue_capacity=s.queue_capacity, mean_queue_wait_ms=s.mean_queue_wait_ms, batches=s.batches,
@@ -156,7 +174,8 @@ def window_pb(agg: WindowAggregate | None, store: str, dropped: int) -> pb.Windo
         avg_skills_selected=agg.avg_skills_selected, avg_cost_per_query_usd=agg.avg_cost_per_query,
         cost_saved_usd=agg.cost_saved_total, avg_cost_saved_usd=agg.avg_cost_saved,
         avg_response_ms=agg.avg_response_time_ms, p99_response_ms=agg.p99_response_time_ms,
-        avg_quality=agg.avg_quality, skill_distribution=dict(agg.skill_distribution), rows_dropped=dropped)
+        avg_quality=agg.avg_quality, skill_distribution=dict(agg.skill_distribution), rows_dropped=dropped,
+        outcomes=dict(agg.outcomes), answered=agg.queries - agg.errors)
     msg.since.FromNanoseconds(int(agg.since * 1e9))
     msg.until.FromNanoseconds(int(agg.until * 1e9))
     for h in agg.hourly:

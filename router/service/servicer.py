@@ -4,8 +4,7 @@ responses, nothing else. Errors are mapped by ``ErrorMappingInterceptor``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -15,38 +14,40 @@ from router.runtime.stats import Snapshot
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
-from .convert import plan_parts, query_from_request, result_pb, shed_pb, skill_stats_pb, window_pb
+from .convert import outcome_pb, plan_parts, query_from_request, result_pb, shed_pb, skill_stats_pb, window_pb
 
 DEFAULT_WINDOW_S = 24 * 3600.0
 MAX_WINDOW_S = 90 * 24 * 3600.0
 
-# (window seconds) -> (aggregate or None, store name, rows dropped)
-WindowReader = Callable[[float], Awaitable[tuple[Any, str, int]]]
+class Application(Protocol):
+    """What the servicer serves (``router.app.App``)."""
 
+    @property
+    def pipeline(self) -> Pipeline: ...
 
-async def _no_store(window_s: float) -> tuple[Any, str, int]:
-    return None, "", 0
+    def snapshot(self) -> Snapshot: ...
+
+    async def window(self, window_s: float) -> tuple[Any, str, int]:
+        """(aggregate or None, store name, rows dropped) over ``window_s``."""
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, pipeline: Pipeline, snapshot: Callable[[], Snapshot],
-                 window: WindowReader = _no_store) -> None:
-        self._pipeline = pipeline
-        self._snapshot = snapshot
-        self._window = window
+    def __init__(self, app: Application) -> None:
+        self._app = app
 
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteResponse:
-        p = self._pipeline
+        p = self._app.pipeline
         query = query_from_request(request, p.policy, p.skill_names)
-        out = p.route(query)
+        out = p.route(query, explain_all=request.explain_all)
         selections, rejections = plan_parts(out.plan)
         return pb.RouteResponse(query_id=out.query_id, selections=selections, rejections=rejections,
-                                k=out.plan.k, selection_time_us=out.selection_us, moe_enabled=out.plan.moe_enabled)
+                                k=out.plan.k, selection_time_us=out.selection_us, moe_enabled=out.plan.moe_enabled,
+                                rejections_omitted=out.plan.rejections_omitted)
 
     async def Execute(self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext) -> pb.ExecuteResponse:
-        p = self._pipeline
+        p = self._app.pipeline
         query = query_from_request(request, p.policy, p.skill_names)
-        out = await p.execute(query, context.time_remaining())
+        out = await p.execute(query, context.time_remaining(), explain_all=request.explain_all)
         selections, rejections = plan_parts(out.plan, out.ran)
         ledger = out.synthesis.ledger
         return pb.ExecuteResponse(
@@ -57,7 +58,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                                saved_fraction=ledger.saved_fraction, baseline_skills=ledger.baseline_skills),
             timing=pb.Timing(selection_us=out.selection_us, execution_us=out.execution_us, total_us=out.total_us),
             quality=out.synthesis.quality, k=out.plan.k, moe_enabled=out.plan.moe_enabled,
-            shed=[shed_pb(s) for s in out.shed],
+            shed=[shed_pb(s) for s in out.shed], outcome=outcome_pb(out.outcome),
+            rejections_omitted=out.plan.rejections_omitted,
         )
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
@@ -66,14 +68,15 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             window_s = request.window.ToNanoseconds() / 1e9
             if not 0 < window_s <= MAX_WINDOW_S:
                 raise InvalidArgument("window", f"must be more than 0 and at most 90 days, got {window_s:g}s")
-        snap = self._snapshot()
-        agg, store, dropped = await self._window(window_s)
+        snap = self._app.snapshot()
+        agg, store, dropped = await self._app.window(window_s)
         t = snap.totals
         now = time.time()
         return pb.StatsResponse(
             skills=[skill_stats_pb(s, now) for s in snap.skills],
             totals=pb.Totals(queries=t.queries, avg_skills_per_query=t.avg_skills_per_query, cost_usd=t.cost,
                              cost_saved_usd=t.cost_saved, baseline_cost_usd=t.baseline_cost, routes=t.routes,
-                             failed_queries=t.failed_queries),
+                             failed_queries=t.failed_queries, outcomes=dict(t.outcomes), answered=t.answered,
+                             avg_quality=t.avg_quality, avg_cost_per_query_usd=t.avg_cost_per_query),
             uptime_seconds=snap.uptime_s, moe_enabled=snap.moe_enabled, window=window_pb(agg, store, dropped),
         )

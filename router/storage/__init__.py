@@ -16,31 +16,38 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ._store import Backend, MetricsStore
+from ._store import MetricsStore, StoreBackend
 from ._types import TABLE, HourlyTrend, StoreError, StoreSettings, StoreStats, WindowAggregate
 
 __all__ = [
     "TABLE",
-    "Backend",
     "HourlyTrend",
     "MetricsStore",
+    "StoreBackend",
     "StoreError",
     "StoreSettings",
     "StoreStats",
     "WindowAggregate",
+    "make_store",
     "open_store",
 ]
 
 
-async def open_store(settings: StoreSettings, *, clock: Callable[[], float] = time.time) -> MetricsStore:
-    """Connect and create the table if missing; the writer starts with
-    ``start()``. Raises ``StoreError`` when the database cannot be used."""
-    backend: Backend
+def make_store(settings: StoreSettings, *, clock: Callable[[], float] = time.time) -> MetricsStore:
+    """The store, not yet connected: ``start()`` (or ``open()``) connects."""
+    backend: StoreBackend
     if settings.postgres_dsn:
         from ._postgres import PostgresBackend
         backend = PostgresBackend(settings.postgres_dsn, settings.pool_size, settings.connect_timeout_s)
     else:
         from ._sqlite import SqliteBackend
         backend = SqliteBackend(settings.sqlite_path)
-    await backend.open()
     return MetricsStore(backend, settings, clock)
+
+
+async def open_store(settings: StoreSettings, *, clock: Callable[[], float] = time.time) -> MetricsStore:
+    """Connect and create the table if missing; the writer starts with
+    ``start()``. Raises ``StoreError`` when the database cannot be used."""
+    store = make_store(settings, clock=clock)
+    await store.open()
+    return store

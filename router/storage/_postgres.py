@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from router.runtime.observer import QueryRecord
 
-from ._types import COLUMNS, TABLE, HourlyTrend, StoreError, WindowAggregate, f0
+from ._types import ANSWERED_SQL, COLUMNS, TABLE, HourlyTrend, StoreError, WindowAggregate, f0, missing_columns
 
 _TYPES = {
     "query_id": "TEXT NOT NULL", "timestamp": "TIMESTAMPTZ NOT NULL DEFAULT NOW()", "rpc": "TEXT NOT NULL",
@@ -24,7 +24,7 @@ _TYPES = {
     "skills_considered": "INT", "skills_selected": "INT", "top_skill": "TEXT", "top_skill_score": "DOUBLE PRECISION",
     "selection_time_ms": "DOUBLE PRECISION", "execution_time_ms": "DOUBLE PRECISION", "total_time_ms": "DOUBLE PRECISION",
     "total_cost": "DOUBLE PRECISION", "cost_saved": "DOUBLE PRECISION", "baseline_cost": "DOUBLE PRECISION",
-    "quality_score": "DOUBLE PRECISION", "synthesis_quality": "DOUBLE PRECISION",
+    "quality_score": "DOUBLE PRECISION",
     "max_utilization": "DOUBLE PRECISION", "avg_queue_depth": "DOUBLE PRECISION",
     "skills": "TEXT[] NOT NULL DEFAULT '{}'", "skills_ok": "TEXT[] NOT NULL DEFAULT '{}'", "trace_id": "TEXT",
 }
@@ -89,6 +89,12 @@ class PostgresBackend:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
                 for stmt in SCHEMA:
                     await conn.execute(stmt)
+                # A table made by an older version: add the columns it lacks.
+                cur = await conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s",
+                                         (TABLE,))
+                have = {r[0] for r in await cur.fetchall()}
+                for column, sql_type in missing_columns(have, _TYPES):
+                    await conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {column} {sql_type}")
         except Exception as exc:
             await self._pool.close()
             raise StoreError(f"cannot open the PostgreSQL metrics store at {self.where}: {exc}") from exc
@@ -102,7 +108,7 @@ class PostgresBackend:
         args: tuple[Any, ...] = (since, until) + ((rpc,) if rpc else ())
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*), count(*) FILTER (WHERE status <> 'ok'), avg(skills_selected)::float8,"
+                f"SELECT count(*), count(*) FILTER (WHERE status NOT IN {ANSWERED_SQL}), avg(skills_selected)::float8,"
                 " avg(total_cost), sum(total_cost), sum(cost_saved), avg(cost_saved), avg(selection_time_ms),"
                 " avg(total_time_ms),"
                 " percentile_disc(0.5) WITHIN GROUP (ORDER BY total_time_ms),"
@@ -113,6 +119,8 @@ class PostgresBackend:
             (n, errors, skills, avg_cost, total_cost, saved, avg_saved, sel_ms, avg_ms, p50, p99, quality) = row
             if not n:
                 return WindowAggregate(until - since, since, until)
+            cur = await conn.execute(f"SELECT status, count(*) FROM {TABLE} WHERE {where} GROUP BY status", args)
+            outcomes = await cur.fetchall()
             cur = await conn.execute(
                 f"SELECT s, count(*) AS n FROM {TABLE}, unnest(skills) AS s WHERE {where}"
                 " GROUP BY s ORDER BY n DESC, s COLLATE \"C\"", args)
@@ -127,7 +135,7 @@ class PostgresBackend:
             avg_skills_selected=f0(skills), avg_cost_per_query=f0(avg_cost), total_cost=f0(total_cost),
             cost_saved_total=f0(saved), avg_cost_saved=f0(avg_saved), avg_selection_time_ms=f0(sel_ms),
             avg_response_time_ms=f0(avg_ms), p50_response_time_ms=f0(p50), p99_response_time_ms=f0(p99),
-            avg_quality=f0(quality),
+            avg_quality=f0(quality), outcomes={str(o): int(c) for o, c in outcomes},
             skill_distribution={str(s): int(c) for s, c in dist},
             hourly=tuple(HourlyTrend(float(h), int(c), f0(a), f0(t), f0(q)) for h, c, a, t, q in hourly),
         )

@@ -17,7 +17,18 @@ from typing import Any, TypeVar
 
 from router.runtime.observer import QueryRecord
 
-from ._types import COLUMNS, TABLE, HourlyTrend, StoreError, WindowAggregate, f0, nearest_rank, skills_json
+from ._types import (
+    ANSWERED_SQL,
+    COLUMNS,
+    TABLE,
+    HourlyTrend,
+    StoreError,
+    WindowAggregate,
+    f0,
+    missing_columns,
+    nearest_rank,
+    skills_json,
+)
 
 T = TypeVar("T")
 
@@ -27,7 +38,7 @@ _TYPES = {
     "skills_considered": "INTEGER", "skills_selected": "INTEGER", "top_skill": "TEXT", "top_skill_score": "REAL",
     "selection_time_ms": "REAL", "execution_time_ms": "REAL", "total_time_ms": "REAL",
     "total_cost": "REAL", "cost_saved": "REAL", "baseline_cost": "REAL",
-    "quality_score": "REAL", "synthesis_quality": "REAL", "max_utilization": "REAL", "avg_queue_depth": "REAL",
+    "quality_score": "REAL", "max_utilization": "REAL", "avg_queue_depth": "REAL",
     "skills": "TEXT NOT NULL DEFAULT '[]'", "skills_ok": "TEXT NOT NULL DEFAULT '[]'", "trace_id": "TEXT",
 }
 assert set(_TYPES) == set(COLUMNS)
@@ -78,6 +89,10 @@ class SqliteBackend:
             conn.execute("PRAGMA busy_timeout=5000")
             for stmt in SCHEMA:
                 conn.execute(stmt)
+            # A table made by an older version: add the columns it lacks.
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({TABLE})")}
+            for column, sql_type in missing_columns(have, _TYPES):
+                conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {column} {sql_type}")
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the SQLite metrics store {self.path!r}: {exc}") from exc
         self._conn = conn
@@ -99,7 +114,7 @@ class SqliteBackend:
         where = "timestamp > ? AND timestamp <= ?" + (" AND rpc = ?" if rpc is not None else "")
         args: tuple[Any, ...] = (since, until) + ((rpc,) if rpc is not None else ())
         (n, errors, skills, avg_cost, total_cost, saved, avg_saved, sel_ms, avg_ms, quality) = conn.execute(
-            f"SELECT count(*), coalesce(sum(status != 'ok'), 0), avg(skills_selected), avg(total_cost),"
+            f"SELECT count(*), coalesce(sum(status NOT IN {ANSWERED_SQL}), 0), avg(skills_selected), avg(total_cost),"
             f" sum(total_cost), sum(cost_saved), avg(cost_saved), avg(selection_time_ms), avg(total_time_ms),"
             f" avg(quality_score) FROM {TABLE} WHERE {where}", args).fetchone()
         if not n:
@@ -111,6 +126,7 @@ class SqliteBackend:
                 args + (nearest_rank(p, n) - 1,)).fetchone()
             return f0(v)
 
+        outcomes = conn.execute(f"SELECT status, count(*) FROM {TABLE} WHERE {where} GROUP BY status", args).fetchall()
         dist = conn.execute(
             f"SELECT j.value, count(*) AS n FROM {TABLE} m, json_each(m.skills) j"
             f" WHERE {where}"  # json_each has no timestamp or rpc column: these are m's
@@ -125,6 +141,7 @@ class SqliteBackend:
             cost_saved_total=f0(saved), avg_cost_saved=f0(avg_saved), avg_selection_time_ms=f0(sel_ms),
             avg_response_time_ms=f0(avg_ms), p50_response_time_ms=quantile(0.5),
             p99_response_time_ms=quantile(0.99), avg_quality=f0(quality),
+            outcomes={str(o): int(c) for o, c in outcomes},
             skill_distribution={str(s): int(c) for s, c in dist},
             hourly=tuple(HourlyTrend(float(h), int(c), f0(a), f0(t), f0(q)) for h, c, a, t, q in hourly),
         )

@@ -23,7 +23,7 @@ from ._types import StoreSettings, StoreStats, WindowAggregate
 log = logging.getLogger(__name__)
 
 
-class Backend(Protocol):
+class StoreBackend(Protocol):
     name: str
 
     async def open(self) -> None:
@@ -45,7 +45,7 @@ class Backend(Protocol):
 class MetricsStore:
     """Implements ``router.runtime.observer.RecordSink``."""
 
-    def __init__(self, backend: Backend, settings: StoreSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, backend: StoreBackend, settings: StoreSettings, clock: Callable[[], float] = time.time) -> None:
         self._backend = backend
         self._settings = settings
         self._clock = clock
@@ -56,6 +56,7 @@ class MetricsStore:
         self._write_lock = asyncio.Lock()
         self._closing = False
         self._closed = False
+        self._opened = False
         self._written = self._dropped = self._failed = self._errors = self._purged = 0
 
     def __repr__(self) -> str:
@@ -85,10 +86,19 @@ class MetricsStore:
 
     # ---- lifecycle -------------------------------------------------------------
 
+    async def open(self) -> None:
+        """Connect and create (or complete) the table. Idempotent; raises
+        ``StoreError`` when the database cannot be used."""
+        if not self._opened:
+            await self._backend.open()
+            self._opened = True
+
     async def start(self) -> None:
-        """Start the background writer (and the retention sweep). Idempotent."""
+        """Open, then start the background writer (and the retention sweep).
+        Idempotent."""
         if self._writer is not None or self._closing:
             return
+        await self.open()
         self._writer = asyncio.create_task(self._write_loop(), name=f"metrics-store-writer[{self._backend.name}]")
         if self._settings.retention_days is not None:
             self._retention = asyncio.create_task(self._retention_loop(), name="metrics-store-retention")
@@ -111,7 +121,8 @@ class MetricsStore:
             await self._writer
         await self._drain()
         self._closed = True
-        await self._backend.close()
+        if self._opened:
+            await self._backend.close()
 
     async def __aenter__(self) -> Self:
         await self.start()

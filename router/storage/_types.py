@@ -12,9 +12,24 @@ from router.runtime.observer import QueryRecord
 
 TABLE = "brain_moe_metrics"
 
+# Outcomes (``status``) of answered queries; every other one is an error.
+ANSWERED = ("ok", "partial")
+ANSWERED_SQL = "('ok', 'partial')"
+
 # The seed's columns, plus the ids and lists this router adds. Order matters:
 # rows are written as tuples in this order.
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(QueryRecord))
+
+
+def missing_columns(existing: set[str], types: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Columns of this version that an older table lacks, with the type to
+    add them with (NOT NULL dropped unless a default makes it safe)."""
+    out = []
+    for c in COLUMNS:
+        if c not in existing:
+            t = types[c]
+            out.append((c, t if "DEFAULT" in t else t.replace(" NOT NULL", "")))
+    return out
 
 
 class StoreError(RouterError):
@@ -87,8 +102,8 @@ class WindowAggregate:
     window_s: float
     since: float
     until: float
-    queries: int = 0
-    errors: int = 0  # rows whose status is not "ok"
+    queries: int = 0  # Executes received
+    errors: int = 0  # not answered (outcome other than ok and partial)
     avg_skills_selected: float = 0.0
     avg_cost_per_query: float = 0.0
     total_cost: float = 0.0
@@ -98,7 +113,9 @@ class WindowAggregate:
     avg_response_time_ms: float = 0.0
     p50_response_time_ms: float = 0.0  # nearest rank
     p99_response_time_ms: float = 0.0  # nearest rank
-    avg_quality: float = 0.0
+    avg_quality: float = 0.0  # over answered queries
+    # outcome → queries
+    outcomes: Mapping[str, int] = field(default_factory=dict)
     # skill → queries that selected it, most selected first
     skill_distribution: Mapping[str, int] = field(default_factory=dict)
     hourly: tuple[HourlyTrend, ...] = ()
@@ -115,6 +132,7 @@ class WindowAggregate:
             "p50_response_time_ms": self.p50_response_time_ms,
             "p99_response_time_ms": self.p99_response_time_ms,
             "avg_quality": self.avg_quality,
+            "outcomes": dict(self.outcomes),
             "skill_distribution": dict(self.skill_distribution),
             "hourly": [
                 {"hour": h.hour, "queries": h.queries, "avg_cost": h.avg_cost,

@@ -267,16 +267,17 @@ class QueryObservationSpan:
                     "router.cost_usd": record.total_cost,
                     "router.cost_saved_usd": record.cost_saved,
                     "router.baseline_cost_usd": record.baseline_cost,
-                    "router.quality": record.quality_score,
                     "router.max_utilization": record.max_utilization,
                     "router.avg_queue_depth": record.avg_queue_depth,
                 })
+                if record.quality_score is not None:
+                    span.set_attribute("router.quality", record.quality_score)
             if error is not None:
                 span.set_attribute(ERROR_TYPE, _error_type(error))
                 span.set_status(Status(StatusCode.ERROR, scrub(str(error))))
                 if not isinstance(error, (RouterError, asyncio.CancelledError)):
                     record_exception(span, error)
-            elif record is not None and record.status != "ok":
+            elif record is not None and record.status not in ("ok", "partial"):
                 span.set_attribute(ERROR_TYPE, record.status)
                 span.set_status(Status(StatusCode.ERROR, record.status))
         span.end()
@@ -305,7 +306,7 @@ class SkillCallSpan:
         backend = impl.backend if impl is not None else ""
         self._attrs = {
             GEN_AI_OPERATION: operation_of(backend),
-            GEN_AI_PROVIDER: getattr(impl, "provider", None) or backend or "unknown",
+            GEN_AI_PROVIDER: backend or "unknown",
             GEN_AI_REQUEST_MODEL: impl.model if impl is not None else "",
         }
 
@@ -413,12 +414,13 @@ class SkillCallSpan:
             }
             if outcome.model:
                 attrs[GEN_AI_RESPONSE_MODEL] = outcome.model
-            batch_size = getattr(outcome, "batch_size", 1)
-            if batch_size > 1:
-                attrs["router.batch.size"] = batch_size
-            shared_by = getattr(outcome, "shared_by", 1)
-            if shared_by > 1:
-                attrs["router.shared_by"] = shared_by  # identical calls in flight that shared one request
+            if outcome.batch_size > 1:
+                attrs["router.batch.size"] = outcome.batch_size
+            if outcome.shared_by > 1:
+                attrs["router.shared_by"] = outcome.shared_by  # identical calls in flight that shared one request
+            if outcome.stepped_in_for:
+                attrs["router.stepped_in_for"] = outcome.stepped_in_for
+                attrs["router.step_in.reason"] = outcome.step_in_reason
             span.set_attributes(attrs)
             if not outcome.ok:
                 span.set_attribute(ERROR_TYPE, status)
@@ -439,7 +441,7 @@ class BatchSpan:
         op = operation_of(impl.backend)
         attrs: dict[str, Any] = {
             GEN_AI_OPERATION: op,
-            GEN_AI_PROVIDER: getattr(impl, "provider", None) or impl.backend or "unknown",
+            GEN_AI_PROVIDER: impl.backend or "unknown",
             GEN_AI_REQUEST_MODEL: impl.model,
             "router.skill": skill,
             "router.implementation": impl.name,

@@ -33,6 +33,8 @@ class SkillStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SKILL_STATUS_OK: _ClassVar[SkillStatus]
     SKILL_STATUS_FAILED: _ClassVar[SkillStatus]
     SKILL_STATUS_TIMED_OUT: _ClassVar[SkillStatus]
+    SKILL_STATUS_DEADLINE_EXCEEDED: _ClassVar[SkillStatus]
+    SKILL_STATUS_REFUSED: _ClassVar[SkillStatus]
 
 class ShedReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -43,6 +45,18 @@ class ShedReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SHED_REASON_QUEUE_TIMEOUT: _ClassVar[ShedReason]
     SHED_REASON_DEADLINE: _ClassVar[ShedReason]
     SHED_REASON_DISPLACED: _ClassVar[ShedReason]
+    SHED_REASON_CALL_FAILED: _ClassVar[ShedReason]
+
+class QueryOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUERY_OUTCOME_UNSPECIFIED: _ClassVar[QueryOutcome]
+    QUERY_OUTCOME_OK: _ClassVar[QueryOutcome]
+    QUERY_OUTCOME_PARTIAL: _ClassVar[QueryOutcome]
+    QUERY_OUTCOME_FAILED: _ClassVar[QueryOutcome]
+    QUERY_OUTCOME_REFUSED: _ClassVar[QueryOutcome]
+    QUERY_OUTCOME_UNROUTED: _ClassVar[QueryOutcome]
+    QUERY_OUTCOME_DEADLINE: _ClassVar[QueryOutcome]
+    QUERY_OUTCOME_CANCELLED: _ClassVar[QueryOutcome]
 
 class BreakerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -64,6 +78,8 @@ SKILL_STATUS_UNSPECIFIED: SkillStatus
 SKILL_STATUS_OK: SkillStatus
 SKILL_STATUS_FAILED: SkillStatus
 SKILL_STATUS_TIMED_OUT: SkillStatus
+SKILL_STATUS_DEADLINE_EXCEEDED: SkillStatus
+SKILL_STATUS_REFUSED: SkillStatus
 SHED_REASON_UNSPECIFIED: ShedReason
 SHED_REASON_QUEUE_FULL: ShedReason
 SHED_REASON_BREAKER_OPEN: ShedReason
@@ -71,6 +87,15 @@ SHED_REASON_EXPECTED_WAIT: ShedReason
 SHED_REASON_QUEUE_TIMEOUT: ShedReason
 SHED_REASON_DEADLINE: ShedReason
 SHED_REASON_DISPLACED: ShedReason
+SHED_REASON_CALL_FAILED: ShedReason
+QUERY_OUTCOME_UNSPECIFIED: QueryOutcome
+QUERY_OUTCOME_OK: QueryOutcome
+QUERY_OUTCOME_PARTIAL: QueryOutcome
+QUERY_OUTCOME_FAILED: QueryOutcome
+QUERY_OUTCOME_REFUSED: QueryOutcome
+QUERY_OUTCOME_UNROUTED: QueryOutcome
+QUERY_OUTCOME_DEADLINE: QueryOutcome
+QUERY_OUTCOME_CANCELLED: QueryOutcome
 BREAKER_STATE_UNSPECIFIED: BreakerState
 BREAKER_STATE_CLOSED: BreakerState
 BREAKER_STATE_OPEN: BreakerState
@@ -106,28 +131,32 @@ class QueryContext(_message.Message):
     def __init__(self, domain: _Optional[str] = ..., complexity: _Optional[float] = ..., required_quality: _Optional[float] = ..., priority: _Optional[_Union[Priority, str]] = ..., top_k: _Optional[int] = ..., force_skills: _Optional[_Iterable[str]] = ..., exclude_skills: _Optional[_Iterable[str]] = ..., all_skills: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = ("query", "context")
+    __slots__ = ("query", "context", "explain_all")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_ALL_FIELD_NUMBER: _ClassVar[int]
     query: str
     context: QueryContext
-    def __init__(self, query: _Optional[str] = ..., context: _Optional[_Union[QueryContext, _Mapping]] = ...) -> None: ...
+    explain_all: bool
+    def __init__(self, query: _Optional[str] = ..., context: _Optional[_Union[QueryContext, _Mapping]] = ..., explain_all: _Optional[bool] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("query_id", "selections", "rejections", "k", "selection_time_us", "moe_enabled")
+    __slots__ = ("query_id", "selections", "rejections", "k", "selection_time_us", "moe_enabled", "rejections_omitted")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     SELECTIONS_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     SELECTION_TIME_US_FIELD_NUMBER: _ClassVar[int]
     MOE_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     selections: _containers.RepeatedCompositeFieldContainer[Selection]
     rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
     k: int
     selection_time_us: int
     moe_enabled: bool
-    def __init__(self, query_id: _Optional[str] = ..., selections: _Optional[_Iterable[_Union[Selection, _Mapping]]] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., k: _Optional[int] = ..., selection_time_us: _Optional[int] = ..., moe_enabled: _Optional[bool] = ...) -> None: ...
+    rejections_omitted: int
+    def __init__(self, query_id: _Optional[str] = ..., selections: _Optional[_Iterable[_Union[Selection, _Mapping]]] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., k: _Optional[int] = ..., selection_time_us: _Optional[int] = ..., moe_enabled: _Optional[bool] = ..., rejections_omitted: _Optional[int] = ...) -> None: ...
 
 class ScoreParts(_message.Message):
     __slots__ = ("activated", "domain_bonus", "complexity_fit", "success_rate", "success_factor", "priority_weight", "rank_score", "load_factor")
@@ -220,15 +249,17 @@ class Rejection(_message.Message):
     def __init__(self, skill: _Optional[str] = ..., reason: _Optional[_Union[RejectionReason, str]] = ..., detail: _Optional[str] = ..., score: _Optional[float] = ..., rank_score: _Optional[float] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("query", "context")
+    __slots__ = ("query", "context", "explain_all")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_ALL_FIELD_NUMBER: _ClassVar[int]
     query: str
     context: QueryContext
-    def __init__(self, query: _Optional[str] = ..., context: _Optional[_Union[QueryContext, _Mapping]] = ...) -> None: ...
+    explain_all: bool
+    def __init__(self, query: _Optional[str] = ..., context: _Optional[_Union[QueryContext, _Mapping]] = ..., explain_all: _Optional[bool] = ...) -> None: ...
 
 class SkillResult(_message.Message):
-    __slots__ = ("skill", "implementation", "model", "weight", "status", "output", "error", "cost_usd", "latency_ms", "input_tokens", "output_tokens", "quality", "queue_wait_ms", "attempts", "batch_size", "shared_by")
+    __slots__ = ("skill", "implementation", "model", "weight", "status", "output", "error", "cost_usd", "latency_ms", "input_tokens", "output_tokens", "quality", "queue_wait_ms", "attempts", "batch_size", "shared_by", "stepped_in_for", "step_in_reason")
     SKILL_FIELD_NUMBER: _ClassVar[int]
     IMPLEMENTATION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +276,8 @@ class SkillResult(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SHARED_BY_FIELD_NUMBER: _ClassVar[int]
+    STEPPED_IN_FOR_FIELD_NUMBER: _ClassVar[int]
+    STEP_IN_REASON_FIELD_NUMBER: _ClassVar[int]
     skill: str
     implementation: str
     model: str
@@ -261,19 +294,25 @@ class SkillResult(_message.Message):
     attempts: int
     batch_size: int
     shared_by: int
-    def __init__(self, skill: _Optional[str] = ..., implementation: _Optional[str] = ..., model: _Optional[str] = ..., weight: _Optional[float] = ..., status: _Optional[_Union[SkillStatus, str]] = ..., output: _Optional[str] = ..., error: _Optional[str] = ..., cost_usd: _Optional[float] = ..., latency_ms: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., quality: _Optional[float] = ..., queue_wait_ms: _Optional[float] = ..., attempts: _Optional[int] = ..., batch_size: _Optional[int] = ..., shared_by: _Optional[int] = ...) -> None: ...
+    stepped_in_for: str
+    step_in_reason: ShedReason
+    def __init__(self, skill: _Optional[str] = ..., implementation: _Optional[str] = ..., model: _Optional[str] = ..., weight: _Optional[float] = ..., status: _Optional[_Union[SkillStatus, str]] = ..., output: _Optional[str] = ..., error: _Optional[str] = ..., cost_usd: _Optional[float] = ..., latency_ms: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., quality: _Optional[float] = ..., queue_wait_ms: _Optional[float] = ..., attempts: _Optional[int] = ..., batch_size: _Optional[int] = ..., shared_by: _Optional[int] = ..., stepped_in_for: _Optional[str] = ..., step_in_reason: _Optional[_Union[ShedReason, str]] = ...) -> None: ...
 
 class ShedSkill(_message.Message):
-    __slots__ = ("skill", "reason", "detail", "replaced_by")
+    __slots__ = ("skill", "reason", "detail", "replaced_by", "implementation", "replaced_by_implementation")
     SKILL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     REPLACED_BY_FIELD_NUMBER: _ClassVar[int]
+    IMPLEMENTATION_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_BY_IMPLEMENTATION_FIELD_NUMBER: _ClassVar[int]
     skill: str
     reason: ShedReason
     detail: str
     replaced_by: str
-    def __init__(self, skill: _Optional[str] = ..., reason: _Optional[_Union[ShedReason, str]] = ..., detail: _Optional[str] = ..., replaced_by: _Optional[str] = ...) -> None: ...
+    implementation: str
+    replaced_by_implementation: str
+    def __init__(self, skill: _Optional[str] = ..., reason: _Optional[_Union[ShedReason, str]] = ..., detail: _Optional[str] = ..., replaced_by: _Optional[str] = ..., implementation: _Optional[str] = ..., replaced_by_implementation: _Optional[str] = ...) -> None: ...
 
 class CostLedger(_message.Message):
     __slots__ = ("actual_usd", "baseline_usd", "saved_usd", "saved_fraction", "baseline_skills")
@@ -300,7 +339,7 @@ class Timing(_message.Message):
     def __init__(self, selection_us: _Optional[int] = ..., execution_us: _Optional[int] = ..., total_us: _Optional[int] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
-    __slots__ = ("query_id", "trace_id", "text", "selections", "results", "rejections", "cost", "timing", "quality", "k", "moe_enabled", "shed")
+    __slots__ = ("query_id", "trace_id", "text", "selections", "results", "rejections", "cost", "timing", "quality", "k", "moe_enabled", "shed", "outcome", "rejections_omitted")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -313,6 +352,8 @@ class ExecuteResponse(_message.Message):
     K_FIELD_NUMBER: _ClassVar[int]
     MOE_ENABLED_FIELD_NUMBER: _ClassVar[int]
     SHED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     trace_id: str
     text: str
@@ -325,7 +366,9 @@ class ExecuteResponse(_message.Message):
     k: int
     moe_enabled: bool
     shed: _containers.RepeatedCompositeFieldContainer[ShedSkill]
-    def __init__(self, query_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., text: _Optional[str] = ..., selections: _Optional[_Iterable[_Union[Selection, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[SkillResult, _Mapping]]] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., cost: _Optional[_Union[CostLedger, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., quality: _Optional[float] = ..., k: _Optional[int] = ..., moe_enabled: _Optional[bool] = ..., shed: _Optional[_Iterable[_Union[ShedSkill, _Mapping]]] = ...) -> None: ...
+    outcome: QueryOutcome
+    rejections_omitted: int
+    def __init__(self, query_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., text: _Optional[str] = ..., selections: _Optional[_Iterable[_Union[Selection, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[SkillResult, _Mapping]]] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., cost: _Optional[_Union[CostLedger, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., quality: _Optional[float] = ..., k: _Optional[int] = ..., moe_enabled: _Optional[bool] = ..., shed: _Optional[_Iterable[_Union[ShedSkill, _Mapping]]] = ..., outcome: _Optional[_Union[QueryOutcome, str]] = ..., rejections_omitted: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ("window",)
@@ -403,7 +446,14 @@ class ImplementationStats(_message.Message):
     def __init__(self, name: _Optional[str] = ..., breaker_state: _Optional[_Union[BreakerState, str]] = ..., half_open_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., consecutive_failures: _Optional[int] = ..., failure_rate: _Optional[float] = ..., times_opened: _Optional[int] = ...) -> None: ...
 
 class Totals(_message.Message):
-    __slots__ = ("queries", "avg_skills_per_query", "cost_usd", "cost_saved_usd", "baseline_cost_usd", "routes", "failed_queries")
+    __slots__ = ("queries", "avg_skills_per_query", "cost_usd", "cost_saved_usd", "baseline_cost_usd", "routes", "failed_queries", "outcomes", "answered", "avg_quality", "avg_cost_per_query_usd")
+    class OutcomesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     AVG_SKILLS_PER_QUERY_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
@@ -411,6 +461,10 @@ class Totals(_message.Message):
     BASELINE_COST_USD_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     FAILED_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    AVG_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    AVG_COST_PER_QUERY_USD_FIELD_NUMBER: _ClassVar[int]
     queries: int
     avg_skills_per_query: float
     cost_usd: float
@@ -418,7 +472,11 @@ class Totals(_message.Message):
     baseline_cost_usd: float
     routes: int
     failed_queries: int
-    def __init__(self, queries: _Optional[int] = ..., avg_skills_per_query: _Optional[float] = ..., cost_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., routes: _Optional[int] = ..., failed_queries: _Optional[int] = ...) -> None: ...
+    outcomes: _containers.ScalarMap[str, int]
+    answered: int
+    avg_quality: float
+    avg_cost_per_query_usd: float
+    def __init__(self, queries: _Optional[int] = ..., avg_skills_per_query: _Optional[float] = ..., cost_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., routes: _Optional[int] = ..., failed_queries: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ..., avg_quality: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("skills", "totals", "uptime_seconds", "moe_enabled", "window")
@@ -449,8 +507,15 @@ class HourlyTrend(_message.Message):
     def __init__(self, hour: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queries: _Optional[int] = ..., avg_cost_usd: _Optional[float] = ..., avg_response_ms: _Optional[float] = ..., avg_quality: _Optional[float] = ...) -> None: ...
 
 class WindowStats(_message.Message):
-    __slots__ = ("available", "store", "since", "until", "queries", "errors", "avg_skills_selected", "avg_cost_per_query_usd", "cost_saved_usd", "avg_cost_saved_usd", "avg_response_ms", "p99_response_ms", "avg_quality", "skill_distribution", "hourly", "rows_dropped")
+    __slots__ = ("available", "store", "since", "until", "queries", "errors", "avg_skills_selected", "avg_cost_per_query_usd", "cost_saved_usd", "avg_cost_saved_usd", "avg_response_ms", "p99_response_ms", "avg_quality", "skill_distribution", "hourly", "rows_dropped", "outcomes", "answered")
     class SkillDistributionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class OutcomesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -473,6 +538,8 @@ class WindowStats(_message.Message):
     SKILL_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     HOURLY_FIELD_NUMBER: _ClassVar[int]
     ROWS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
     available: bool
     store: str
     since: _timestamp_pb2.Timestamp
@@ -489,4 +556,6 @@ class WindowStats(_message.Message):
     skill_distribution: _containers.ScalarMap[str, int]
     hourly: _containers.RepeatedCompositeFieldContainer[HourlyTrend]
     rows_dropped: int
-    def __init__(self, available: _Optional[bool] = ..., store: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queries: _Optional[int] = ..., errors: _Optional[int] = ..., avg_skills_selected: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., avg_cost_saved_usd: _Optional[float] = ..., avg_response_ms: _Optional[float] = ..., p99_response_ms: _Optional[float] = ..., avg_quality: _Optional[float] = ..., skill_distribution: _Optional[_Mapping[str, int]] = ..., hourly: _Optional[_Iterable[_Union[HourlyTrend, _Mapping]]] = ..., rows_dropped: _Optional[int] = ...) -> None: ...
+    outcomes: _containers.ScalarMap[str, int]
+    answered: int
+    def __init__(self, available: _Optional[bool] = ..., store: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queries: _Optional[int] = ..., errors: _Optional[int] = ..., avg_skills_selected: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., avg_cost_saved_usd: _Optional[float] = ..., avg_response_ms: _Optional[float] = ..., p99_response_ms: _Optional[float] = ..., avg_quality: _Optional[float] = ..., skill_distribution: _Optional[_Mapping[str, int]] = ..., hourly: _Optional[_Iterable[_Union[HourlyTrend, _Mapping]]] = ..., rows_dropped: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ...) -> None: ...

@@ -107,13 +107,13 @@ class AsyncRouterClient:
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": self.metadata + tuple(metadata)}
 
     async def route(self, query: str, *, context: pb.QueryContext | None = None, timeout: float | None = None,
-                    metadata: Metadata = (), **context_kw: object) -> pb.RouteResponse:
-        req = pb.RouteRequest(query=query, context=_ctx(context, context_kw))
+                    metadata: Metadata = (), explain_all: bool = False, **context_kw: object) -> pb.RouteResponse:
+        req = pb.RouteRequest(query=query, context=_ctx(context, context_kw), explain_all=explain_all)
         return await self._stub.Route(req, **self._opts(timeout, metadata))
 
     async def execute(self, query: str, *, context: pb.QueryContext | None = None, timeout: float | None = None,
-                      metadata: Metadata = (), **context_kw: object) -> pb.ExecuteResponse:
-        req = pb.ExecuteRequest(query=query, context=_ctx(context, context_kw))
+                      metadata: Metadata = (), explain_all: bool = False, **context_kw: object) -> pb.ExecuteResponse:
+        req = pb.ExecuteRequest(query=query, context=_ctx(context, context_kw), explain_all=explain_all)
         return await self._stub.Execute(req, **self._opts(timeout, metadata))
 
     async def stats(self, *, timeout: float | None = None, metadata: Metadata = (),
@@ -147,13 +147,15 @@ class RouterClient:
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": self.metadata + tuple(metadata)}
 
     def route(self, query: str, *, context: pb.QueryContext | None = None, timeout: float | None = None,
-              metadata: Metadata = (), **context_kw: object) -> pb.RouteResponse:
-        return self._stub.Route(pb.RouteRequest(query=query, context=_ctx(context, context_kw)),
+              metadata: Metadata = (), explain_all: bool = False, **context_kw: object) -> pb.RouteResponse:
+        return self._stub.Route(pb.RouteRequest(query=query, context=_ctx(context, context_kw),
+                                                explain_all=explain_all),
                                 **self._opts(timeout, metadata))
 
     def execute(self, query: str, *, context: pb.QueryContext | None = None, timeout: float | None = None,
-                metadata: Metadata = (), **context_kw: object) -> pb.ExecuteResponse:
-        return self._stub.Execute(pb.ExecuteRequest(query=query, context=_ctx(context, context_kw)),
+                metadata: Metadata = (), explain_all: bool = False, **context_kw: object) -> pb.ExecuteResponse:
+        return self._stub.Execute(pb.ExecuteRequest(query=query, context=_ctx(context, context_kw),
+                                                    explain_all=explain_all),
                                   **self._opts(timeout, metadata))
 
     def stats(self, *, timeout: float | None = None, metadata: Metadata = (),

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file router/v1/router.proto.
  */
 export const file_router_v1_router: GenFile = /*@__PURE__*/
-  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEi6wIKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUINCgtfY29tcGxleGl0eUITChFfcmVxdWlyZWRfcXVhbGl0eUIICgZfdG9wX2siRwoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0IrABCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgivQEKClNjb3JlUGFydHMSEQoJYWN0aXZhdGVkGAEgASgIEhQKDGRvbWFpbl9ib251cxgCIAEoARIWCg5jb21wbGV4aXR5X2ZpdBgDIAEoARIUCgxzdWNjZXNzX3JhdGUYBCABKAESFgoOc3VjY2Vzc19mYWN0b3IYBSABKAESFwoPcHJpb3JpdHlfd2VpZ2h0GAYgASgBEhIKCnJhbmtfc2NvcmUYByABKAESEwoLbG9hZF9mYWN0b3IYCCABKAEipAEKDkltcGxlbWVudGF0aW9uEgwKBG5hbWUYASABKAkSDQoFbW9kZWwYAiABKAkSDwoHYmFja2VuZBgDIAEoCRIPCgdxdWFsaXR5GAQgASgBEhoKEmNvc3RfcGVyX3F1ZXJ5X3VzZBgFIAEoARIbChNleHBlY3RlZF9sYXRlbmN5X21zGAYgASgBEhoKEm9wdGltYWxfY29tcGxleGl0eRgHIAEoASLBAQoUSW1wbGVtZW50YXRpb25DaG9pY2USMQoOaW1wbGVtZW50YXRpb24YASABKAsyGS5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb24SEQoJZml0X3Njb3JlGAIgASgBEhsKE21lZXRzX3F1YWxpdHlfZmxvb3IYAyABKAgSDgoGcmVhc29uGAQgASgJEjYKCnJlamVjdGlvbnMYBSADKAsyIi5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25SZWplY3Rpb24iSgoXSW1wbGVtZW50YXRpb25SZWplY3Rpb24SDAoEbmFtZRgBIAEoCRIOCgZyZWFzb24YAiABKAkSEQoJZml0X3Njb3JlGAMgASgBIpgBCglTZWxlY3Rpb24SDQoFc2tpbGwYASABKAkSDQoFc2NvcmUYAiABKAESJAoFcGFydHMYAyABKAsyFS5yb3V0ZXIudjEuU2NvcmVQYXJ0cxI3Cg5pbXBsZW1lbnRhdGlvbhgEIAEoCzIfLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvbkNob2ljZRIOCgZmb3JjZWQYBSABKAgieQoJUmVqZWN0aW9uEg0KBXNraWxsGAEgASgJEioKBnJlYXNvbhgCIAEoDjIaLnJvdXRlci52MS5SZWplY3Rpb25SZWFzb24SDgoGZGV0YWlsGAMgASgJEg0KBXNjb3JlGAQgASgBEhIKCnJhbmtfc2NvcmUYBSABKAEiSQoORXhlY3V0ZVJlcXVlc3QSDQoFcXVlcnkYASABKAkSKAoHY29udGV4dBgCIAEoCzIXLnJvdXRlci52MS5RdWVyeUNvbnRleHQizgIKC1NraWxsUmVzdWx0Eg0KBXNraWxsGAEgASgJEhYKDmltcGxlbWVudGF0aW9uGAIgASgJEg0KBW1vZGVsGAMgASgJEg4KBndlaWdodBgEIAEoARImCgZzdGF0dXMYBSABKA4yFi5yb3V0ZXIudjEuU2tpbGxTdGF0dXMSDgoGb3V0cHV0GAYgASgJEg0KBWVycm9yGAcgASgJEhAKCGNvc3RfdXNkGAggASgBEhIKCmxhdGVuY3lfbXMYCSABKAESFAoMaW5wdXRfdG9rZW5zGAogASgDEhUKDW91dHB1dF90b2tlbnMYCyABKAMSDwoHcXVhbGl0eRgMIAEoARIVCg1xdWV1ZV93YWl0X21zGA0gASgBEhAKCGF0dGVtcHRzGA4gASgFEhIKCmJhdGNoX3NpemUYDyABKAUSEQoJc2hhcmVkX2J5GBAgASgFImYKCVNoZWRTa2lsbBINCgVza2lsbBgBIAEoCRIlCgZyZWFzb24YAiABKA4yFS5yb3V0ZXIudjEuU2hlZFJlYXNvbhIOCgZkZXRhaWwYAyABKAkSEwoLcmVwbGFjZWRfYnkYBCABKAkiegoKQ29zdExlZGdlchISCgphY3R1YWxfdXNkGAEgASgBEhQKDGJhc2VsaW5lX3VzZBgCIAEoARIRCglzYXZlZF91c2QYAyABKAESFgoOc2F2ZWRfZnJhY3Rpb24YBCABKAESFwoPYmFzZWxpbmVfc2tpbGxzGAUgASgFIkYKBlRpbWluZxIUCgxzZWxlY3Rpb25fdXMYASABKAMSFAoMZXhlY3V0aW9uX3VzGAIgASgDEhAKCHRvdGFsX3VzGAMgASgDIt0CCg9FeGVjdXRlUmVzcG9uc2USEAoIcXVlcnlfaWQYASABKAkSEAoIdHJhY2VfaWQYAiABKAkSDAoEdGV4dBgDIAEoCRIoCgpzZWxlY3Rpb25zGAQgAygLMhQucm91dGVyLnYxLlNlbGVjdGlvbhInCgdyZXN1bHRzGAUgAygLMhYucm91dGVyLnYxLlNraWxsUmVzdWx0EigKCnJlamVjdGlvbnMYBiADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEiMKBGNvc3QYByABKAsyFS5yb3V0ZXIudjEuQ29zdExlZGdlchIhCgZ0aW1pbmcYCCABKAsyES5yb3V0ZXIudjEuVGltaW5nEg8KB3F1YWxpdHkYCSABKAESCQoBaxgKIAEoBRITCgttb2VfZW5hYmxlZBgLIAEoCBIiCgRzaGVkGAwgAygLMhQucm91dGVyLnYxLlNoZWRTa2lsbCI5CgxTdGF0c1JlcXVlc3QSKQoGd2luZG93GAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIugECgpTa2lsbFN0YXRzEg0KBXNraWxsGAEgASgJEhEKCWluX2ZsaWdodBgCIAEoBRIZChFjb25jdXJyZW5jeV9saW1pdBgDIAEoBRITCgt1dGlsaXphdGlvbhgEIAEoARITCgtxdWV1ZV9kZXB0aBgFIAEoBRINCgVjYWxscxgGIAEoAxIQCghmYWlsdXJlcxgHIAEoAxIUCgxzdWNjZXNzX3JhdGUYCCABKAESFgoObGF0ZW5jeV9wNTBfbXMYCSABKAESFgoObGF0ZW5jeV9wOTlfbXMYCiABKAESEAoIcmVqZWN0ZWQYCyABKAMSDAoEc2hlZBgMIAEoAxIRCgl0aW1lZF9vdXQYDSABKAMSUAoXcXVldWVfZGVwdGhfYnlfcHJpb3JpdHkYDiADKAsyLy5yb3V0ZXIudjEuU2tpbGxTdGF0cy5RdWV1ZURlcHRoQnlQcmlvcml0eUVudHJ5EhYKDnF1ZXVlX2NhcGFjaXR5GA8gASgFEhoKEm1lYW5fcXVldWVfd2FpdF9tcxgQIAEoARI3Cg9pbXBsZW1lbnRhdGlvbnMYESADKAsyHi5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25TdGF0cxIPCgdiYXRjaGVzGBIgASgDEhcKD21lYW5fYmF0Y2hfc2l6ZRgTIAEoARIaChJtZWFuX2JhdGNoX3dhaXRfbXMYFCABKAESFwoPY29hbGVzY2VkX2NhbGxzGBUgASgDGjsKGVF1ZXVlRGVwdGhCeVByaW9yaXR5RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASLPAQoTSW1wbGVtZW50YXRpb25TdGF0cxIMCgRuYW1lGAEgASgJEi4KDWJyZWFrZXJfc3RhdGUYAiABKA4yFy5yb3V0ZXIudjEuQnJlYWtlclN0YXRlEjAKDGhhbGZfb3Blbl9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASHAoUY29uc2VjdXRpdmVfZmFpbHVyZXMYBCABKAUSFAoMZmFpbHVyZV9yYXRlGAUgASgBEhQKDHRpbWVzX29wZW5lZBgGIAEoAyKkAQoGVG90YWxzEg8KB3F1ZXJpZXMYASABKAMSHAoUYXZnX3NraWxsc19wZXJfcXVlcnkYAiABKAESEAoIY29zdF91c2QYAyABKAESFgoOY29zdF9zYXZlZF91c2QYBCABKAESGQoRYmFzZWxpbmVfY29zdF91c2QYBSABKAESDgoGcm91dGVzGAYgASgDEhYKDmZhaWxlZF9xdWVyaWVzGAcgASgDIq4BCg1TdGF0c1Jlc3BvbnNlEiUKBnNraWxscxgBIAMoCzIVLnJvdXRlci52MS5Ta2lsbFN0YXRzEiEKBnRvdGFscxgCIAEoCzIRLnJvdXRlci52MS5Ub3RhbHMSFgoOdXB0aW1lX3NlY29uZHMYAyABKAESEwoLbW9lX2VuYWJsZWQYBCABKAgSJgoGd2luZG93GAUgASgLMhYucm91dGVyLnYxLldpbmRvd1N0YXRzIowBCgtIb3VybHlUcmVuZBIoCgRob3VyGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdxdWVyaWVzGAIgASgDEhQKDGF2Z19jb3N0X3VzZBgDIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYBCABKAESEwoLYXZnX3F1YWxpdHkYBSABKAEioQQKC1dpbmRvd1N0YXRzEhEKCWF2YWlsYWJsZRgBIAEoCBINCgVzdG9yZRgCIAEoCRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYBSABKAMSDgoGZXJyb3JzGAYgASgDEhsKE2F2Z19za2lsbHNfc2VsZWN0ZWQYByABKAESHgoWYXZnX2Nvc3RfcGVyX3F1ZXJ5X3VzZBgIIAEoARIWCg5jb3N0X3NhdmVkX3VzZBgJIAEoARIaChJhdmdfY29zdF9zYXZlZF91c2QYCiABKAESFwoPYXZnX3Jlc3BvbnNlX21zGAsgASgBEhcKD3A5OV9yZXNwb25zZV9tcxgMIAEoARITCgthdmdfcXVhbGl0eRgNIAEoARJJChJza2lsbF9kaXN0cmlidXRpb24YDiADKAsyLS5yb3V0ZXIudjEuV2luZG93U3RhdHMuU2tpbGxEaXN0cmlidXRpb25FbnRyeRImCgZob3VybHkYDyADKAsyFi5yb3V0ZXIudjEuSG91cmx5VHJlbmQSFAoMcm93c19kcm9wcGVkGBAgASgDGjgKFlNraWxsRGlzdHJpYnV0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASpeCghQcmlvcml0eRIYChRQUklPUklUWV9VTlNQRUNJRklFRBAAEhAKDFBSSU9SSVRZX0xPVxABEhMKD1BSSU9SSVRZX05PUk1BTBACEhEKDVBSSU9SSVRZX0hJR0gQAyrfAQoPUmVqZWN0aW9uUmVhc29uEiAKHFJFSkVDVElPTl9SRUFTT05fVU5TUEVDSUZJRUQQABIiCh5SRUpFQ1RJT05fUkVBU09OX05PVF9BQ1RJVkFURUQQARIgChxSRUpFQ1RJT05fUkVBU09OX0JFTE9XX1RPUF9LEAISHQoZUkVKRUNUSU9OX1JFQVNPTl9FWENMVURFRBADEiYKIlJFSkVDVElPTl9SRUFTT05fTk9fSU1QTEVNRU5UQVRJT04QBBIdChlSRUpFQ1RJT05fUkVBU09OX0RJU0FCTEVEEAUqdQoLU2tpbGxTdGF0dXMSHAoYU0tJTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASEwoPU0tJTExfU1RBVFVTX09LEAESFwoTU0tJTExfU1RBVFVTX0ZBSUxFRBACEhoKFlNLSUxMX1NUQVRVU19USU1FRF9PVVQQAyrWAQoKU2hlZFJlYXNvbhIbChdTSEVEX1JFQVNPTl9VTlNQRUNJRklFRBAAEhoKFlNIRURfUkVBU09OX1FVRVVFX0ZVTEwQARIcChhTSEVEX1JFQVNPTl9CUkVBS0VSX09QRU4QAhIdChlTSEVEX1JFQVNPTl9FWFBFQ1RFRF9XQUlUEAMSHQoZU0hFRF9SRUFTT05fUVVFVUVfVElNRU9VVBAEEhgKFFNIRURfUkVBU09OX0RFQURMSU5FEAUSGQoVU0hFRF9SRUFTT05fRElTUExBQ0VEEAYqfAoMQnJlYWtlclN0YXRlEh0KGUJSRUFLRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRCUkVBS0VSX1NUQVRFX0NMT1NFRBABEhYKEkJSRUFLRVJfU1RBVEVfT1BFThACEhsKF0JSRUFLRVJfU1RBVEVfSEFMRl9PUEVOEAMyyQEKDVJvdXRlclNlcnZpY2USOgoFUm91dGUSFy5yb3V0ZXIudjEuUm91dGVSZXF1ZXN0Ghgucm91dGVyLnYxLlJvdXRlUmVzcG9uc2USQAoHRXhlY3V0ZRIZLnJvdXRlci52MS5FeGVjdXRlUmVxdWVzdBoaLnJvdXRlci52MS5FeGVjdXRlUmVzcG9uc2USOgoFU3RhdHMSFy5yb3V0ZXIudjEuU3RhdHNSZXF1ZXN0Ghgucm91dGVyLnYxLlN0YXRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEi6wIKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUINCgtfY29tcGxleGl0eUITChFfcmVxdWlyZWRfcXVhbGl0eUIICgZfdG9wX2siXAoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIswBCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFIr0BCgpTY29yZVBhcnRzEhEKCWFjdGl2YXRlZBgBIAEoCBIUCgxkb21haW5fYm9udXMYAiABKAESFgoOY29tcGxleGl0eV9maXQYAyABKAESFAoMc3VjY2Vzc19yYXRlGAQgASgBEhYKDnN1Y2Nlc3NfZmFjdG9yGAUgASgBEhcKD3ByaW9yaXR5X3dlaWdodBgGIAEoARISCgpyYW5rX3Njb3JlGAcgASgBEhMKC2xvYWRfZmFjdG9yGAggASgBIqQBCg5JbXBsZW1lbnRhdGlvbhIMCgRuYW1lGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2JhY2tlbmQYAyABKAkSDwoHcXVhbGl0eRgEIAEoARIaChJjb3N0X3Blcl9xdWVyeV91c2QYBSABKAESGwoTZXhwZWN0ZWRfbGF0ZW5jeV9tcxgGIAEoARIaChJvcHRpbWFsX2NvbXBsZXhpdHkYByABKAEiwQEKFEltcGxlbWVudGF0aW9uQ2hvaWNlEjEKDmltcGxlbWVudGF0aW9uGAEgASgLMhkucm91dGVyLnYxLkltcGxlbWVudGF0aW9uEhEKCWZpdF9zY29yZRgCIAEoARIbChNtZWV0c19xdWFsaXR5X2Zsb29yGAMgASgIEg4KBnJlYXNvbhgEIAEoCRI2CgpyZWplY3Rpb25zGAUgAygLMiIucm91dGVyLnYxLkltcGxlbWVudGF0aW9uUmVqZWN0aW9uIkoKF0ltcGxlbWVudGF0aW9uUmVqZWN0aW9uEgwKBG5hbWUYASABKAkSDgoGcmVhc29uGAIgASgJEhEKCWZpdF9zY29yZRgDIAEoASKYAQoJU2VsZWN0aW9uEg0KBXNraWxsGAEgASgJEg0KBXNjb3JlGAIgASgBEiQKBXBhcnRzGAMgASgLMhUucm91dGVyLnYxLlNjb3JlUGFydHMSNwoOaW1wbGVtZW50YXRpb24YBCABKAsyHy5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25DaG9pY2USDgoGZm9yY2VkGAUgASgIInkKCVJlamVjdGlvbhINCgVza2lsbBgBIAEoCRIqCgZyZWFzb24YAiABKA4yGi5yb3V0ZXIudjEuUmVqZWN0aW9uUmVhc29uEg4KBmRldGFpbBgDIAEoCRINCgVzY29yZRgEIAEoARISCgpyYW5rX3Njb3JlGAUgASgBIl4KDkV4ZWN1dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIpUDCgtTa2lsbFJlc3VsdBINCgVza2lsbBgBIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgCIAEoCRINCgVtb2RlbBgDIAEoCRIOCgZ3ZWlnaHQYBCABKAESJgoGc3RhdHVzGAUgASgOMhYucm91dGVyLnYxLlNraWxsU3RhdHVzEg4KBm91dHB1dBgGIAEoCRINCgVlcnJvchgHIAEoCRIQCghjb3N0X3VzZBgIIAEoARISCgpsYXRlbmN5X21zGAkgASgBEhQKDGlucHV0X3Rva2VucxgKIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAsgASgDEg8KB3F1YWxpdHkYDCABKAESFQoNcXVldWVfd2FpdF9tcxgNIAEoARIQCghhdHRlbXB0cxgOIAEoBRISCgpiYXRjaF9zaXplGA8gASgFEhEKCXNoYXJlZF9ieRgQIAEoBRIWCg5zdGVwcGVkX2luX2ZvchgRIAEoCRItCg5zdGVwX2luX3JlYXNvbhgSIAEoDjIVLnJvdXRlci52MS5TaGVkUmVhc29uIqIBCglTaGVkU2tpbGwSDQoFc2tpbGwYASABKAkSJQoGcmVhc29uGAIgASgOMhUucm91dGVyLnYxLlNoZWRSZWFzb24SDgoGZGV0YWlsGAMgASgJEhMKC3JlcGxhY2VkX2J5GAQgASgJEhYKDmltcGxlbWVudGF0aW9uGAUgASgJEiIKGnJlcGxhY2VkX2J5X2ltcGxlbWVudGF0aW9uGAYgASgJInoKCkNvc3RMZWRnZXISEgoKYWN0dWFsX3VzZBgBIAEoARIUCgxiYXNlbGluZV91c2QYAiABKAESEQoJc2F2ZWRfdXNkGAMgASgBEhYKDnNhdmVkX2ZyYWN0aW9uGAQgASgBEhcKD2Jhc2VsaW5lX3NraWxscxgFIAEoBSJGCgZUaW1pbmcSFAoMc2VsZWN0aW9uX3VzGAEgASgDEhQKDGV4ZWN1dGlvbl91cxgCIAEoAxIQCgh0b3RhbF91cxgDIAEoAyKjAwoPRXhlY3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEgwKBHRleHQYAyABKAkSKAoKc2VsZWN0aW9ucxgEIAMoCzIULnJvdXRlci52MS5TZWxlY3Rpb24SJwoHcmVzdWx0cxgFIAMoCzIWLnJvdXRlci52MS5Ta2lsbFJlc3VsdBIoCgpyZWplY3Rpb25zGAYgAygLMhQucm91dGVyLnYxLlJlamVjdGlvbhIjCgRjb3N0GAcgASgLMhUucm91dGVyLnYxLkNvc3RMZWRnZXISIQoGdGltaW5nGAggASgLMhEucm91dGVyLnYxLlRpbWluZxIPCgdxdWFsaXR5GAkgASgBEgkKAWsYCiABKAUSEwoLbW9lX2VuYWJsZWQYCyABKAgSIgoEc2hlZBgMIAMoCzIULnJvdXRlci52MS5TaGVkU2tpbGwSKAoHb3V0Y29tZRgNIAEoDjIXLnJvdXRlci52MS5RdWVyeU91dGNvbWUSGgoScmVqZWN0aW9uc19vbWl0dGVkGA4gASgFIjkKDFN0YXRzUmVxdWVzdBIpCgZ3aW5kb3cYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i6AQKClNraWxsU3RhdHMSDQoFc2tpbGwYASABKAkSEQoJaW5fZmxpZ2h0GAIgASgFEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAMgASgFEhMKC3V0aWxpemF0aW9uGAQgASgBEhMKC3F1ZXVlX2RlcHRoGAUgASgFEg0KBWNhbGxzGAYgASgDEhAKCGZhaWx1cmVzGAcgASgDEhQKDHN1Y2Nlc3NfcmF0ZRgIIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgJIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgKIAEoARIQCghyZWplY3RlZBgLIAEoAxIMCgRzaGVkGAwgASgDEhEKCXRpbWVkX291dBgNIAEoAxJQChdxdWV1ZV9kZXB0aF9ieV9wcmlvcml0eRgOIAMoCzIvLnJvdXRlci52MS5Ta2lsbFN0YXRzLlF1ZXVlRGVwdGhCeVByaW9yaXR5RW50cnkSFgoOcXVldWVfY2FwYWNpdHkYDyABKAUSGgoSbWVhbl9xdWV1ZV93YWl0X21zGBAgASgBEjcKD2ltcGxlbWVudGF0aW9ucxgRIAMoCzIeLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvblN0YXRzEg8KB2JhdGNoZXMYEiABKAMSFwoPbWVhbl9iYXRjaF9zaXplGBMgASgBEhoKEm1lYW5fYmF0Y2hfd2FpdF9tcxgUIAEoARIXCg9jb2FsZXNjZWRfY2FsbHMYFSABKAMaOwoZUXVldWVEZXB0aEJ5UHJpb3JpdHlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBIs8BChNJbXBsZW1lbnRhdGlvblN0YXRzEgwKBG5hbWUYASABKAkSLgoNYnJlYWtlcl9zdGF0ZRgCIAEoDjIXLnJvdXRlci52MS5CcmVha2VyU3RhdGUSMAoMaGFsZl9vcGVuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgEIAEoBRIUCgxmYWlsdXJlX3JhdGUYBSABKAESFAoMdGltZXNfb3BlbmVkGAYgASgDIs8CCgZUb3RhbHMSDwoHcXVlcmllcxgBIAEoAxIcChRhdmdfc2tpbGxzX3Blcl9xdWVyeRgCIAEoARIQCghjb3N0X3VzZBgDIAEoARIWCg5jb3N0X3NhdmVkX3VzZBgEIAEoARIZChFiYXNlbGluZV9jb3N0X3VzZBgFIAEoARIOCgZyb3V0ZXMYBiABKAMSFgoOZmFpbGVkX3F1ZXJpZXMYByABKAMSMQoIb3V0Y29tZXMYCCADKAsyHy5yb3V0ZXIudjEuVG90YWxzLk91dGNvbWVzRW50cnkSEAoIYW5zd2VyZWQYCSABKAMSEwoLYXZnX3F1YWxpdHkYCiABKAESHgoWYXZnX2Nvc3RfcGVyX3F1ZXJ5X3VzZBgLIAEoARovCg1PdXRjb21lc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEirgEKDVN0YXRzUmVzcG9uc2USJQoGc2tpbGxzGAEgAygLMhUucm91dGVyLnYxLlNraWxsU3RhdHMSIQoGdG90YWxzGAIgASgLMhEucm91dGVyLnYxLlRvdGFscxIWCg51cHRpbWVfc2Vjb25kcxgDIAEoARITCgttb2VfZW5hYmxlZBgEIAEoCBImCgZ3aW5kb3cYBSABKAsyFi5yb3V0ZXIudjEuV2luZG93U3RhdHMijAEKC0hvdXJseVRyZW5kEigKBGhvdXIYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYAiABKAMSFAoMYXZnX2Nvc3RfdXNkGAMgASgBEhcKD2F2Z19yZXNwb25zZV9tcxgEIAEoARITCgthdmdfcXVhbGl0eRgFIAEoASKcBQoLV2luZG93U3RhdHMSEQoJYXZhaWxhYmxlGAEgASgIEg0KBXN0b3JlGAIgASgJEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgV1bnRpbBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcXVlcmllcxgFIAEoAxIOCgZlcnJvcnMYBiABKAMSGwoTYXZnX3NraWxsc19zZWxlY3RlZBgHIAEoARIeChZhdmdfY29zdF9wZXJfcXVlcnlfdXNkGAggASgBEhYKDmNvc3Rfc2F2ZWRfdXNkGAkgASgBEhoKEmF2Z19jb3N0X3NhdmVkX3VzZBgKIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYCyABKAESFwoPcDk5X3Jlc3BvbnNlX21zGAwgASgBEhMKC2F2Z19xdWFsaXR5GA0gASgBEkkKEnNraWxsX2Rpc3RyaWJ1dGlvbhgOIAMoCzItLnJvdXRlci52MS5XaW5kb3dTdGF0cy5Ta2lsbERpc3RyaWJ1dGlvbkVudHJ5EiYKBmhvdXJseRgPIAMoCzIWLnJvdXRlci52MS5Ib3VybHlUcmVuZBIUCgxyb3dzX2Ryb3BwZWQYECABKAMSNgoIb3V0Y29tZXMYESADKAsyJC5yb3V0ZXIudjEuV2luZG93U3RhdHMuT3V0Y29tZXNFbnRyeRIQCghhbnN3ZXJlZBgSIAEoAxo4ChZTa2lsbERpc3RyaWJ1dGlvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEaLwoNT3V0Y29tZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBKl4KCFByaW9yaXR5EhgKFFBSSU9SSVRZX1VOU1BFQ0lGSUVEEAASEAoMUFJJT1JJVFlfTE9XEAESEwoPUFJJT1JJVFlfTk9STUFMEAISEQoNUFJJT1JJVFlfSElHSBADKt8BCg9SZWplY3Rpb25SZWFzb24SIAocUkVKRUNUSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEiIKHlJFSkVDVElPTl9SRUFTT05fTk9UX0FDVElWQVRFRBABEiAKHFJFSkVDVElPTl9SRUFTT05fQkVMT1dfVE9QX0sQAhIdChlSRUpFQ1RJT05fUkVBU09OX0VYQ0xVREVEEAMSJgoiUkVKRUNUSU9OX1JFQVNPTl9OT19JTVBMRU1FTlRBVElPThAEEh0KGVJFSkVDVElPTl9SRUFTT05fRElTQUJMRUQQBSqzAQoLU2tpbGxTdGF0dXMSHAoYU0tJTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASEwoPU0tJTExfU1RBVFVTX09LEAESFwoTU0tJTExfU1RBVFVTX0ZBSUxFRBACEhoKFlNLSUxMX1NUQVRVU19USU1FRF9PVVQQAxIiCh5TS0lMTF9TVEFUVVNfREVBRExJTkVfRVhDRUVERUQQBBIYChRTS0lMTF9TVEFUVVNfUkVGVVNFRBAFKvMBCgpTaGVkUmVhc29uEhsKF1NIRURfUkVBU09OX1VOU1BFQ0lGSUVEEAASGgoWU0hFRF9SRUFTT05fUVVFVUVfRlVMTBABEhwKGFNIRURfUkVBU09OX0JSRUFLRVJfT1BFThACEh0KGVNIRURfUkVBU09OX0VYUEVDVEVEX1dBSVQQAxIdChlTSEVEX1JFQVNPTl9RVUVVRV9USU1FT1VUEAQSGAoUU0hFRF9SRUFTT05fREVBRExJTkUQBRIZChVTSEVEX1JFQVNPTl9ESVNQTEFDRUQQBhIbChdTSEVEX1JFQVNPTl9DQUxMX0ZBSUxFRBAHKugBCgxRdWVyeU91dGNvbWUSHQoZUVVFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEFFVRVJZX09VVENPTUVfT0sQARIZChVRVUVSWV9PVVRDT01FX1BBUlRJQUwQAhIYChRRVUVSWV9PVVRDT01FX0ZBSUxFRBADEhkKFVFVRVJZX09VVENPTUVfUkVGVVNFRBAEEhoKFlFVRVJZX09VVENPTUVfVU5ST1VURUQQBRIaChZRVUVSWV9PVVRDT01FX0RFQURMSU5FEAYSGwoXUVVFUllfT1VUQ09NRV9DQU5DRUxMRUQQByp8CgxCcmVha2VyU3RhdGUSHQoZQlJFQUtFUl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFEJSRUFLRVJfU1RBVEVfQ0xPU0VEEAESFgoSQlJFQUtFUl9TVEFURV9PUEVOEAISGwoXQlJFQUtFUl9TVEFURV9IQUxGX09QRU4QAzLJAQoNUm91dGVyU2VydmljZRI6CgVSb3V0ZRIXLnJvdXRlci52MS5Sb3V0ZVJlcXVlc3QaGC5yb3V0ZXIudjEuUm91dGVSZXNwb25zZRJACgdFeGVjdXRlEhkucm91dGVyLnYxLkV4ZWN1dGVSZXF1ZXN0Ghoucm91dGVyLnYxLkV4ZWN1dGVSZXNwb25zZRI6CgVTdGF0cxIXLnJvdXRlci52MS5TdGF0c1JlcXVlc3QaGC5yb3V0ZXIudjEuU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * QueryContext is what the web app knows about a query, plus per-request
@@ -127,6 +127,15 @@ export type RouteRequest = Message<"router.v1.RouteRequest"> & {
    * @generated from field: router.v1.QueryContext context = 2;
    */
   context?: QueryContext | undefined;
+
+  /**
+   * List every skill that was not chosen in rejections. By default at most
+   * 20 are listed (the best-ranked first) and the rest counted in
+   * rejections_omitted, so a Route costs the same at 10 or 10,000 skills.
+   *
+   * @generated from field: bool explain_all = 3;
+   */
+  explainAll: boolean;
 };
 
 /**
@@ -185,6 +194,13 @@ export type RouteResponse = Message<"router.v1.RouteResponse"> & {
    * @generated from field: bool moe_enabled = 6;
    */
   moeEnabled: boolean;
+
+  /**
+   * Skills not chosen that rejections does not list (see explain_all).
+   *
+   * @generated from field: int32 rejections_omitted = 7;
+   */
+  rejectionsOmitted: number;
 };
 
 /**
@@ -535,6 +551,14 @@ export type ExecuteRequest = Message<"router.v1.ExecuteRequest"> & {
    * @generated from field: router.v1.QueryContext context = 2;
    */
   context?: QueryContext | undefined;
+
+  /**
+   * List every skill that was not chosen in rejections (see
+   * RouteRequest.explain_all).
+   *
+   * @generated from field: bool explain_all = 3;
+   */
+  explainAll: boolean;
 };
 
 /**
@@ -665,6 +689,21 @@ export type SkillResult = Message<"router.v1.SkillResult"> & {
    * @generated from field: int32 shared_by = 16;
    */
   sharedBy: number;
+
+  /**
+   * When this result stepped in for another: "skill/implementation" it
+   * replaced (that one was shed or its call failed); empty otherwise.
+   *
+   * @generated from field: string stepped_in_for = 17;
+   */
+  steppedInFor: string;
+
+  /**
+   * Why it stepped in.
+   *
+   * @generated from field: router.v1.ShedReason step_in_reason = 18;
+   */
+  stepInReason: ShedReason;
 };
 
 /**
@@ -675,8 +714,9 @@ export const SkillResultSchema: GenMessage<SkillResult> = /*@__PURE__*/
   messageDesc(file_router_v1_router, 10);
 
 /**
- * ShedSkill is a chosen skill that was dropped because it could not take the
- * query; the next-best activated skill stepped in when there was one.
+ * ShedSkill is a chosen skill (implementation) that was dropped because it
+ * could not take the query or its call failed; the next implementation or
+ * the next-best activated skill stepped in when there was one.
  *
  * @generated from message router.v1.ShedSkill
  */
@@ -708,6 +748,20 @@ export type ShedSkill = Message<"router.v1.ShedSkill"> & {
    * @generated from field: string replaced_by = 4;
    */
   replacedBy: string;
+
+  /**
+   * The implementation that was shed or failed.
+   *
+   * @generated from field: string implementation = 5;
+   */
+  implementation: string;
+
+  /**
+   * The implementation of replaced_by that stepped in.
+   *
+   * @generated from field: string replaced_by_implementation = 6;
+   */
+  replacedByImplementation: string;
 };
 
 /**
@@ -889,11 +943,27 @@ export type ExecuteResponse = Message<"router.v1.ExecuteResponse"> & {
   moeEnabled: boolean;
 
   /**
-   * Chosen skills that were shed because they could not take the query.
+   * Chosen skills that were shed because they could not take the query, or
+   * whose call failed and was replaced.
    *
    * @generated from field: repeated router.v1.ShedSkill shed = 12;
    */
   shed: ShedSkill[];
+
+  /**
+   * How the query ended: QUERY_OUTCOME_OK or QUERY_OUTCOME_PARTIAL (the
+   * other outcomes come as an error status).
+   *
+   * @generated from field: router.v1.QueryOutcome outcome = 13;
+   */
+  outcome: QueryOutcome;
+
+  /**
+   * Skills not chosen that rejections does not list (see explain_all).
+   *
+   * @generated from field: int32 rejections_omitted = 14;
+   */
+  rejectionsOmitted: number;
 };
 
 /**
@@ -1147,41 +1217,44 @@ export const ImplementationStatsSchema: GenMessage<ImplementationStats> = /*@__P
   messageDesc(file_router_v1_router, 17);
 
 /**
- * Totals since the sidecar started.
+ * Totals since the sidecar started: one count per Execute received, built
+ * from the same rows the metrics store keeps (so a window covering the same
+ * queries agrees with them).
  *
  * @generated from message router.v1.Totals
  */
 export type Totals = Message<"router.v1.Totals"> & {
   /**
-   * Queries executed.
+   * Executes received, whatever their outcome.
    *
    * @generated from field: int64 queries = 1;
    */
   queries: bigint;
 
   /**
-   * Mean number of skills chosen per executed query.
+   * Mean number of skills that ran per Execute.
    *
    * @generated from field: double avg_skills_per_query = 2;
    */
   avgSkillsPerQuery: number;
 
   /**
-   * Total cost of executed queries, in US dollars.
+   * Total spent, in US dollars (answered or not).
    *
    * @generated from field: double cost_usd = 3;
    */
   costUsd: number;
 
   /**
-   * Total saved against the all-skills baseline, in US dollars.
+   * Total saved against the all-skills baseline over answered queries, in
+   * US dollars: an unanswered query saved nothing.
    *
    * @generated from field: double cost_saved_usd = 4;
    */
   costSavedUsd: number;
 
   /**
-   * Total all-skills baseline cost, in US dollars.
+   * Total all-skills baseline cost of answered queries, in US dollars.
    *
    * @generated from field: double baseline_cost_usd = 5;
    */
@@ -1195,11 +1268,40 @@ export type Totals = Message<"router.v1.Totals"> & {
   routes: bigint;
 
   /**
-   * Executed queries that failed as a whole.
+   * Executes not answered (every outcome but ok and partial).
    *
    * @generated from field: int64 failed_queries = 7;
    */
   failedQueries: bigint;
+
+  /**
+   * Executes by outcome: "ok", "partial", "failed", "refused", "unrouted",
+   * "deadline", "cancelled".
+   *
+   * @generated from field: map<string, int64> outcomes = 8;
+   */
+  outcomes: { [key: string]: bigint };
+
+  /**
+   * Executes answered (ok or partial).
+   *
+   * @generated from field: int64 answered = 9;
+   */
+  answered: bigint;
+
+  /**
+   * Mean quality over answered queries.
+   *
+   * @generated from field: double avg_quality = 10;
+   */
+  avgQuality: number;
+
+  /**
+   * Mean spent per Execute, in US dollars.
+   *
+   * @generated from field: double avg_cost_per_query_usd = 11;
+   */
+  avgCostPerQueryUsd: number;
 };
 
 /**
@@ -1343,14 +1445,14 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
   until?: Timestamp | undefined;
 
   /**
-   * Executed queries in the window.
+   * Executes received in the window, whatever their outcome.
    *
    * @generated from field: int64 queries = 5;
    */
   queries: bigint;
 
   /**
-   * Queries in the window that failed as a whole.
+   * Executes in the window that were not answered.
    *
    * @generated from field: int64 errors = 6;
    */
@@ -1399,7 +1501,7 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
   p99ResponseMs: number;
 
   /**
-   * Mean quality of the syntheses.
+   * Mean quality of the syntheses of answered queries.
    *
    * @generated from field: double avg_quality = 13;
    */
@@ -1425,6 +1527,20 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
    * @generated from field: int64 rows_dropped = 16;
    */
   rowsDropped: bigint;
+
+  /**
+   * Executes by outcome (see Totals.outcomes).
+   *
+   * @generated from field: map<string, int64> outcomes = 17;
+   */
+  outcomes: { [key: string]: bigint };
+
+  /**
+   * Executes answered (ok or partial).
+   *
+   * @generated from field: int64 answered = 18;
+   */
+  answered: bigint;
 };
 
 /**
@@ -1560,11 +1676,28 @@ export enum SkillStatus {
   FAILED = 2,
 
   /**
-   * The skill did not answer within the deadline.
+   * The implementation did not answer within its own timeout (counted
+   * against it by its circuit breaker).
    *
    * @generated from enum value: SKILL_STATUS_TIMED_OUT = 3;
    */
   TIMED_OUT = 3,
+
+  /**
+   * The caller's deadline cut the call short: not counted against the
+   * implementation.
+   *
+   * @generated from enum value: SKILL_STATUS_DEADLINE_EXCEEDED = 4;
+   */
+  DEADLINE_EXCEEDED = 4,
+
+  /**
+   * Admission would not take the call (see ExecuteResponse.shed) and no
+   * other skill stepped in.
+   *
+   * @generated from enum value: SKILL_STATUS_REFUSED = 5;
+   */
+  REFUSED = 5,
 }
 
 /**
@@ -1628,6 +1761,14 @@ export enum ShedReason {
    * @generated from enum value: SHED_REASON_DISPLACED = 6;
    */
   DISPLACED = 6,
+
+  /**
+   * The call failed while time remained: the skill's next implementation,
+   * or the next-best skill, stepped in (bounded by the retry budget).
+   *
+   * @generated from enum value: SHED_REASON_CALL_FAILED = 7;
+   */
+  CALL_FAILED = 7,
 }
 
 /**
@@ -1635,6 +1776,77 @@ export enum ShedReason {
  */
 export const ShedReasonSchema: GenEnum<ShedReason> = /*@__PURE__*/
   enumDesc(file_router_v1_router, 3);
+
+/**
+ * How one Execute ended. Every Execute received is counted once, with its
+ * outcome, in Stats and in the metrics store.
+ *
+ * @generated from enum router.v1.QueryOutcome
+ */
+export enum QueryOutcome {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: QUERY_OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Every skill that ran answered.
+   *
+   * @generated from enum value: QUERY_OUTCOME_OK = 1;
+   */
+  OK = 1,
+
+  /**
+   * Answered, but some skill that ran failed.
+   *
+   * @generated from enum value: QUERY_OUTCOME_PARTIAL = 2;
+   */
+  PARTIAL = 2,
+
+  /**
+   * Every skill that ran failed (UNAVAILABLE).
+   *
+   * @generated from enum value: QUERY_OUTCOME_FAILED = 3;
+   */
+  FAILED = 3,
+
+  /**
+   * No skill could take the query (RESOURCE_EXHAUSTED, or UNAVAILABLE while
+   * draining).
+   *
+   * @generated from enum value: QUERY_OUTCOME_REFUSED = 4;
+   */
+  REFUSED = 4,
+
+  /**
+   * No skill is activated by the query (FAILED_PRECONDITION).
+   *
+   * @generated from enum value: QUERY_OUTCOME_UNROUTED = 5;
+   */
+  UNROUTED = 5,
+
+  /**
+   * The caller's deadline passed first (DEADLINE_EXCEEDED).
+   *
+   * @generated from enum value: QUERY_OUTCOME_DEADLINE = 6;
+   */
+  DEADLINE = 6,
+
+  /**
+   * The caller went away.
+   *
+   * @generated from enum value: QUERY_OUTCOME_CANCELLED = 7;
+   */
+  CANCELLED = 7,
+}
+
+/**
+ * Describes the enum router.v1.QueryOutcome.
+ */
+export const QueryOutcomeSchema: GenEnum<QueryOutcome> = /*@__PURE__*/
+  enumDesc(file_router_v1_router, 4);
 
 /**
  * State of a circuit breaker.
@@ -1675,7 +1887,7 @@ export enum BreakerState {
  * Describes the enum router.v1.BreakerState.
  */
 export const BreakerStateSchema: GenEnum<BreakerState> = /*@__PURE__*/
-  enumDesc(file_router_v1_router, 4);
+  enumDesc(file_router_v1_router, 5);
 
 /**
  * RouterService routes queries to skills.
