@@ -12,11 +12,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from skill_router_client import AsyncRouterClient, RouterClient, build_context, error_details
-from support.configs import make_config
+from support.configs import MODELS, make_config
 
 from router.app import build_app
+from router.emulator import Emulator, EmulatorConfig
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
@@ -146,9 +148,25 @@ BAD_INPUTS = [
 ]
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_sidecar():  # type: ignore[no-untyped-def]
+    """One emulator and one sidecar for every bad-input case: none of them
+    reaches a backend or changes the sidecar's state."""
+    async with Emulator(EmulatorConfig(models=MODELS, seed=1)) as emu:
+        a = build_app(make_config(emu.url), "127.0.0.1:0")
+        await a.start()
+        try:
+            async with AsyncRouterClient(a.address, timeout=10) as c:
+                yield emu, c
+        finally:
+            await a.stop(1)
+
+
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("rpc", ["route", "execute"])
 @pytest.mark.parametrize("case,kw,field,code", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-async def test_bad_input_names_the_field(client, emulator, rpc, case, kw, field, code) -> None:
+async def test_bad_input_names_the_field(shared_sidecar, rpc, case, kw, field, code) -> None:
+    emulator, client = shared_sidecar
     kw = dict(kw)
     query = kw.pop("query", "a fine query")
     with pytest.raises(grpc.aio.AioRpcError) as info:
