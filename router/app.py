@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from router.admin import AdminError, AdminServer
 from router.backends import BackendPool
 from router.config import RouterConfig
 from router.core.batching import BatchKeyMode
@@ -48,6 +49,7 @@ class App:
     server: RouterServer
     telemetry: Telemetry
     store: MetricsStore | None = None
+    admin: AdminServer | None = None
     started_at: float = field(default_factory=time.monotonic)
     _stopped: bool = False
     warm_failures: dict = field(default_factory=dict)
@@ -83,6 +85,12 @@ class App:
         await self.server.set_serving(True)
         log.info("skill-router serving on %s (%d skills, moe %s)", self.address, len(self.config.skills),
                  "on" if self.pipeline.policy.moe_enabled else "off")
+        if self.admin is not None:
+            try:
+                await self.admin.start()
+            except AdminError as e:  # the operator surface never takes the sidecar down
+                log.warning("admin endpoint off: %s", e)
+                self.admin = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         if self._stopped:
@@ -92,6 +100,8 @@ class App:
         await self.server.set_serving(False)
         self.pipeline.start_draining()
         await self.server.stop(grace)
+        if self.admin is not None:  # after the drain, so the dashboard and scrapes can watch it
+            await self.admin.stop()
         await self.pipeline.aclose()
         await self.pool.aclose()
         if self.store is not None:
@@ -157,6 +167,14 @@ def _store_settings(config: RouterConfig) -> StoreSettings | None:
                          flush_interval_s=st.flush_interval_s, buffer_size=st.buffer_size)
 
 
+def _api_token(config: RouterConfig) -> str | None:
+    """The API token, when one is set (the admin endpoint asks on every request).
+    Reads ``server.auth.token_env`` once that key exists; None until then."""
+    auth = getattr(config.server, "auth", None)
+    env_name = getattr(auth, "token_env", None)
+    return (os.environ.get(env_name) or None) if env_name else None
+
+
 def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[str, str] | None = None) -> App:
     """Wire the sidecar from ``config``; ``env`` (default os.environ) holds the
     ``OTEL_*`` telemetry settings."""
@@ -176,6 +194,9 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
     server = RouterServer(servicer, listen or config.server.listen, interceptors=[telemetry.server_interceptor()],
                           max_concurrent_rpcs=config.server.max_concurrent_rpcs)
     app = App(config, pool, registry, runtimes, pipeline, server, telemetry)
+    if config.server.admin_listen:
+        app.admin = AdminServer(config.server.admin_listen, snapshot=app.snapshot, window=app.window,
+                                token=lambda: _api_token(config))
     app_ref.append(app)
     return app
 

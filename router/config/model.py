@@ -185,7 +185,8 @@ class RouterConfig:
             (
                 f"server: listen {self.server.listen}; default deadline {self.server.default_deadline_s:g}s; "
                 f"grace {self.server.grace_period_s:g}s; max concurrent RPCs "
-                f"{self.server.max_concurrent_rpcs or 'unlimited'}"
+                f"{self.server.max_concurrent_rpcs or 'unlimited'}; admin endpoint "
+                f"{self.server.admin_listen or 'off'}"
             ),
             (
                 f"admission: {'on' if a.enabled else 'off'}; default limit {a.default_concurrency_limit}, "
