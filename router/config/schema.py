@@ -226,9 +226,11 @@ def _listen(v: str) -> str:
 def _admin_listen(v: str | None) -> str | None:
     if v is None or v.strip() == "":
         return None  # empty or null: no admin endpoint
-    if v.startswith("unix:"):
-        raise ValueError(f"must be HOST:PORT or [IPv6]:PORT (empty or null turns it off), got {v!r}")
-    return _listen(v)
+    m = _LISTEN_RE.fullmatch(v)
+    if not m or int(m.group(1)) > 65535:
+        raise ValueError(f"must be HOST:PORT or [IPv6]:PORT (port 0 picks a free one; empty or null turns it off), "
+                         f"got {v!r}")
+    return v
 
 
 class ServerSettings(Section):
