@@ -5,15 +5,19 @@ metrics /metrics exposes."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
 import re
+import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
@@ -256,3 +260,37 @@ async def test_admin_server_names_a_bad_address() -> None:
     assert split_listen("[::1]:9464") == ("::1", 9464)
     with pytest.raises(AdminError, match=r"server\.admin_listen"):
         split_listen("localhost")
+
+
+# --- the command line -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_serve_admin_listen_flag(sidecar: Sidecar, tmp_path: Path) -> None:
+    cli = str(Path(sys.executable).with_name("skill-router"))
+    proc = await asyncio.create_subprocess_exec(cli, "serve", "--admin-listen", "nonsense", "--listen", "127.0.0.1:0",
+                                                stderr=asyncio.subprocess.PIPE, cwd=tmp_path)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1 and "server.admin_listen" in err.decode() and "'nonsense'" in err.decode()
+
+    admin = f"127.0.0.1:{_free_port()}"
+    proc = await asyncio.create_subprocess_exec(
+        cli, "serve", "--demo", "--listen", f"127.0.0.1:{_free_port()}", "--admin-listen", admin,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        async def scraped() -> str | None:
+            try:
+                async with sidecar.http.get(f"http://{admin}/metrics") as r:
+                    return await r.text() if r.status == 200 else None
+            except aiohttp.ClientConnectionError:
+                return None
+        text = await until(scraped, "the admin endpoint of `serve --admin-listen`", timeout=60)
+        assert 'skill_router_skill_calls_total{skill="kimiK2"}' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
