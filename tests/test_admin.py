@@ -262,6 +262,32 @@ async def test_admin_server_names_a_bad_address() -> None:
         split_listen("localhost")
 
 
+async def test_open_pages_share_one_store_read(sidecar: Sidecar) -> None:
+    now = [1000.0]
+    reads: list[float] = []
+
+    async def window(w: float):  # type: ignore[no-untyped-def]
+        reads.append(w)
+        return await sidecar.app.window(w)
+
+    admin = AdminServer("127.0.0.1:0", snapshot=sidecar.app.snapshot, window=window, clock=lambda: now[0],
+                        window_ttl_s=5.0)
+    await admin.start()
+    try:
+        for _ in range(3):
+            async with sidecar.http.get(admin.url + "/api/dashboard") as r:
+                assert r.status == 200
+        async with sidecar.http.get(admin.url + "/api/dashboard?window=3600") as r:
+            assert r.status == 200
+        assert reads == [86400.0, 3600.0]
+        now[0] += 5.0
+        async with sidecar.http.get(admin.url + "/api/dashboard") as r:
+            assert (await r.json())["moe_metrics"]["store"] == "sqlite"
+        assert reads == [86400.0, 3600.0, 86400.0]
+    finally:
+        await admin.stop()
+
+
 # --- the command line -------------------------------------------------------------
 
 

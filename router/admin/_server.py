@@ -63,7 +63,7 @@ class AdminServer:
                  window: Callable[[float], Awaitable[WindowResult]],
                  token: Callable[[], str | None] = lambda: None,
                  clock: Callable[[], float] = time.time,
-                 sample_interval_s: float = 2.0, history_points: int = 300) -> None:
+                 sample_interval_s: float = 2.0, history_points: int = 300, window_ttl_s: float = 5.0) -> None:
         if not sample_interval_s > 0:
             raise ValueError(f"sample_interval_s: must be positive, got {sample_interval_s!r}")
         self._host, self._port = split_listen(listen)
@@ -73,6 +73,10 @@ class AdminServer:
         self._token = token
         self._clock = clock
         self.sample_interval_s = sample_interval_s
+        # Several open pages refresh every few seconds; they share one store
+        # read per window length for this long.
+        self.window_ttl_s = window_ttl_s
+        self._windows: dict[float, tuple[float, WindowResult]] = {}
         self.history = History(history_points)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(snapshot))
@@ -180,7 +184,7 @@ class AdminServer:
         window: WindowResult | None = None
         error = None
         try:
-            window = await self._window(window_s)
+            window = await self._read_window(window_s)
         except Exception as e:  # the live half of the page still answers
             log.warning("admin: reading the metrics store failed: %s", e)
             error = f"metrics store: {e}"
@@ -188,6 +192,17 @@ class AdminServer:
                          window_error=error, history=self.history.points(),
                          sample_interval_s=self.sample_interval_s)
         return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+    async def _read_window(self, window_s: float) -> WindowResult:
+        now = self._clock()
+        hit = self._windows.get(window_s)
+        if hit is not None and now - hit[0] < self.window_ttl_s:
+            return hit[1]
+        result = await self._window(window_s)
+        if len(self._windows) >= 16:  # only a few window lengths are ever asked for
+            self._windows.clear()
+        self._windows[window_s] = (self._clock(), result)
+        return result
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))

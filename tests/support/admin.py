@@ -86,6 +86,7 @@ async def admin_sidecar(tmp: Path, *, sample_interval_s: float = 0.2) -> AsyncIt
         app = build_app(config, "127.0.0.1:0")
         assert app.admin is not None
         app.admin.sample_interval_s = sample_interval_s
+        app.admin.window_ttl_s = 0.0  # every read sees the store as it is
         await app.start()
         try:
             async with AsyncRouterClient(app.address, timeout=10) as client, aiohttp.ClientSession() as http:
