@@ -211,7 +211,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         "",
         md_table(headers, rows),
         "",
-        _scrape_line(result).capitalize() + ".",
+        "S" + _scrape_line(result)[1:] + ".",
     ]
     errs = _errors(result)
     if errs:
