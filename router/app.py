@@ -19,6 +19,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
+from router.admin import AdminError, AdminServer
 from router.backends import BackendPool
 from router.config import RouterConfig
 from router.core.batching import BatchKeyMode
@@ -63,6 +64,10 @@ class App:
         self._stopped = False
         self.server = RouterServer(RouterServicer(self), listen, interceptors=[telemetry.server_interceptor()],
                                    max_concurrent_rpcs=config.server.max_concurrent_rpcs)
+        self.admin: AdminServer | None = None
+        if config.server.admin_listen:
+            self.admin = AdminServer(config.server.admin_listen, snapshot=self.snapshot, window=self.window,
+                                     token=lambda: _api_token(config))
 
     @property
     def address(self) -> str:
@@ -90,6 +95,12 @@ class App:
         await self.server.set_serving(True)
         log.info("skill-router serving on %s (%d skills, moe %s)", self.address, len(self.config.skills),
                  "on" if self.pipeline.policy.moe_enabled else "off")
+        if self.admin is not None:
+            try:
+                await self.admin.start()
+            except AdminError as e:  # the operator surface never takes the sidecar down
+                log.warning("admin endpoint off: %s", e)
+                self.admin = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         if self._stopped:
@@ -99,6 +110,8 @@ class App:
         await self.server.set_serving(False)
         self.pipeline.start_draining()
         await self.server.stop(grace)
+        if self.admin is not None:  # after the drain, so the dashboard and scrapes can watch it
+            await self.admin.stop()
         await self.pipeline.aclose()
         await self.pool.aclose()
         if self.store is not None:
@@ -161,6 +174,14 @@ def store_settings(config: RouterConfig) -> StoreSettings | None:
     return StoreSettings(sqlite_path=st.sqlite_path, postgres_dsn=st.postgres_dsn,
                          retention_days=st.retention_days, batch_size=st.batch_size,
                          flush_interval_s=st.flush_interval_s, buffer_size=st.buffer_size)
+
+
+def _api_token(config: RouterConfig) -> str | None:
+    """The API token, when one is set (the admin endpoint asks on every request).
+    Reads ``server.auth.token_env`` once that key exists; None until then."""
+    auth = getattr(config.server, "auth", None)
+    env_name = getattr(auth, "token_env", None)
+    return (os.environ.get(env_name) or None) if env_name else None
 
 
 def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[str, str] | None = None) -> App:

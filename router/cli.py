@@ -61,11 +61,20 @@ def main(log_level: str) -> None:
 @click.option("--config", "config_path", type=click.Path(), help="Skills config (YAML). Default: the bundled one.")
 @click.option("--listen", help="HOST:PORT to listen on (default from config: 127.0.0.1:50051).")
 @click.option("--demo", is_flag=True, help="Use the bundled config pointed at emulated backends started here.")
-def serve(config_path: str | None, listen: str | None, demo: bool) -> None:
+@click.option("--admin-listen", default=None,
+              help='HOST:PORT of the admin endpoint (dashboard, /metrics); "" turns it off. '
+                   "Default from config: 127.0.0.1:9464.")
+def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen: str | None) -> None:
     """Run the sidecar until SIGTERM/SIGINT."""
     from router.app import serve as run
+    from router.core.errors import ConfigError
 
     config = _load(config_path)
+    if admin_listen is not None:
+        try:
+            config = config.with_admin_listen(admin_listen)
+        except ConfigError as exc:
+            raise click.ClickException(f"bad config: {exc}") from None
 
     async def go() -> None:
         if demo:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start the services the tests need, on loopback: PostgreSQL for the metrics
-# store's PostgreSQL tests.
+# store's PostgreSQL tests; and install Chromium (headless) for the admin
+# dashboard's browser test.
 #
 #   eval "$(scripts/services.sh)"      # exports SKILL_ROUTER_TEST_PG_DSN
 #   scripts/services.sh                # ... and writes it to .services.env (make test reads that)
@@ -55,6 +56,25 @@ install_postgres() {
   as_root apt-get update -qq >&2
   as_root apt-get install -y -qq --no-install-recommends postgresql >&2
   [ -n "$(pg_bindir)" ] || die "PostgreSQL installed but initdb not found"
+}
+
+# Chromium for the dashboard test (tests/test_admin_browser.py). Not fatal:
+# without it that test skips and says why.
+chromium_bin() {
+  local b
+  for b in chromium chromium-browser google-chrome; do
+    if command -v "$b" >/dev/null 2>&1; then command -v "$b"; return; fi
+  done
+}
+
+install_chromium() {
+  [ -n "$(chromium_bin)" ] && return
+  if ! command -v apt-get >/dev/null 2>&1; then say "Chromium missing and apt-get not available (browser test will skip)"; return; fi
+  say "installing Chromium (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  { as_root apt-get update -qq >&2 \
+      && as_root apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >&2; } \
+    || say "could not install Chromium (browser test will skip)"
 }
 
 # Run a command as the cluster's owner (initdb and postgres refuse root).
@@ -118,6 +138,7 @@ start_cluster() {
 case "${1:-start}" in
   start)
     install_postgres
+    install_chromium
     start_cluster
     dsn="postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
     echo "SKILL_ROUTER_TEST_PG_DSN=$dsn" > "$ENV_FILE"

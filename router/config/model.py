@@ -123,6 +123,15 @@ class RouterConfig:
 
     # --- copies --------------------------------------------------------------
 
+    def with_admin_listen(self, admin_listen: str | None) -> RouterConfig:
+        """A copy whose admin endpoint listens on ``admin_listen`` ("" or None: off)."""
+        from .schema import _admin_listen
+        try:
+            value = _admin_listen(admin_listen)
+        except ValueError as exc:
+            raise InvalidConfig([ConfigIssue("--admin-listen", "server.admin_listen", str(exc))]) from None
+        return dataclasses.replace(self, server=self.server.model_copy(update={"admin_listen": value}))
+
     def with_urls(self, url: str) -> RouterConfig:
         """A copy whose every implementation calls ``url`` (``--demo`` points
         the bundled config at the emulated backend this way). API keys are
@@ -185,7 +194,8 @@ class RouterConfig:
             (
                 f"server: listen {self.server.listen}; default deadline {self.server.default_deadline_s:g}s; "
                 f"grace {self.server.grace_period_s:g}s; max concurrent RPCs "
-                f"{self.server.max_concurrent_rpcs or 'unlimited'}"
+                f"{self.server.max_concurrent_rpcs or 'unlimited'}; admin endpoint "
+                f"{self.server.admin_listen or 'off'}"
             ),
             (
                 f"admission: {'on' if a.enabled else 'off'}; default limit {a.default_concurrency_limit}, "

@@ -223,8 +223,20 @@ def _listen(v: str) -> str:
     return v
 
 
+def _admin_listen(v: str | None) -> str | None:
+    if v is None or v.strip() == "":
+        return None  # empty or null: no admin endpoint
+    m = _LISTEN_RE.fullmatch(v)
+    if not m or int(m.group(1)) > 65535:
+        raise ValueError(f"must be HOST:PORT or [IPv6]:PORT (port 0 picks a free one; empty or null turns it off), "
+                         f"got {v!r}")
+    return v
+
+
 class ServerSettings(Section):
     listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:50051"
+    # The admin HTTP endpoint (dashboard, /api/dashboard, /metrics).
+    admin_listen: Annotated[str | None, AfterValidator(_admin_listen)] = "127.0.0.1:9464"
     grace_period_s: NonNegativeFloat = 10.0
     default_deadline_s: PositiveFloat = 30.0
     max_concurrent_rpcs: PositiveInt | None = None

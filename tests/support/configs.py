@@ -74,7 +74,7 @@ def config_data(url: str, **sections: Any) -> dict[str, Any]:
     for skill in skills.values():
         for impl in skill["implementations"]:
             impl["url"] = url
-    data: dict[str, Any] = {"skills": skills, "storage": {"sqlite_path": None}, "server": {"grace_period_s": 5}}
+    data: dict[str, Any] = {"skills": skills, "storage": {"sqlite_path": None}, "server": {"grace_period_s": 5, "admin_listen": None}}
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return data
