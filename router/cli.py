@@ -3,9 +3,14 @@
     skill-router serve [--config PATH] [--listen HOST:PORT] [--demo]
     skill-router route "QUERY" [--domain D] [--complexity C] [--target HOST:PORT] [--json]
     skill-router execute "QUERY" [...]
-    skill-router stats [--target HOST:PORT] [--json]
+    skill-router stats [--window 1h] [--target HOST:PORT] [--json]
     skill-router check-config PATH
     skill-router demo [--queries N] [--json]
+    skill-router --version
+
+Shell completion (click's): add one line to your shell's start-up file,
+for example ``eval "$(_SKILL_ROUTER_COMPLETE=bash_source skill-router)"`` in
+~/.bashrc (``zsh_source`` for ~/.zshrc, ``fish_source`` for fish).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 
 import click
@@ -48,7 +54,42 @@ def _print_json(msg) -> None:  # type: ignore[no-untyped-def]
     click.echo(json_format.MessageToJson(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+class Duration(click.ParamType):
+    """A duration such as 90s, 15m, 1h, 1h30m or 7d (a bare number is seconds); converts to seconds."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            text = str(value).strip().lower()
+            try:
+                seconds = float(text)
+            except ValueError:
+                parts = _DURATION.findall(text)
+                if not parts or "".join(n + u for n, u in parts) != text:
+                    self.fail(f"{value!r} is not a duration (use for example 90s, 15m, 1h, 1h30m, 7d)", param, ctx)
+                seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+        if not seconds > 0:
+            self.fail(f"{value!r}: must be more than zero", param, ctx)
+        return seconds
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("skill-router")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", "-V", prog_name="skill-router", message="%(prog)s %(version)s")
 @click.option("--log-level", default=os.environ.get("SKILL_ROUTER_LOG_LEVEL", "INFO"), show_default=True)
 def main(log_level: str) -> None:
     """skill-router: route each query to the top-k skills, call them, merge the answers."""
@@ -132,13 +173,16 @@ def execute(query: str, target: str, timeout: float, as_json: bool, **kw: object
 
 
 @main.command()
+@click.option("--window", "window_s", type=Duration(),
+              help="Aggregates from the metrics store over this last stretch: 90s, 15m, 1h, 7d (default 24h, "
+                   "at most 90d).")
 @click.option("--target", default=DEFAULT_TARGET, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def stats(target: str, as_json: bool) -> None:
-    """Show live per-skill load and the totals since start."""
+def stats(window_s: float | None, target: str, as_json: bool) -> None:
+    """Show live per-skill load, the totals since start and the stored aggregates over a window."""
     from skill_router_client import RouterClient
     with RouterClient(target, timeout=10) as c:
-        resp = _rpc(lambda: c.stats())
+        resp = _rpc(lambda: c.stats(window=window_s))
     if as_json:
         return _print_json(resp)
     from router.render import render_stats

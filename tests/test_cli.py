@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -149,3 +150,42 @@ async def test_serve_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
     rc, _, err = await run("serve", "--config", str(bad), "--listen", "127.0.0.1:0", timeout=60)
     assert rc == 1
     assert str(bad) in err and "skills.s.priority" in err and "skills.s.implementations" in err
+
+
+async def test_version_names_the_installed_package() -> None:
+    from importlib.metadata import version
+    rc, out, err = await run("--version")
+    assert rc == 0, err
+    assert out.strip() == f"skill-router {version('skill-router')}"
+
+
+async def test_stats_window_reads_the_store_over_that_stretch(emulator, tmp_path: Path) -> None:
+    from support.configs import make_config
+
+    from router.app import build_app
+    config = make_config(emulator.url, storage={"sqlite_path": str(tmp_path / "m.sqlite3"),
+                                                "flush_interval_s": 0.05})
+    app = build_app(config, "127.0.0.1:0")
+    await app.start()
+    try:
+        async with AsyncRouterClient(app.address, timeout=10) as c:
+            await c.execute("Why does my parser leak?", domain="code", complexity=3)
+            for _ in range(200):  # the store flushes every 50 ms
+                if (await c.stats(window=3600)).window.queries:
+                    break
+                await asyncio.sleep(0.05)
+        rc, out, err = await run("stats", "--window", "1h", "--json", "--target", app.address)
+        assert rc == 0, err
+        w = json.loads(out)["window"]
+        assert w["available"] and int(w["queries"]) == 1
+        since = datetime.fromisoformat(w["since"].replace("Z", "+00:00"))
+        until = datetime.fromisoformat(w["until"].replace("Z", "+00:00"))
+        assert until - since == timedelta(hours=1)
+        rc, out, err = await run("stats", "--window", "1h30m", "--target", app.address)
+        assert rc == 0 and "last 1.5 h" in out and "queries 1" in out, err
+        rc, _, err = await run("stats", "--window", "an hour", "--target", app.address)
+        assert rc == 2 and "--window" in err and "'an hour' is not a duration" in err
+        rc, _, err = await run("stats", "--window", "91d", "--target", app.address)
+        assert rc == 1 and "INVALID_ARGUMENT" in err and "(field window)" in err
+    finally:
+        await app.stop(1)
