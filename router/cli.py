@@ -5,6 +5,7 @@
     skill-router execute "QUERY" [...]
     skill-router stats [--window 1h] [--target HOST:PORT] [--json]
     skill-router check-config PATH
+    skill-router health [--target HOST:PORT]     (exit 0 when SERVING: container health checks)
     skill-router demo [--queries N] [--json]
     skill-router --version
 
@@ -100,7 +101,8 @@ def main(log_level: str) -> None:
 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="Skills config (YAML). Default: the bundled one.")
-@click.option("--listen", help="HOST:PORT to listen on (default from config: 127.0.0.1:50051).")
+@click.option("--listen", envvar="SKILL_ROUTER_LISTEN", show_envvar=True,
+              help="HOST:PORT to listen on (default from config: 127.0.0.1:50051).")
 @click.option("--demo", is_flag=True, help="Use the bundled config pointed at emulated backends started here.")
 def serve(config_path: str | None, listen: str | None, demo: bool) -> None:
     """Run the sidecar until SIGTERM/SIGINT."""
@@ -187,6 +189,41 @@ def stats(window_s: float | None, target: str, as_json: bool) -> None:
         return _print_json(resp)
     from router.render import render_stats
     render_stats(resp)
+
+
+def probe_target(listen: str) -> str:
+    """The address to ask for a server listening on ``listen``: a wildcard host becomes loopback."""
+    if listen.startswith("unix:"):
+        return listen
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "*"):
+        return f"127.0.0.1:{port}"
+    if host in ("[::]", "::"):
+        return f"[::1]:{port}"
+    return listen
+
+
+@main.command()
+@click.option("--target", help="HOST:PORT to ask. Default: where `serve` listens: $SKILL_ROUTER_LISTEN, else "
+                                "server.listen of --config / $SKILL_ROUTER_CONFIG / the bundled config "
+                                "(a wildcard host is asked on loopback).")
+@click.option("--config", "config_path", type=click.Path(), help="Config whose server.listen to ask.")
+@click.option("--timeout", type=float, default=2.0, show_default=True, help="Deadline in seconds.")
+def health(target: str | None, config_path: str | None, timeout: float) -> None:
+    """Ask the sidecar's grpc.health.v1 service; exit 0 when SERVING, 1 otherwise (for HEALTHCHECK)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    if target is None:
+        listen = os.environ.get("SKILL_ROUTER_LISTEN") or _load(config_path).server.listen
+        target = probe_target(listen)
+    with grpc.insecure_channel(target) as ch:
+        try:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError as err:
+            click.echo(f"{target}: {err.code().name}: {err.details()}", err=True)  # type: ignore[attr-defined]
+            sys.exit(1)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    click.echo(f"{target}: {status}")
+    sys.exit(0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1)
 
 
 @main.command("check-config")
