@@ -112,10 +112,10 @@ def serve(config_path: str | None, listen: str | None, demo: bool) -> None:
 
     async def go() -> None:
         if demo:
-            from router.demo import emulator_for
+            from router.demo import emulator_for, with_emulator
             async with emulator_for(config) as emu:
                 click.echo(f"emulated backends on {emu.url}", err=True)
-                await run(config.with_urls(emu.url), listen)
+                await run(with_emulator(config, emu.url), listen)
         else:
             await run(config, listen)
 
@@ -243,9 +243,11 @@ def check_config(path: str) -> None:
 @click.option("--queries", "n", type=int, default=200, show_default=True, help="Queries per mode.")
 @click.option("--concurrency", type=int, default=16, show_default=True)
 @click.option("--config", "config_path", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object {moe, all_skills}.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object {all_skills_default, all_skills_choice, moe}.")
 def demo(n: int, concurrency: int, config_path: str | None, as_json: bool) -> None:
-    """Compare top-k routing with firing every activated skill, on emulated backends."""
+    """Compare every activated skill at default implementations (before), every activated skill with
+    implementation choice, and top-k with implementation choice, on emulated backends."""
     from router.demo import run_demo
     if n < 1:
         raise click.BadParameter("must be at least 1", param_hint="--queries")

@@ -80,12 +80,18 @@ async def test_demo_prints_the_comparison_as_json() -> None:
     rc, out, err = await run("demo", "--queries", "30", "--concurrency", "8", "--json", timeout=300)
     assert rc == 0, err
     result = json.loads(out)
-    assert set(result) == {"moe", "all_skills"}
-    keys = {"avg_ms", "p99_ms", "cost_per_query", "throughput_qps", "skills_per_query", "quality"}
+    assert list(result) == ["all_skills_default", "all_skills_choice", "moe"]
+    keys = {"avg_ms", "p99_ms", "cost_per_query", "throughput_qps", "skills_per_query", "quality",
+            "utilization", "peak_utilization", "peak_queue_depth", "utilization_by_skill"}
     for mode in result.values():
         assert keys <= set(mode) and mode["failed"] == 0 and mode["queries"] == 30
-    assert result["moe"]["cost_per_query"] < result["all_skills"]["cost_per_query"]
-    assert result["moe"]["skills_per_query"] <= result["all_skills"]["skills_per_query"]
+        # Admission holds every skill at its limit; something was busy.
+        assert 0 < mode["utilization"] <= mode["peak_utilization"] <= 1
+        assert mode["utilization_by_skill"] and all(0 <= u <= 1 for u in mode["utilization_by_skill"].values())
+    before, choice, moe = result["all_skills_default"], result["all_skills_choice"], result["moe"]
+    # The same skills run in both all-skills columns; only the implementations differ.
+    assert before["skills_per_query"] == choice["skills_per_query"] >= moe["skills_per_query"]
+    assert before["cost_per_query"] > choice["cost_per_query"] >= moe["cost_per_query"]
 
 
 def _free_port() -> int:
