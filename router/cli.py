@@ -109,6 +109,12 @@ def serve(config_path: str | None, listen: str | None, demo: bool) -> None:
     from router.app import serve as run
 
     config = _load(config_path)
+    # Which of the seed's BRAIN_* variables took effect, and on what.
+    log = logging.getLogger("router")
+    for o in config.env_overrides:
+        log.info("environment override: %s", o)
+    if not config.env_overrides:
+        log.info("environment overrides: none (no BRAIN_* variable set)")
 
     async def go() -> None:
         if demo:

@@ -150,6 +150,33 @@ async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) 
             await proc.wait()
 
 
+async def test_serve_logs_the_environment_overrides_and_applies_them() -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "BRAIN_MOE_MAX_CONCURRENT_PER_SKILL": "4", "BRAIN_MOE_BATCHING_WINDOW_MS": "20",
+           "BRAIN_MOE_TOP_K": ""}
+    proc = await asyncio.create_subprocess_exec(
+        CLI, "serve", "--demo", "--listen", address, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    lines: list[str] = []
+    try:
+        while not any("serving on" in ln for ln in lines):
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)  # type: ignore[union-attr]
+            assert line, "".join(lines)
+            lines.append(line.decode())
+        log = "".join(lines)
+        assert "environment override: BRAIN_MOE_MAX_CONCURRENT_PER_SKILL=4 → admission.default_concurrency_limit = 4; " \
+               "every skill's concurrency_limit (" in log and "except pinned kimiK2" in log, log
+        assert "environment override: BRAIN_MOE_BATCHING_WINDOW_MS=20 → batching.window_ms = 20.0, " \
+               "batching.enabled = True" in log, log
+        assert "BRAIN_MOE_TOP_K" not in log  # empty counts as unset
+        async with AsyncRouterClient(address, timeout=10) as c:
+            limits = {s.skill: s.concurrency_limit for s in (await c.stats()).skills}
+        assert limits["kimiK2"] == 5 and {v for k, v in limits.items() if k != "kimiK2"} == {4}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+
+
 async def test_serve_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
     bad = tmp_path / "router.yaml"
     bad.write_text("skills:\n  s:\n    priority: 0\n    implementations: []\n")
