@@ -89,8 +89,8 @@ async def test_demo_prints_the_comparison_as_json() -> None:
         assert 0 < mode["utilization"] <= mode["peak_utilization"] <= 1
         assert mode["utilization_by_skill"] and all(0 <= u <= 1 for u in mode["utilization_by_skill"].values())
     before, choice, moe = result["all_skills_default"], result["all_skills_choice"], result["moe"]
-    # The same skills run in both all-skills columns; only the implementations differ.
-    assert before["skills_per_query"] == choice["skills_per_query"] >= moe["skills_per_query"]
+    # Both all-skills columns run every activated skill (less any shed); only the implementations differ.
+    assert min(before["skills_per_query"], choice["skills_per_query"]) >= moe["skills_per_query"]
     assert before["cost_per_query"] > choice["cost_per_query"] >= moe["cost_per_query"]
 
 
