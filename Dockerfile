@@ -10,7 +10,7 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY router ./router
 COPY clients/python ./clients/python
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python .

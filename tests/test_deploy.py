@@ -187,3 +187,32 @@ def test_license_matches_what_the_packages_declare() -> None:
             assert (project / name).read_text() == text, project / name
     from importlib.metadata import version
     assert f"## [{version('skill-router')}]" in (REPO / "CHANGELOG.md").read_text()
+
+
+def test_the_docker_build_stage_copies_what_the_wheels_need() -> None:
+    import tomllib
+    copied = set()
+    for line in (REPO / "Dockerfile").read_text().split("FROM ")[1].splitlines():  # the build stage
+        if line.startswith("COPY "):
+            copied.update(p.rstrip("/") for p in line.split()[1:-1])
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert {"pyproject.toml", meta["readme"], *meta["license-files"], "router", "clients/python"} <= copied
+
+
+async def test_shell_completion_is_what_the_docs_say() -> None:
+    # The line README.md documents for ~/.bashrc.
+    assert 'eval "$(_SKILL_ROUTER_COMPLETE=bash_source skill-router)"' in (REPO / "README.md").read_text()
+    for shell in ("bash", "zsh", "fish"):
+        rc, out = await _complete({"_SKILL_ROUTER_COMPLETE": f"{shell}_source"})
+        assert rc == 0 and "_SKILL_ROUTER_COMPLETE" in out, (shell, out)
+    # Completing `skill-router st` offers the stats command.
+    rc, out = await _complete({"_SKILL_ROUTER_COMPLETE": "bash_complete", "COMP_WORDS": "skill-router st",
+                               "COMP_CWORD": "1"})
+    assert rc == 0 and "plain,stats" in out.split(), out
+
+
+async def _complete(env: dict[str, str]) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(CLI, env={**os.environ, **env},
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
