@@ -216,3 +216,12 @@ async def _complete(env: dict[str, str]) -> tuple[int, str]:
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode()
+
+
+def test_the_configmap_carries_the_bundled_skills() -> None:
+    from router.config import default_config_path
+    cm = yaml.safe_load(_one("ConfigMap", "skill-router-config")["data"]["router.yaml"])
+    bundled = yaml.safe_load(default_config_path().read_text())
+    assert cm["skills"] == bundled["skills"], (
+        "deploy/kubernetes/configmap.yaml's skills differ from router/config/default.yaml's: "
+        "run `python3 scripts/k8s-configmap.py` and commit")
