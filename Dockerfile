@@ -1,30 +1,33 @@
 # syntax=docker/dockerfile:1
-# Multi-stage: build a wheel with its dependencies, then run it as a non-root
-# user in a slim image. The health check asks grpc.health.v1 (SERVING only
-# once every backend pool is warm).
+# Multi-stage: build wheels (the client, its own distribution, and the server
+# that requires it) with their dependencies, then run them as a non-root user
+# in a slim image. The health check asks grpc.health.v1 (SERVING only once
+# every backend pool is warm) on the port the sidecar is configured to listen
+# on: `skill-router health` reads SKILL_ROUTER_LISTEN, the same variable
+# `skill-router serve` listens on, so changing the port is one -e flag:
+#   docker run -e SKILL_ROUTER_LISTEN=0.0.0.0:6000 -p 6000:6000 skill-router
+# (without SKILL_ROUTER_LISTEN both read server.listen of SKILL_ROUTER_CONFIG.)
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY router ./router
 COPY clients/python ./clients/python
-RUN pip install --no-cache-dir --upgrade pip \
- && pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python .
 
 FROM python:3.11-slim AS runtime
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin router \
- && mkdir -p /app && chown router /app
+ && mkdir -p /app && chown 10001 /app
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
-USER router
-ENV PYTHONUNBUFFERED=1
-EXPOSE 50051
+USER 10001
 # Inside a container the sidecar must listen beyond loopback; the pod or
 # compose network is the boundary.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD python -c "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
-ch=grpc.insecure_channel('127.0.0.1:50051'); \
-sys.exit(0 if g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=2).status==h.HealthCheckResponse.SERVING else 1)"
+ENV PYTHONUNBUFFERED=1 \
+    SKILL_ROUTER_LISTEN=0.0.0.0:50051
+EXPOSE 50051
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["skill-router", "health", "--timeout", "3"]
 ENTRYPOINT ["skill-router"]
-CMD ["serve", "--listen", "0.0.0.0:50051"]
+CMD ["serve"]

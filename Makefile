@@ -11,10 +11,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP) node_modules/.installed
 
-$(STAMP): pyproject.toml
+# The client is its own distribution (clients/python); the server requires it,
+# and pip takes it from the checkout when both are named here.
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e ./clients/python -e '.[dev]'
 	touch $@
 
 node_modules/.installed: package.json package-lock.json

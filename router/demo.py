@@ -1,7 +1,16 @@
-"""The demo: the same mixed workload through the gRPC API twice — once with
-top-k routing, once with ``BRAIN_MOE_ENABLED=false`` (every activated skill,
-default implementations) — against emulated backends, measured as the seed's
-comparison table."""
+"""The demo: the same mixed workload through the gRPC API three times, against
+emulated backends, measured as the seed's comparison table:
+
+- ``all_skills_default``: every activated skill at its default implementation
+  (``BRAIN_MOE_ENABLED=false``, ``BRAIN_DYNAMIC_ROUTING_ENABLED=false``), the
+  seed's "before";
+- ``all_skills_choice``: every activated skill (the request's ``all_skills``),
+  each at the implementation chosen for the query;
+- ``moe``: top-k skills, implementation choice (the bundled config).
+
+So the table separates what top-k saves from what cheaper implementations
+save. Skill utilization (in-flight / limit, the seed's ``getUtilization``) is
+sampled from the Stats RPC while the queries run."""
 
 from __future__ import annotations
 
@@ -11,9 +20,11 @@ import dataclasses
 import os
 import random
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 
 from router.config import RouterConfig, load_config
+from router.core.types import ImplementationSpec, SkillSpec
 from router.emulator import Emulator, EmulatorConfig, ModelProfile
 
 # The emulated backends answer in a tenth of each implementation's declared
@@ -31,16 +42,49 @@ _TEMPLATES = {
 _TOPICS = ["retrieval caching", "rate limits", "vector search", "token budgets", "a leasing deal", "gradient noise"]
 
 
+# The modes, in the table's order: (key, column title, extra environment, all_skills on each request).
+MODES: tuple[tuple[str, str, dict[str, str], bool], ...] = (
+    ("all_skills_default", "all skills, default impl. (before)",
+     {"BRAIN_MOE_ENABLED": "false", "BRAIN_DYNAMIC_ROUTING_ENABLED": "false"}, False),
+    ("all_skills_choice", "all skills, impl. choice", {}, True),
+    ("moe", "top-k, impl. choice (MoE)", {}, False),
+)
+STATS_INTERVAL_S = 0.1
+
+
+def emulated_model(skill: SkillSpec, impl: ImplementationSpec) -> str:
+    """The emulator profile an implementation answers as: its model, or
+    ``skill.implementation`` for an ``http`` one (which names no model)."""
+    return impl.model or f"{skill.name}.{impl.name}"
+
+
 def emulator_config(config: RouterConfig, *, latency_scale: float = DEMO_LATENCY_SCALE, seed: int = 7,
                     error_rate: float = 0.0) -> EmulatorConfig:
-    """One emulated model per configured implementation, answering in its
-    declared latency (lognormal, p99 = 2.5 × median, scaled)."""
+    """One emulated model per configured implementation (``http`` ones
+    included), answering in its declared latency (lognormal, p99 = 2.5 ×
+    median, scaled)."""
     models = {}
     for skill in config.skills:
         for impl in skill.implementations:
-            models[impl.model] = ModelProfile(latency_ms=impl.expected_latency_ms, p99_ms=impl.expected_latency_ms * 2.5,
-                                              error_rate=error_rate)
+            models[emulated_model(skill, impl)] = ModelProfile(
+                latency_ms=impl.expected_latency_ms, p99_ms=impl.expected_latency_ms * 2.5, error_rate=error_rate)
     return EmulatorConfig(models=models, seed=seed, latency_scale=latency_scale)
+
+
+def with_emulator(config: RouterConfig, url: str) -> RouterConfig:
+    """``config.with_urls(url)``, with every ``http`` implementation at
+    ``{url}/models/{its profile}`` so it answers in its own declared latency
+    (an ``http`` request names no model; without this all of them shared the
+    emulator's default profile)."""
+    cfg = config.with_urls(url)
+    skills = tuple(
+        dataclasses.replace(s, implementations=tuple(
+            dataclasses.replace(i, url=f"{url}/models/{urllib.parse.quote(emulated_model(s, i), safe='')}")
+            if i.backend == "http" else i
+            for i in s.implementations))
+        for s in cfg.skills
+    )
+    return dataclasses.replace(cfg, skills=skills)
 
 
 @contextlib.asynccontextmanager
@@ -61,8 +105,22 @@ def workload(config: RouterConfig, n: int, seed: int = 42) -> list[tuple[str, st
     return out
 
 
+def _utilization(samples: list[dict[str, tuple[float, int]]], used: set[str]) -> dict:
+    """The seed's utilization figures from Stats samples: the mean over time
+    of the mean utilization of the skills that took calls, its peak for any
+    one skill, and the deepest queue seen."""
+    means = [sum(s[k][0] for k in used) / len(used) for s in samples if used]
+    by_skill = {k: sum(s[k][0] for s in samples) / len(samples) for k in sorted(used)} if samples else {}
+    return {
+        "utilization": sum(means) / len(means) if means else 0.0,
+        "peak_utilization": max((v[0] for s in samples for v in s.values()), default=0.0),
+        "peak_queue_depth": max((v[1] for s in samples for v in s.values()), default=0),
+        "utilization_by_skill": by_skill,
+    }
+
+
 async def _run_mode(config: RouterConfig, queries: list[tuple[str, str, float]], concurrency: int,
-                    label: str, progress: object | None) -> dict:
+                    label: str, progress: object | None, *, all_skills: bool = False) -> dict:
     from skill_router_client import AsyncRouterClient
 
     from router.app import build_app
@@ -83,7 +141,7 @@ async def _run_mode(config: RouterConfig, queries: list[tuple[str, str, float]],
                 async with sem:
                     t0 = time.perf_counter()
                     try:
-                        resp = await client.execute(q[0], domain=q[1], complexity=q[2])
+                        resp = await client.execute(q[0], domain=q[1], complexity=q[2], all_skills=all_skills)
                     except Exception:
                         failed += 1
                     else:
@@ -94,9 +152,24 @@ async def _run_mode(config: RouterConfig, queries: list[tuple[str, str, float]],
                     if task is not None:
                         progress.advance(task)  # type: ignore[attr-defined]
 
+            samples: list[dict[str, tuple[float, int]]] = []
+
+            async def sample() -> None:
+                while True:
+                    st = await client.stats(timeout=10)
+                    samples.append({s.skill: (s.utilization, s.queue_depth) for s in st.skills})
+                    await asyncio.sleep(STATS_INTERVAL_S)
+
+            sampler = asyncio.create_task(sample())
             t_start = time.perf_counter()
-            await asyncio.gather(*(one(q) for q in queries))
-            wall = time.perf_counter() - t_start
+            try:
+                await asyncio.gather(*(one(q) for q in queries))
+            finally:
+                wall = time.perf_counter() - t_start
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+            used = {s.skill for s in (await client.stats(timeout=10)).skills if s.calls}
     finally:
         await app.stop(0)
     lat = sorted(latencies)
@@ -110,6 +183,7 @@ async def _run_mode(config: RouterConfig, queries: list[tuple[str, str, float]],
         "quality": sum(quality) / ok if ok else 0.0,
         "queries": len(queries),
         "failed": failed,
+        **_utilization(samples, used),
     }
 
 
@@ -120,18 +194,17 @@ def _without_store(config: RouterConfig) -> RouterConfig:
 
 
 async def run_demo(config_path: str | None, n: int, concurrency: int = 16, *, progress: bool = True) -> dict:
-    moe_cfg = _without_store(load_config(config_path))
-    all_cfg = _without_store(load_config(config_path, env={**os.environ, "BRAIN_MOE_ENABLED": "false"}))
-    queries = workload(moe_cfg, n)
+    """{mode key: figures} for the three MODES, in order."""
+    configs = {key: _without_store(load_config(config_path, env={**os.environ, **env})) for key, _, env, _ in MODES}
+    queries = workload(configs["moe"], n)
     result: dict = {}
-    async with emulator_for(moe_cfg) as emu:
-        modes = [("all_skills", all_cfg.with_urls(emu.url), "all skills"), ("moe", moe_cfg.with_urls(emu.url), "top-k (MoE)")]
+    async with emulator_for(configs["moe"]) as emu:
+        bar_cm = contextlib.nullcontext(None)
         if progress:
             from rich.progress import Progress
-            with Progress() as bar:
-                for key, cfg, label in modes:
-                    result[key] = await _run_mode(cfg, queries, concurrency, label, bar)
-        else:
-            for key, cfg, label in modes:
-                result[key] = await _run_mode(cfg, queries, concurrency, label, None)
-    return {"moe": result["moe"], "all_skills": result["all_skills"]}
+            bar_cm = Progress()  # type: ignore[assignment]
+        with bar_cm as bar:
+            for key, label, _, all_skills in MODES:
+                result[key] = await _run_mode(with_emulator(configs[key], emu.url), queries, concurrency, label, bar,
+                                              all_skills=all_skills)
+    return result

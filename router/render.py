@@ -116,17 +116,22 @@ def render_stats(resp: pb.StatsResponse) -> None:
 
 
 def render_demo(result: dict, n: int) -> None:
-    moe, allx = result["moe"], result["all_skills"]
-    t = Table(title=f"top-k routing vs every activated skill ({n} queries each, emulated backends)")
+    from router.demo import MODES
+    t = Table(title=f"every activated skill vs top-k routing ({n} queries each, emulated backends)")
     t.add_column("metric")
-    t.add_column("all skills (BRAIN_MOE_ENABLED=false)", justify="right")
-    t.add_column("top-k (MoE)", justify="right")
-    t.add_column("change", justify="right")
+    for _, title, _, _ in MODES:
+        t.add_column(title, justify="right")
+    t.add_column("top-k vs before", justify="right")
     rows = [("avg response time", "avg_ms", "{:.0f} ms"), ("p99 latency", "p99_ms", "{:.0f} ms"),
             ("cost per query", "cost_per_query", "${:.4f}"), ("throughput", "throughput_qps", "{:.1f} qps"),
-            ("skills per query", "skills_per_query", "{:.2f}"), ("quality", "quality", "{:.3f}")]
+            ("skills per query", "skills_per_query", "{:.2f}"), ("quality", "quality", "{:.3f}"),
+            ("skill utilization", "utilization", "{:.0%}"), ("peak utilization", "peak_utilization", "{:.0%}"),
+            ("peak queue depth", "peak_queue_depth", "{:d}")]
+    before, after = result[MODES[0][0]], result[MODES[-1][0]]
     for label, key, fmt in rows:
-        a, m = allx[key], moe[key]
+        a, m = before[key], after[key]
         change = f"{(m - a) / a:+.0%}" if a else "—"
-        t.add_row(label, fmt.format(a), fmt.format(m), change)
+        t.add_row(label, *(fmt.format(result[k][key]) for k, _, _, _ in MODES), change)
     console.print(t)
+    console.print("[dim]skill utilization: in-flight calls / the skill's limit, averaged over the skills that took "
+                  "calls, sampled every 0.1 s while the queries ran (the seed's getUtilization)[/dim]")

@@ -17,13 +17,14 @@ npx --no-install buf lint
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 npx --no-install buf generate -o "$tmp"
+bash scripts/client-proto.sh "$tmp/router/v1" "$tmp/clients/python/skill_router_client/v1"
 
 # Every directory that holds generated code, now or in the commit (so a stale
 # module from a deleted proto is caught as well as a changed one).
 dirs=$(
   {
     (cd "$tmp" && find . -type f -exec dirname {} \;)
-    find router -type f \( -name '*_pb2.py' -o -name '*_pb2.pyi' -o -name '*_pb2_grpc.py' \) -exec dirname {} \;
+    find router clients/python/skill_router_client -type f \( -name '*_pb2.py' -o -name '*_pb2.pyi' -o -name '*_pb2_grpc.py' \) -exec dirname {} \;
   } | sed 's|^\./||' | sort -u
 )
 
@@ -46,7 +47,7 @@ if [ "$status" -ne 0 ]; then
   [ -x "$python_bin" ] || python_bin=python3
   echo >&2
   echo "check-gen: generated code is out of date (diff above: committed -> regenerated)." >&2
-  echo "check-gen: run 'bash scripts/gen-proto.sh' and commit router/v*/." >&2
+  echo "check-gen: run 'bash scripts/gen-proto.sh' and commit router/v*/ and clients/python/skill_router_client/v*/." >&2
   echo "check-gen: generator versions: buf $(npx --no-install buf --version)," \
     "$("$python_bin" -c 'import importlib.metadata as m; print("grpcio-tools", m.version("grpcio-tools"), "protobuf", m.version("protobuf"))' 2>/dev/null || echo 'grpcio-tools unknown')" >&2
   exit 1

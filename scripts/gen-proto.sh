@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Lint the contract and regenerate its Python code into router/v1/.
+# Lint the contract and regenerate its Python code into router/v1/ (the
+# server's) and clients/python/skill_router_client/v1/ (the standalone client's).
 #
 #   npm ci                      # once: installs the pinned buf
 #   bash scripts/gen-proto.sh
@@ -18,5 +19,6 @@ fi
 npx --no-install buf lint
 # Remove what the last run wrote, so a deleted proto leaves no stale module.
 # (buf's own `clean` would wipe the output root, which is the repo root.)
-find router -type f \( -name '*_pb2.py' -o -name '*_pb2.pyi' -o -name '*_pb2_grpc.py' \) -delete
+find router clients/python/skill_router_client -type f \( -name '*_pb2.py' -o -name '*_pb2.pyi' -o -name '*_pb2_grpc.py' \) -delete
 npx --no-install buf generate
+bash scripts/client-proto.sh router/v1 clients/python/skill_router_client/v1

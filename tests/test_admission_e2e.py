@@ -657,13 +657,17 @@ async def test_the_load_bias_lowers_a_busy_skills_rank_and_is_off_by_default(emu
 
 
 async def test_seed_limits_and_the_brain_env_defaults_show_in_stats(emulator) -> None:
-    from support.configs import make_config
-    cfg = make_config(emulator.url, env={"BRAIN_MOE_MAX_CONCURRENT_PER_SKILL": "7", "BRAIN_MAX_QUEUE_DEPTH": "4"})
-    async with sidecar(cfg) as (app, client, _):
+    from support.configs import config_data
+
+    from router.config import parse_config
+    data = config_data(emulator.url)
+    data["skills"]["gepa"]["pinned"] = ["concurrency_limit"]
+    env = {"BRAIN_MOE_MAX_CONCURRENT_PER_SKILL": "7", "BRAIN_MAX_QUEUE_DEPTH": "4"}
+    async with sidecar(parse_config(data, "<tests>", env)) as (app, client, _):
         s = await client.stats()
         limits = {x.skill: (x.concurrency_limit, x.queue_capacity) for x in s.skills}
-    # The seed's limits stay (the file sets them); the env gives the rest.
-    assert limits == {"kimiK2": (5, 4), "trm": (10, 4), "gepa": (3, 4), "ace": (8, 4), "legal": (7, 4),
+    # The seed's variables hold for every skill; gepa pins its own limit.
+    assert limits == {"kimiK2": (7, 4), "trm": (7, 4), "gepa": (3, 4), "ace": (7, 4), "legal": (7, 4),
                       "flaky": (7, 4), "slow": (7, 4)}
 
 

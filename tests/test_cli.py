@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -79,12 +80,18 @@ async def test_demo_prints_the_comparison_as_json() -> None:
     rc, out, err = await run("demo", "--queries", "30", "--concurrency", "8", "--json", timeout=300)
     assert rc == 0, err
     result = json.loads(out)
-    assert set(result) == {"moe", "all_skills"}
-    keys = {"avg_ms", "p99_ms", "cost_per_query", "throughput_qps", "skills_per_query", "quality"}
+    assert list(result) == ["all_skills_default", "all_skills_choice", "moe"]
+    keys = {"avg_ms", "p99_ms", "cost_per_query", "throughput_qps", "skills_per_query", "quality",
+            "utilization", "peak_utilization", "peak_queue_depth", "utilization_by_skill"}
     for mode in result.values():
         assert keys <= set(mode) and mode["failed"] == 0 and mode["queries"] == 30
-    assert result["moe"]["cost_per_query"] < result["all_skills"]["cost_per_query"]
-    assert result["moe"]["skills_per_query"] <= result["all_skills"]["skills_per_query"]
+        # Admission holds every skill at its limit; something was busy.
+        assert 0 < mode["utilization"] <= mode["peak_utilization"] <= 1
+        assert mode["utilization_by_skill"] and all(0 <= u <= 1 for u in mode["utilization_by_skill"].values())
+    before, choice, moe = result["all_skills_default"], result["all_skills_choice"], result["moe"]
+    # Both all-skills columns run every activated skill (less any shed); only the implementations differ.
+    assert min(before["skills_per_query"], choice["skills_per_query"]) >= moe["skills_per_query"]
+    assert before["cost_per_query"] > choice["cost_per_query"] >= moe["cost_per_query"]
 
 
 def _free_port() -> int:
@@ -143,9 +150,75 @@ async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) 
             await proc.wait()
 
 
+async def test_serve_logs_the_environment_overrides_and_applies_them() -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "BRAIN_MOE_MAX_CONCURRENT_PER_SKILL": "4", "BRAIN_MOE_BATCHING_WINDOW_MS": "20",
+           "BRAIN_MOE_TOP_K": ""}
+    proc = await asyncio.create_subprocess_exec(
+        CLI, "serve", "--demo", "--listen", address, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    lines: list[str] = []
+    try:
+        while not any("serving on" in ln for ln in lines):
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)  # type: ignore[union-attr]
+            assert line, "".join(lines)
+            lines.append(line.decode())
+        log = "".join(lines)
+        assert "environment override: BRAIN_MOE_MAX_CONCURRENT_PER_SKILL=4 → admission.default_concurrency_limit = 4; " \
+               "every skill's concurrency_limit (" in log and "except pinned kimiK2" in log, log
+        assert "environment override: BRAIN_MOE_BATCHING_WINDOW_MS=20 → batching.window_ms = 20.0, " \
+               "batching.enabled = True" in log, log
+        assert "BRAIN_MOE_TOP_K" not in log  # empty counts as unset
+        async with AsyncRouterClient(address, timeout=10) as c:
+            limits = {s.skill: s.concurrency_limit for s in (await c.stats()).skills}
+        assert limits["kimiK2"] == 5 and {v for k, v in limits.items() if k != "kimiK2"} == {4}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+
+
 async def test_serve_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
     bad = tmp_path / "router.yaml"
     bad.write_text("skills:\n  s:\n    priority: 0\n    implementations: []\n")
     rc, _, err = await run("serve", "--config", str(bad), "--listen", "127.0.0.1:0", timeout=60)
     assert rc == 1
     assert str(bad) in err and "skills.s.priority" in err and "skills.s.implementations" in err
+
+
+async def test_version_names_the_installed_package() -> None:
+    from importlib.metadata import version
+    rc, out, err = await run("--version")
+    assert rc == 0, err
+    assert out.strip() == f"skill-router {version('skill-router')}"
+
+
+async def test_stats_window_reads_the_store_over_that_stretch(emulator, tmp_path: Path) -> None:
+    from support.configs import make_config
+
+    from router.app import build_app
+    config = make_config(emulator.url, storage={"sqlite_path": str(tmp_path / "m.sqlite3"),
+                                                "flush_interval_s": 0.05})
+    app = build_app(config, "127.0.0.1:0")
+    await app.start()
+    try:
+        async with AsyncRouterClient(app.address, timeout=10) as c:
+            await c.execute("Why does my parser leak?", domain="code", complexity=3)
+            for _ in range(200):  # the store flushes every 50 ms
+                if (await c.stats(window=3600)).window.queries:
+                    break
+                await asyncio.sleep(0.05)
+        rc, out, err = await run("stats", "--window", "1h", "--json", "--target", app.address)
+        assert rc == 0, err
+        w = json.loads(out)["window"]
+        assert w["available"] and int(w["queries"]) == 1
+        since = datetime.fromisoformat(w["since"].replace("Z", "+00:00"))
+        until = datetime.fromisoformat(w["until"].replace("Z", "+00:00"))
+        assert until - since == timedelta(hours=1)
+        rc, out, err = await run("stats", "--window", "1h30m", "--target", app.address)
+        assert rc == 0 and "last 1.5 h" in out and "queries 1" in out, err
+        rc, _, err = await run("stats", "--window", "an hour", "--target", app.address)
+        assert rc == 2 and "--window" in err and "'an hour' is not a duration" in err
+        rc, _, err = await run("stats", "--window", "91d", "--target", app.address)
+        assert rc == 1 and "INVALID_ARGUMENT" in err and "(field window)" in err
+    finally:
+        await app.stop(1)

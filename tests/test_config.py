@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from router.config import (
@@ -206,16 +207,20 @@ def test_config_is_frozen(default: RouterConfig) -> None:
         ("BRAIN_MOE_TOP_K", "dynamic", lambda c: c.policy.top_k, None),
         ("BRAIN_MOE_BATCHING_WINDOW_MS", "25", lambda c: c.batching.window_ms, 25.0),
         ("BRAIN_MOE_BATCHING_WINDOW_MS", "25", lambda c: c.skill_options("trm").batch_window_ms, 25.0),
-        ("BRAIN_MOE_BATCHING_WINDOW_MS", "25", lambda c: c.skill_options("ace").batch_window_ms, 50.0),  # its own wins
+        ("BRAIN_MOE_BATCHING_WINDOW_MS", "25", lambda c: c.skill_options("ace").batch_window_ms, 25.0),  # every skill's
+        ("BRAIN_MOE_BATCHING_WINDOW_MS", "25", lambda c: c.batching.enabled, True),  # setting a window turns it on
+        ("BRAIN_MOE_BATCHING_WINDOW_MS", "25", lambda c: c.skill_options("kimiK2").batching_enabled, True),
+        ("BRAIN_MOE_BATCHING_WINDOW_MS", "0", lambda c: c.skill_options("ace").batching_enabled, False),
         ("BRAIN_MOE_MAX_CONCURRENT_PER_SKILL", "7", lambda c: c.admission.default_concurrency_limit, 7),
         ("BRAIN_MOE_MAX_CONCURRENT_PER_SKILL", "7", lambda c: c.skill("search").concurrency_limit, 7),
-        ("BRAIN_MOE_MAX_CONCURRENT_PER_SKILL", "7", lambda c: c.skill("kimiK2").concurrency_limit, 5),  # its own wins
+        ("BRAIN_MOE_MAX_CONCURRENT_PER_SKILL", "7", lambda c: c.skill("gepa").concurrency_limit, 7),  # every skill's
+        ("BRAIN_MOE_MAX_CONCURRENT_PER_SKILL", "7", lambda c: c.skill("kimiK2").concurrency_limit, 5),  # pinned
         ("BRAIN_DYNAMIC_ROUTING_ENABLED", "false", lambda c: c.policy.dynamic_routing_enabled, False),
         ("BRAIN_QUALITY_THRESHOLD", "0.9", lambda c: c.policy.quality_threshold, 0.9),
         ("BRAIN_LOAD_BALANCING_ENABLED", "False", lambda c: c.admission.enabled, False),
         ("BRAIN_MAX_QUEUE_DEPTH", "5", lambda c: c.admission.default_queue_depth, 5),
         ("BRAIN_MAX_QUEUE_DEPTH", "5", lambda c: c.skill("search").queue_depth, 5),
-        ("BRAIN_MAX_QUEUE_DEPTH", "5", lambda c: c.skill("kimiK2").queue_depth, 20),  # its own wins
+        ("BRAIN_MAX_QUEUE_DEPTH", "5", lambda c: c.skill("kimiK2").queue_depth, 5),  # every skill's (not pinned)
         ("BRAIN_MAX_QUEUE_DEPTH", "0", lambda c: c.skill("search").queue_depth, 0),
     ],
 )
@@ -224,6 +229,60 @@ def test_env_overrides_the_file(var: str, value: str, get, expected) -> None:
     assert get(cfg) == expected
     assert [o.var for o in cfg.env_overrides] == [var]
     assert var in check_config(None, env={var: value})
+
+
+def test_per_skill_variables_reach_every_skill_but_the_pinned(tmp_path: Path) -> None:
+    env = {"BRAIN_MOE_MAX_CONCURRENT_PER_SKILL": "4", "BRAIN_MAX_QUEUE_DEPTH": "6", "BRAIN_MOE_BATCHING_WINDOW_MS": "30"}
+    cfg = load_config(env=env)
+    names = cfg.skill_names
+    assert {s.name: s.concurrency_limit for s in cfg.skills} == {n: (5 if n == "kimiK2" else 4) for n in names}
+    assert {s.queue_depth for s in cfg.skills} == {6}
+    assert {(o.batching_enabled, o.batch_window_ms) for o in cfg.skill_opts.values()} == {(True, 30.0)}
+    by_var = {o.var: o for o in cfg.env_overrides}
+    conc = by_var["BRAIN_MOE_MAX_CONCURRENT_PER_SKILL"]
+    assert conc.pinned == ("kimiK2",) and set(conc.skills) == set(names) - {"kimiK2"}
+    assert by_var["BRAIN_MAX_QUEUE_DEPTH"].skills == names and by_var["BRAIN_MAX_QUEUE_DEPTH"].pinned == ()
+    assert str(by_var["BRAIN_MOE_BATCHING_WINDOW_MS"]).startswith(
+        "BRAIN_MOE_BATCHING_WINDOW_MS=30 → batching.window_ms = 30.0, batching.enabled = True; every skill's batching (")
+    assert str(conc).endswith("except pinned kimiK2")
+    assert cfg.skill_options("kimiK2").pinned == ("concurrency_limit",)
+    assert "pinned concurrency_limit" in check_config(None, env=env)
+    # Without the variables, every skill keeps its own.
+    plain = load_config(env={})
+    assert plain.skill("gepa").concurrency_limit == 3 and plain.skill_options("ace").batch_window_ms == 50.0
+
+
+def test_a_file_pins_what_the_variables_must_leave_alone(tmp_path: Path) -> None:
+    data = yaml.safe_load(default_config_path().read_text())
+    data["skills"]["gepa"]["pinned"] = ["concurrency_limit", "queue_depth"]
+    data["skills"]["ace"]["pinned"] = ["batching"]
+    f = tmp_path / "router.yaml"
+    f.write_text(yaml.safe_dump(data))
+    cfg = load_config(f, env={"BRAIN_MOE_MAX_CONCURRENT_PER_SKILL": "9", "BRAIN_MAX_QUEUE_DEPTH": "2",
+                              "BRAIN_MOE_BATCHING_WINDOW_MS": "80"})
+    assert (cfg.skill("gepa").concurrency_limit, cfg.skill("gepa").queue_depth) == (3, 10)
+    assert cfg.skill("trm").concurrency_limit == 9 and cfg.skill("trm").queue_depth == 2
+    ace = cfg.skill_options("ace")
+    assert ace.batch_window_ms == 50.0 and ace.batching_enabled  # its window, batching now on globally
+    assert cfg.skill_options("trm").batch_window_ms == 80.0
+
+
+@pytest.mark.parametrize(
+    ("pinned", "needle"),
+    [
+        (["queue_depth"], "skills.trm.pinned[0]: pins queue_depth but the skill sets no queue_depth of its own"),
+        (["concurrency_limit", "concurrency_limit"], "skills.trm.pinned[1]: concurrency_limit is pinned twice"),
+        (["limit"], "skills.trm.pinned[0]"),
+    ],
+)
+def test_a_bad_pin_names_its_path(tmp_path: Path, pinned: list[str], needle: str) -> None:
+    data = yaml.safe_load(default_config_path().read_text())
+    data["skills"]["trm"]["pinned"] = pinned
+    f = tmp_path / "router.yaml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_config(f, env={})
+    assert needle in str(info.value)
 
 
 def test_every_env_var_is_tested() -> None:

@@ -129,6 +129,34 @@ async def test_skill_without_prices_has_no_cost(client):
     assert body["usage"] == {"input_tokens": 11, "output_tokens": 7}
 
 
+async def test_skill_under_a_model_path_answers_as_that_model(emu, client):
+    # An http implementation names no model; its URL picks the profile.
+    body = (await client.post("/models/alpha/skill", json={"query": "q", "skill": "trm", "model": ""})).json()
+    assert body["model"] == "alpha" and body["usage"] == {"input_tokens": 11, "output_tokens": 7}
+    r = await client.post("/models/beta/skill/batch", json={"items": [{"query": "a"}, {"query": "b"}], "model": ""})
+    assert [x["model"] for x in r.json()["results"]] == ["beta", "beta"]
+    # A model the body names still wins over the path.
+    body = (await client.post("/models/alpha/skill", json={"query": "q", "model": "beta"})).json()
+    assert body["model"] == "beta"
+    assert (await client.get("/models/alpha/healthz")).status_code == 200
+    stats = emu.stats()
+    assert (stats["alpha"].requests, stats["beta"].requests, stats["beta"].items) == (1, 2, 2)
+    assert "default" not in stats
+
+
+async def test_a_model_path_gets_that_models_latency():
+    # Not a timing assertion: the path's 1-hour model is held until resumed,
+    # the unscaled default answers at once.
+    config = EmulatorConfig(models={"glacial": ModelProfile(latency_ms=3_600_000)}, default=FAST)
+    async with Emulator(config) as e, httpx.AsyncClient(base_url=e.url, timeout=10) as c:
+        slow = asyncio.create_task(c.post("/models/glacial/skill", json={"query": "q", "model": ""}))
+        await eventually(lambda: e.stats().get("glacial") is not None and e.stats()["glacial"].concurrent == 1,
+                         what="the glacial call in flight")
+        assert (await c.post("/skill", json={"query": "q", "model": ""})).status_code == 200
+        assert not slow.done() and e.stats()["glacial"].concurrent == 1
+        slow.cancel()
+
+
 async def test_skill_batch_fails_single_items(emu, client):
     marker = emu.config.fail_marker
     items = [

@@ -8,6 +8,7 @@ is wrong; all problems found in one pass are listed together.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 
 from router.core.types import ActivationRule, ImplementationSpec, SkillSpec
 
-from .env import EnvOverride, parse_env
+from .env import EnvOverride, env_var, parse_env
 from .model import ImplementationOptions, RouterConfig, SkillOptions
 from .problems import ConfigIssue, InvalidConfig, format_path, translate
 from .schema import ConfigFile
@@ -139,24 +140,58 @@ class _Locator:
 # --- validation and build ---------------------------------------------------------
 
 
-def _apply_env(data: dict[str, Any], overrides: list[EnvOverride]) -> dict[Loc, str]:
+def _apply_env(data: dict[str, Any], overrides: list[EnvOverride]) -> tuple[dict[Loc, str], list[EnvOverride]]:
     """Write the overrides into ``data``; returns key path → variable for
     the ones written (a section that is not a mapping is left for validation
-    to report)."""
+    to report), and the overrides with the skills each one reached.
+
+    A per-skill variable (``EnvVar.per_skill``) also drops each skill's own
+    value, so the default it sets applies to every skill, except in skills
+    that pin the setting (``pinned: [concurrency_limit]``)."""
     applied: dict[Loc, str] = {}
+    out: list[EnvOverride] = []
     for o in overrides:
-        parts = tuple(o.path.split("."))
-        node: Any = data
-        for part in parts[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                break
-        else:
-            node[parts[-1]] = o.value
-            applied[parts] = o.var
-    return applied
+        var = env_var(o.var)
+        writes: list[tuple[Loc, Any]] = [(tuple(o.path.split(".")), o.value)]
+        if var.enables:
+            writes.append((var.enables, o.value is not None and o.value > 0))
+        written = False
+        for parts, value in writes:
+            node: Any = data
+            for part in parts[:-1]:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+                if not isinstance(node, dict):
+                    break
+            else:
+                node[parts[-1]] = value
+                applied[parts] = o.var
+                written = True
+        if not written:
+            continue
+        if var.enables:
+            o = dataclasses.replace(o, also=f"{'.'.join(var.enables)} = {bool(o.value and o.value > 0)}")
+        if var.per_skill:
+            followed, pinned = [], []
+            skills = data.get("skills")
+            for name, skill in (skills.items() if isinstance(skills, dict) else ()):
+                if not isinstance(skill, dict):
+                    continue
+                pins = skill.get("pinned")
+                if isinstance(pins, list) and var.pin in pins:
+                    pinned.append(str(name))
+                    continue
+                for key in var.per_skill:
+                    node = skill
+                    for part in key[:-1]:
+                        node = node.get(part) if isinstance(node, dict) else None
+                    if isinstance(node, dict):
+                        node.pop(key[-1], None)
+                followed.append(str(name))
+            o = dataclasses.replace(o, skills=tuple(followed), pinned=tuple(pinned))
+        out.append(o)
+    return applied, out
 
 
 def _build(data: Any, source: str, env: Mapping[str, str] | None, locator: _Locator) -> RouterConfig:
@@ -170,7 +205,7 @@ def _build(data: Any, source: str, env: Mapping[str, str] | None, locator: _Loca
     overrides, bad = parse_env(os.environ if env is None else env)
     issues = [ConfigIssue(var.name, var.dotted, problem) for var, problem in bad]
     data = copy.deepcopy(data)
-    from_env = _apply_env(data, overrides)
+    from_env, overrides = _apply_env(data, overrides)
     try:
         cfg = ConfigFile.model_validate(data)
     except ValidationError as exc:
@@ -188,7 +223,7 @@ def _build(data: Any, source: str, env: Mapping[str, str] | None, locator: _Loca
         cfg = None
     if issues or cfg is None:
         raise InvalidConfig(issues)
-    return _router_config(cfg, source, tuple(o for o in overrides if tuple(o.path.split(".")) in from_env))
+    return _router_config(cfg, source, tuple(overrides))
 
 
 def _router_config(cfg: ConfigFile, source: str, overrides: tuple[EnvOverride, ...]) -> RouterConfig:
@@ -250,6 +285,7 @@ def _router_config(cfg: ConfigFile, source: str, overrides: tuple[EnvOverride, .
             max_batch_size=bat.max_batch_size if o.max_batch_size is None else o.max_batch_size,
             concurrency_limit_set=s.concurrency_limit is not None,
             queue_depth_set=s.queue_depth is not None,
+            pinned=tuple(s.pinned),
         )
     return RouterConfig(
         skills=tuple(skills),

@@ -44,10 +44,13 @@ class SkillOptions:
     batching_enabled: bool
     batch_window_ms: float
     max_batch_size: int
-    # Whether the file set these (else they came from admission.default_*,
-    # which BRAIN_MOE_MAX_CONCURRENT_PER_SKILL / BRAIN_MAX_QUEUE_DEPTH override).
+    # Whether the skill's own value stands (else admission.default_* applies:
+    # the file set none, or BRAIN_MOE_MAX_CONCURRENT_PER_SKILL /
+    # BRAIN_MAX_QUEUE_DEPTH replaced it).
     concurrency_limit_set: bool = False
     queue_depth_set: bool = False
+    # Settings the BRAIN_* variables leave alone in this skill (``pinned``).
+    pinned: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +232,8 @@ class RouterConfig:
                 f"  {s.name}{'' if s.enabled else ' (disabled)'}: priority {s.priority}; "
                 f"limit {s.concurrency_limit}{'' if o.concurrency_limit_set else ' (default)'}, "
                 f"queue {s.queue_depth}{'' if o.queue_depth_set else ' (default)'}; "
+                + (f"pinned {', '.join(o.pinned)}; " if o.pinned else "") +
+                f"batching {f'{o.batch_window_ms:g} ms' if o.batching_enabled else 'off'}; "
                 f"activates on domains {domains}, complexity {act.min_complexity:g}-{act.max_complexity:g}{kw}; "
                 f"prefers {preferred}; optimal complexity {s.optimal_complexity:g}"
             )

@@ -452,9 +452,22 @@ class SkillEntry(Section):
     queue_depth: NonNegativeInt | None = None  # None: admission.default_queue_depth
     queue_timeout_s: PositiveFloat | None = None  # None: admission.queue_timeout_s
     batching: SkillBatchingOverride = SkillBatchingOverride()
+    # Settings of this skill that the BRAIN_* variables must not replace.
+    pinned: list[Literal["concurrency_limit", "queue_depth", "batching"]] = []
     system_prompt: str = ""
     implementations: Annotated[list[ImplementationEntry], Field(min_length=1)]
     default_implementation: str | None = None  # None: the first
+
+    @model_validator(mode="after")
+    def _pins_what_it_sets(self) -> SkillEntry:
+        for i, key in enumerate(self.pinned):
+            unset = (getattr(self, key) is None if key != "batching"
+                     else self.batching.enabled is None and self.batching.window_ms is None)
+            if unset:
+                raise FieldProblem(("pinned", i), f"pins {key} but the skill sets no {key} of its own")
+            if key in self.pinned[:i]:
+                raise FieldProblem(("pinned", i), f"{key} is pinned twice")
+        return self
 
     @model_validator(mode="after")
     def _names(self) -> SkillEntry:

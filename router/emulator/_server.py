@@ -14,6 +14,11 @@ as ``x-received-traceparent``/``x-received-tracestate``):
   ``{output, usage:{input_tokens, output_tokens}, cost?, model}``.
 - ``POST /skill/batch``  ``{items:[...]}`` → ``{results:[{output, ...} |
   {error, status}]}``; ``error_rate`` and the fail marker fail single items.
+- ``POST /models/{model}/skill``, ``POST /models/{model}/skill/batch``,
+  ``GET /models/{model}/healthz``  the
+  same, answering as ``model`` when the body names none: an ``http``
+  implementation has no model, so pointing its ``url`` at
+  ``{emulator}/models/{name}`` gives it its own profile (latency, failures).
 - ``GET /emulator/stats`` (per-model counters), ``POST /emulator/reset``.
 
 Failures: 401 without the configured API key, 400 on a malformed request
@@ -344,6 +349,9 @@ class Emulator:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_post("/skill", self._skill)
         app.router.add_post("/skill/batch", self._skill_batch)
+        app.router.add_post("/models/{model:.+}/skill", self._skill)
+        app.router.add_post("/models/{model:.+}/skill/batch", self._skill_batch)
+        app.router.add_get("/models/{model:.+}/healthz", self._healthz)
         app.router.add_get("/emulator/stats", self._stats)
         app.router.add_post("/emulator/reset", self._reset)
         return app
@@ -524,7 +532,7 @@ class Emulator:
 
     async def _skill(self, request: web.Request) -> web.Response:
         body = await self._json_object(request)
-        query, skill, model = self._skill_item(body, "")
+        query, skill, model = self._skill_item(body, "", request.match_info.get("model"))
         request[_MODEL_KEY] = model
         async with self._flight(model, items=None, texts=[query]) as flight:
             if flight.fail:
@@ -543,6 +551,7 @@ class Emulator:
         top_model = body.get("model")
         if top_model is not None and not isinstance(top_model, str):
             raise self._bad("'model' must be a string")
+        top_model = top_model or request.match_info.get("model")
         items = [self._skill_item(item, f"items[{i}].", top_model) for i, item in enumerate(raw_items)]
         model = top_model or items[0][2]
         request[_MODEL_KEY] = model

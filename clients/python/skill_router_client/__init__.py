@@ -9,14 +9,25 @@
 
 Every call takes ``timeout`` (seconds; the gRPC deadline the sidecar bounds
 its backend calls by) and ``metadata`` (extra gRPC metadata, for example a
-W3C ``traceparent``). Errors are ``grpc.RpcError``; ``error_details`` reads
+W3C ``traceparent``). ``stats(window=3600)`` reads the stored aggregates
+of the last hour. The generated messages are ``skill_router_client.pb``
+(``skill_router_client.v1.router_pb2``): this package never imports the
+top-level name ``router``. Errors are ``grpc.RpcError``; ``error_details`` reads
 the field violation or retry delay the sidecar attaches.
 """
 
 from __future__ import annotations
 
-from router.v1 import router_pb2 as pb
+from ._client import (
+    AsyncRouterClient,
+    ErrorDetails,
+    Priority,
+    RouterClient,
+    build_context,
+    error_details,
+    stats_request,
+)
+from .v1 import router_pb2 as pb
 
-from ._client import AsyncRouterClient, ErrorDetails, Priority, RouterClient, build_context, error_details
-
-__all__ = ["AsyncRouterClient", "ErrorDetails", "Priority", "RouterClient", "build_context", "error_details", "pb"]
+__all__ = ["AsyncRouterClient", "ErrorDetails", "Priority", "RouterClient", "build_context", "error_details", "pb",
+           "stats_request"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -7,8 +8,8 @@ from dataclasses import dataclass
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from router.v1 import router_pb2 as pb
-from router.v1 import router_pb2_grpc as pb_grpc
+from .v1 import router_pb2 as pb
+from .v1 import router_pb2_grpc as pb_grpc
 
 Metadata = Sequence[tuple[str, str]]
 
@@ -74,6 +75,24 @@ def error_details(err: grpc.RpcError) -> ErrorDetails:
     return ErrorDetails(code, message, field, delay)
 
 
+def stats_request(window: float | datetime.timedelta | None = None) -> pb.StatsRequest:
+    """A StatsRequest for the aggregates of the last ``window`` (seconds or a timedelta; None: the sidecar's 24 h)."""
+    req = pb.StatsRequest()
+    if window is None:
+        return req
+    seconds = window.total_seconds() if isinstance(window, datetime.timedelta) else float(window)
+    if not seconds > 0:
+        raise ValueError(f"window: must be a positive duration, got {window!r}")
+    req.window.FromTimedelta(datetime.timedelta(seconds=seconds))
+    return req
+
+
+def _stats_req(request: pb.StatsRequest | None, window: float | datetime.timedelta | None) -> pb.StatsRequest:
+    if request is not None and window is not None:
+        raise TypeError("pass either request= or window=, not both")
+    return request if request is not None else stats_request(window)
+
+
 def _ctx(context: pb.QueryContext | None, kw: dict) -> pb.QueryContext:
     if context is not None and kw:
         raise TypeError("pass either context= or context keyword arguments, not both")
@@ -116,9 +135,10 @@ class AsyncRouterClient:
         req = pb.ExecuteRequest(query=query, context=_ctx(context, context_kw), explain_all=explain_all)
         return await self._stub.Execute(req, **self._opts(timeout, metadata))
 
-    async def stats(self, *, timeout: float | None = None, metadata: Metadata = (),
-                    request: pb.StatsRequest | None = None) -> pb.StatsResponse:
-        return await self._stub.Stats(request or pb.StatsRequest(), **self._opts(timeout, metadata))
+    async def stats(self, *, window: float | datetime.timedelta | None = None, timeout: float | None = None,
+                    metadata: Metadata = (), request: pb.StatsRequest | None = None) -> pb.StatsResponse:
+        """Live load, totals since start, and the stored aggregates of the last ``window`` (seconds or timedelta)."""
+        return await self._stub.Stats(_stats_req(request, window), **self._opts(timeout, metadata))
 
 
 class RouterClient:
@@ -158,6 +178,7 @@ class RouterClient:
                                                     explain_all=explain_all),
                                   **self._opts(timeout, metadata))
 
-    def stats(self, *, timeout: float | None = None, metadata: Metadata = (),
-              request: pb.StatsRequest | None = None) -> pb.StatsResponse:
-        return self._stub.Stats(request or pb.StatsRequest(), **self._opts(timeout, metadata))
+    def stats(self, *, window: float | datetime.timedelta | None = None, timeout: float | None = None,
+              metadata: Metadata = (), request: pb.StatsRequest | None = None) -> pb.StatsResponse:
+        """Live load, totals since start, and the stored aggregates of the last ``window`` (seconds or timedelta)."""
+        return self._stub.Stats(_stats_req(request, window), **self._opts(timeout, metadata))
