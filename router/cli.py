@@ -234,7 +234,8 @@ def health(target: str | None, config_path: str | None, timeout: float) -> None:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError as err:
-            click.echo(f"{target}: {err.code().name}: {err.details()}", err=True)  # type: ignore[attr-defined]
+            why = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.Call) else str(err)
+            click.echo(f"{target}: {why}", err=True)
             sys.exit(1)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     click.echo(f"{target}: {status}")

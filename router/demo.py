@@ -22,9 +22,10 @@ import random
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from router.config import RouterConfig, load_config
-from router.core.types import ImplementationSpec, SkillSpec
+from router.core.types import BackendKind, ImplementationSpec, SkillSpec
 from router.emulator import Emulator, EmulatorConfig, ModelProfile
 
 # The emulated backends answer in a tenth of each implementation's declared
@@ -40,6 +41,9 @@ _TEMPLATES = {
     "general": ["What is {x}?", "Give me three ideas about {x}"],
 }
 _TOPICS = ["retrieval caching", "rate limits", "vector search", "token budgets", "a leasing deal", "gradient noise"]
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 # The modes, in the table's order: (key, column title, extra environment, all_skills on each request).
@@ -80,7 +84,7 @@ def with_emulator(config: RouterConfig, url: str) -> RouterConfig:
     skills = tuple(
         dataclasses.replace(s, implementations=tuple(
             dataclasses.replace(i, url=f"{url}/models/{urllib.parse.quote(emulated_model(s, i), safe='')}")
-            if i.backend == "http" else i
+            if i.backend is BackendKind.HTTP else i
             for i in s.implementations))
         for s in cfg.skills
     )
@@ -120,7 +124,7 @@ def _utilization(samples: list[dict[str, tuple[float, int]]], used: set[str]) ->
 
 
 async def _run_mode(config: RouterConfig, queries: list[tuple[str, str, float]], concurrency: int,
-                    label: str, progress: object | None, *, all_skills: bool = False) -> dict:
+                    label: str, progress: Progress | None, *, all_skills: bool = False) -> dict:
     from skill_router_client import AsyncRouterClient
 
     from router.app import build_app
@@ -133,7 +137,7 @@ async def _run_mode(config: RouterConfig, queries: list[tuple[str, str, float]],
     quality: list[float] = []
     failed = 0
     sem = asyncio.Semaphore(concurrency)
-    task = progress.add_task(label, total=len(queries)) if progress is not None else None  # type: ignore[attr-defined]
+    task = progress.add_task(label, total=len(queries)) if progress is not None else None
     try:
         async with AsyncRouterClient(app.address, timeout=30) as client:
             async def one(q: tuple[str, str, float]) -> None:
@@ -150,7 +154,7 @@ async def _run_mode(config: RouterConfig, queries: list[tuple[str, str, float]],
                         skills.append(sum(1 for r in resp.results))
                         quality.append(resp.quality)
                     if task is not None:
-                        progress.advance(task)  # type: ignore[attr-defined]
+                        progress.advance(task)
 
             samples: list[dict[str, tuple[float, int]]] = []
 

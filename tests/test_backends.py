@@ -24,7 +24,6 @@ from router.core.errors import (
     BackendProtocolError,
     BackendStatusError,
     BackendTimeout,
-    ConfigError,
 )
 from router.core.types import ActivationRule, ImplementationSpec, SkillSpec
 from router.emulator import Emulator, EmulatorConfig, ModelProfile
@@ -451,9 +450,10 @@ async def test_pool_limits_concurrent_connections(emu, backends):
 # -- factory and pool -------------------------------------------------------------------------
 
 
-def test_build_backend_rejects_an_unknown_kind():
-    with pytest.raises(ConfigError, match="unknown backend kind 'grpc'"):
-        build_backend(impl("http://unused", backend="grpc"))
+def test_an_unknown_backend_kind_cannot_be_configured():
+    # The kind is a BackendKind: an implementation of another kind cannot exist.
+    with pytest.raises(ValueError, match="'grpc' is not a valid BackendKind"):
+        impl("http://unused", backend="grpc")
 
 
 def make_skill(name: str, *implementations: ImplementationSpec) -> SkillSpec:

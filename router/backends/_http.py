@@ -59,13 +59,14 @@ from typing import Any
 from router.backends._base import PooledBackend, price, token_count
 from router.backends._errors import item_error, protocol_error
 from router.core.errors import BackendError
+from router.core.types import BackendKind
 from router.runtime.ports import SkillCall, SkillReply
 
 
 class HttpBackend(PooledBackend):
     """A warm pooled client for one ``http`` skill implementation."""
 
-    kind = "http"
+    kind = BackendKind.HTTP
     default_warm_path = "/healthz"
 
     def _item(self, call: SkillCall) -> dict[str, Any]:

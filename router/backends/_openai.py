@@ -22,6 +22,7 @@ from typing import Any
 from router.backends._base import PooledBackend, price, split_tokens, token_count
 from router.backends._errors import protocol_error
 from router.core.errors import BackendError, BackendProtocolError
+from router.core.types import BackendKind
 from router.runtime.ports import SkillCall, SkillReply
 
 
@@ -33,7 +34,7 @@ def render_prompt(call: SkillCall) -> str:
 class OpenAIBackend(PooledBackend):
     """A warm pooled client for one OpenAI-compatible implementation."""
 
-    kind = "openai"
+    kind = BackendKind.OPENAI
     default_warm_path = "/v1/models"
 
     async def call(self, call: SkillCall, timeout_s: float) -> SkillReply:

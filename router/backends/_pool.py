@@ -10,26 +10,20 @@ from typing import Any
 from router.backends._base import PooledBackend
 from router.backends._http import HttpBackend
 from router.backends._openai import OpenAIBackend
-from router.core.errors import BackendConnectionError, BackendError, ConfigError
-from router.core.types import ImplementationSpec, SkillSpec
+from router.core.errors import BackendConnectionError, BackendError
+from router.core.types import BackendKind, ImplementationSpec, SkillSpec
 from router.runtime.ports import Backend, BackendFactory
 
 logger = logging.getLogger("router.backends")
 
-_KINDS: dict[str, type[PooledBackend]] = {"openai": OpenAIBackend, "http": HttpBackend}
+_KINDS: dict[BackendKind, type[PooledBackend]] = {BackendKind.OPENAI: OpenAIBackend, BackendKind.HTTP: HttpBackend}
 
 
 def build_backend(implementation: ImplementationSpec, *, batch: bool = False, **options: Any) -> Backend:
     """The backend for ``implementation.backend`` ("openai" or "http").
     ``options`` go to ``PooledBackend`` (warm_path, warm_connections,
     warm_timeout_s, keepalive_expiry, trust_env)."""
-    cls = _KINDS.get(implementation.backend)
-    if cls is None:
-        raise ConfigError(
-            "implementation",
-            f"{implementation.name}.backend",
-            f"unknown backend kind {implementation.backend!r} (expected one of {sorted(_KINDS)})",
-        )
+    cls = _KINDS[implementation.backend]
     return cls(implementation, batch=batch, **options)
 
 

@@ -106,7 +106,7 @@ class EnvOverride:
         return text
 
 
-def _parse(kind: Kind, raw: str) -> tuple[Any, str]:
+def _parse(kind: Kind, raw: str) -> tuple[object, str]:
     """(value, problem); problem is "" when the value parsed."""
     text = raw.strip()
     low = text.lower()

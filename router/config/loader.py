@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from router.core.types import ActivationRule, ImplementationSpec, SkillSpec
+from router.core.types import ActivationRule, BackendKind, ImplementationSpec, SkillSpec
 
 from .env import EnvOverride, env_var, parse_env
 from .model import ImplementationOptions, RouterConfig, SkillOptions
@@ -94,7 +94,7 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+def _parse_yaml(text: str, source: str) -> tuple[object, yaml.Node | None]:
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
@@ -236,7 +236,7 @@ def _router_config(cfg: ConfigFile, source: str, overrides: tuple[EnvOverride, .
         for i in s.implementations:
             impls.append(ImplementationSpec(
                 name=i.name,
-                backend=i.backend,
+                backend=BackendKind(i.backend),
                 url=i.url,
                 model=i.model,
                 quality=i.quality,

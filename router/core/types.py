@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 
+class BackendKind(enum.StrEnum):
+    """How an implementation's backend is called (``router.backends``)."""
+
+    OPENAI = "openai"  # an OpenAI-compatible chat completions server
+    HTTP = "http"  # the web app's own skill endpoint (the JSON contract in router.backends._http)
+
+
 class Priority(enum.IntEnum):
     """Priority of a query; a larger value is admitted first."""
 
@@ -58,7 +65,7 @@ class ImplementationSpec:
     """One backend (model) of a skill, as configured."""
 
     name: str
-    backend: str  # "openai" | "http"
+    backend: BackendKind
     url: str
     model: str
     quality: float
@@ -70,6 +77,9 @@ class ImplementationSpec:
     price_per_output_token: float | None = None
     timeout_s: float = 30.0
     max_connections: int = 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend", BackendKind(self.backend))  # a bad kind fails here, by name
 
 
 @dataclass(frozen=True, slots=True)

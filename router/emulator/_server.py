@@ -38,7 +38,7 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Self
 
 from aiohttp import web
@@ -87,7 +87,7 @@ class ReceivedRequest:
 
 
 class _Counters:
-    __slots__ = tuple(ModelStats.__slots__)  # type: ignore[attr-defined]
+    __slots__ = tuple(f.name for f in fields(ModelStats))
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -576,7 +576,7 @@ class Emulator:
 
     async def _stats(self, request: web.Request) -> web.Response:
         models = {model: asdict(s) for model, s in self.stats().items()}
-        total = {key: sum(s[key] for s in models.values()) for key in ModelStats.__slots__}  # type: ignore[attr-defined]
+        total = {key: sum(s[key] for s in models.values()) for key in _Counters.__slots__}
         total["peak_concurrent"] = max((s["peak_concurrent"] for s in models.values()), default=0)
         return web.json_response({"models": models, "total": total})
 

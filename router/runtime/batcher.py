@@ -54,7 +54,7 @@ class Batch(Generic[T]):
 
     batch_id: str
     items: tuple[T, ...]
-    tags: tuple[Any, ...]
+    tags: tuple[object, ...]
     waits_s: tuple[float, ...]  # per item: from submit to flush
     reason: FlushReason
     flushed_at: float  # on the batcher's clock

@@ -4,7 +4,7 @@ responses, nothing else. Errors are mapped by ``ErrorMappingInterceptor``."""
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
@@ -13,6 +13,9 @@ from router.runtime.pipeline import Pipeline
 from router.runtime.stats import Snapshot
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # plain data from the metrics store; no import at run time
+    from router.storage import WindowAggregate
 
 from .convert import outcome_pb, plan_parts, query_from_request, result_pb, shed_pb, skill_stats_pb, window_pb
 
@@ -27,7 +30,7 @@ class Application(Protocol):
 
     def snapshot(self) -> Snapshot: ...
 
-    async def window(self, window_s: float) -> tuple[Any, str, int]:
+    async def window(self, window_s: float) -> tuple[WindowAggregate | None, str, int]:
         """(aggregate or None, store name, rows dropped) over ``window_s``."""
 
 

@@ -50,7 +50,7 @@ def describe(dsn: str) -> str:
     return f"{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', d.get('user', ''))}"
 
 
-def _row(r: QueryRecord) -> tuple[Any, ...]:
+def _row(r: QueryRecord) -> tuple[object, ...]:
     out: list[Any] = []
     for c in COLUMNS:
         v = getattr(r, c)
@@ -62,7 +62,7 @@ def _row(r: QueryRecord) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _record(row: tuple[Any, ...]) -> QueryRecord:
+def _record(row: tuple[object, ...]) -> QueryRecord:
     values = dict(zip(COLUMNS, row))
     values["skills"] = tuple(values["skills"] or ())
     values["skills_ok"] = tuple(values["skills_ok"] or ())
@@ -105,7 +105,7 @@ class PostgresBackend:
 
     async def aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate:
         where = "timestamp > to_timestamp(%s) AND timestamp <= to_timestamp(%s)" + (" AND rpc = %s" if rpc else "")
-        args: tuple[Any, ...] = (since, until) + ((rpc,) if rpc else ())
+        args: tuple[object, ...] = (since, until) + ((rpc,) if rpc else ())
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT count(*), count(*) FILTER (WHERE status NOT IN {ANSWERED_SQL}), avg(skills_selected)::float8,"

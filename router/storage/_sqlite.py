@@ -51,11 +51,11 @@ SCHEMA = (
 INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
 
-def _row(r: QueryRecord) -> tuple[Any, ...]:
+def _row(r: QueryRecord) -> tuple[object, ...]:
     return tuple(skills_json(v) if isinstance(v, tuple) else v for v in (getattr(r, c) for c in COLUMNS))
 
 
-def _record(row: tuple[Any, ...]) -> QueryRecord:
+def _record(row: tuple[object, ...]) -> QueryRecord:
     values = dict(zip(COLUMNS, row))
     values["skills"] = tuple(json.loads(values["skills"] or "[]"))
     values["skills_ok"] = tuple(json.loads(values["skills_ok"] or "[]"))
@@ -97,7 +97,7 @@ class SqliteBackend:
             raise StoreError(f"cannot open the SQLite metrics store {self.path!r}: {exc}") from exc
         self._conn = conn
 
-    def _sync_write(self, rows: list[tuple[Any, ...]]) -> None:
+    def _sync_write(self, rows: list[tuple[object, ...]]) -> None:
         conn = self._conn
         assert conn is not None
         conn.execute("BEGIN")
@@ -112,7 +112,7 @@ class SqliteBackend:
         conn = self._conn
         assert conn is not None
         where = "timestamp > ? AND timestamp <= ?" + (" AND rpc = ?" if rpc is not None else "")
-        args: tuple[Any, ...] = (since, until) + ((rpc,) if rpc is not None else ())
+        args: tuple[object, ...] = (since, until) + ((rpc,) if rpc is not None else ())
         (n, errors, skills, avg_cost, total_cost, saved, avg_saved, sel_ms, avg_ms, quality) = conn.execute(
             f"SELECT count(*), coalesce(sum(status NOT IN {ANSWERED_SQL}), 0), avg(skills_selected), avg(total_cost),"
             f" sum(total_cost), sum(cost_saved), avg(cost_saved), avg(selection_time_ms), avg(total_time_ms),"

@@ -39,7 +39,7 @@ from router.core.errors import RouterError
 from router.core.routing import PlannedSkill, RoutePlan
 from router.core.selection import RejectionReason
 from router.core.synthesis import SkillOutcome, Synthesis
-from router.core.types import ImplementationSpec
+from router.core.types import BackendKind, ImplementationSpec
 from router.runtime.observer import QueryRecord
 
 from ._metrics import Instruments
@@ -89,7 +89,7 @@ def record_exception(span: trace.Span, exc: BaseException) -> None:
 def operation_of(backend: str) -> str:
     """OpenAI-compatible backends are chat completions; an HTTP skill is an
     agent the router invokes."""
-    return "chat" if backend == "openai" else "invoke_agent"
+    return "chat" if backend == BackendKind.OPENAI else "invoke_agent"
 
 
 def _server_of(url: str) -> tuple[str, int | None]:
