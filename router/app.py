@@ -23,16 +23,18 @@ from router.backends import BackendPool
 from router.config import RouterConfig
 from router.core.batching import BatchKeyMode
 from router.core.breaker import BreakerConfig
+from router.core.errors import ConfigError
 from router.core.limits import AIMDLimit, Gradient2Limit
+from router.core.redact import Redactor
 from router.core.retry import RetryPolicy
 from router.core.types import SkillSpec
 from router.runtime.pipeline import Pipeline
 from router.runtime.registry import LiveRegistry
 from router.runtime.skills import AdmissionOptions, BatchingOptions, SkillRuntime, build_skill_runtimes
 from router.runtime.stats import Snapshot, skill_snapshots
-from router.service.server import RouterServer
+from router.service.server import RouterServer, TlsFiles
 from router.service.servicer import RouterServicer
-from router.storage import MetricsStore, StoreSettings, open_store
+from router.storage import MetricsStore, StoreSettings, open_store, query_hasher
 from router.telemetry import Telemetry, TelemetrySettings, setup_telemetry
 
 log = logging.getLogger("router")
@@ -80,6 +82,9 @@ class App:
         # is logged, not fatal: its calls fail (and its breaker opens) until
         # it comes up, while the other skills serve.
         self.warm_failures = await self.pool.warm_all(strict=False)
+        failed = {key: True for key in self.warm_failures}
+        for s in self.config.skills:  # per-skill health: SERVING when one implementation warmed
+            await self.server.set_skill_serving(s.name, not all((s.name, i.name) in failed for i in s.implementations))
         await self.server.set_serving(True)
         log.info("skill-router serving on %s (%d skills, moe %s)", self.address, len(self.config.skills),
                  "on" if self.pipeline.policy.moe_enabled else "off")
@@ -157,24 +162,56 @@ def _store_settings(config: RouterConfig) -> StoreSettings | None:
                          flush_interval_s=st.flush_interval_s, buffer_size=st.buffer_size)
 
 
+def _server_token(config: RouterConfig, env: Mapping[str, str]) -> str | None:
+    name = config.server.auth.token_env
+    if not name:
+        return None
+    token = env.get(name, "")
+    if not token:
+        raise ConfigError(name, "", f"server.auth.token_env names {name}, which is not set (or empty)")
+    return token
+
+
+def _redactor(config: RouterConfig, env: Mapping[str, str], token: str | None) -> Redactor:
+    """Every secret the sidecar holds, for redaction by value."""
+    names = {i.api_key_env for s in config.skills for i in s.implementations if i.api_key_env}
+    values = [v for n in names for v in (os.environ.get(n), env.get(n)) if v]
+    return Redactor([*values, *([token] if token else [])])
+
+
+def _tls(config: RouterConfig) -> TlsFiles | None:
+    t = config.server.tls
+    return None if t is None else TlsFiles(t.cert_file, t.key_file, t.client_ca_file)
+
+
 def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[str, str] | None = None) -> App:
     """Wire the sidecar from ``config``; ``env`` (default os.environ) holds the
     ``OTEL_*`` telemetry settings."""
     app_ref: list[App] = []
+    environ = os.environ if env is None else env
+    token = _server_token(config, environ)
+    redact = _redactor(config, environ, token)
     telemetry = setup_telemetry(
         TelemetrySettings(service_name=config.telemetry.service_name,
-                          record_query_text=config.telemetry.record_query_text),
-        os.environ if env is None else env, live_stats=lambda: app_ref[0].live_stats())
+                          record_query_text=config.telemetry.record_query_text,
+                          baggage_allowlist=tuple(config.telemetry.baggage_allowlist)),
+        environ, live_stats=lambda: app_ref[0].live_stats(), redact=redact)
     pool = BackendPool.from_skills(
-        config.skills, batch=lambda s, i: config.implementation_options(s.name, i.name).can_batch)
+        config.skills, batch=lambda s, i: config.implementation_options(s.name, i.name).can_batch,
+        max_response_bytes=lambda s, i: config.implementation_options(s.name, i.name).max_response_bytes,
+        redact=redact)
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
     runtimes = _runtimes(config)
     pipeline = Pipeline(config.skills, config.policy, pool, registry, runtimes, admission=_admission(config),
-                        observer=telemetry.observer, default_deadline_s=config.server.default_deadline_s)
-    servicer = RouterServicer(pipeline, lambda: app_ref[0].snapshot(), lambda w: app_ref[0].window(w))
+                        observer=telemetry.observer, default_deadline_s=config.server.default_deadline_s,
+                        hash_query=query_hasher(config.storage.sqlite_path, config.storage.postgres_dsn, environ))
+    servicer = RouterServicer(pipeline, lambda: app_ref[0].snapshot(), lambda w: app_ref[0].window(w),
+                              redact=redact)
     server = RouterServer(servicer, listen or config.server.listen, interceptors=[telemetry.server_interceptor()],
-                          max_concurrent_rpcs=config.server.max_concurrent_rpcs)
+                          max_concurrent_rpcs=config.server.max_concurrent_rpcs, redact=redact,
+                          tls=_tls(config), token=token, reflection_enabled=config.server.reflection,
+                          grpc_options=config.server.grpc_options, skills=[s.name for s in config.skills])
     app = App(config, pool, registry, runtimes, pipeline, server, telemetry)
     app_ref.append(app)
     return app

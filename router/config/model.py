@@ -60,6 +60,7 @@ class ImplementationOptions:
     expected_input_tokens: int | None = None
     expected_output_tokens: int | None = None
     cost_derived: bool = False  # cost_per_query was computed from per-token prices
+    max_response_bytes: int = 4 * 1024 * 1024
 
     @property
     def can_batch(self) -> bool:

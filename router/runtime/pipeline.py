@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import random
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -135,7 +137,12 @@ class Pipeline:
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        hash_query: Callable[[str], str] | None = None,
     ) -> None:
+        # The metrics row's query_hash: a keyed hash (built by the composition
+        # root, key from the environment or beside the store); by default one
+        # keyed with a random key of this process.
+        self._hash_query = hash_query or _process_keyed_hash()
         self.skills = skills
         self.policy = policy
         self.backends = backends
@@ -505,7 +512,7 @@ class Pipeline:
         top = ran[0] if ran else (plan.planned[0] if plan.planned else None)
         return QueryRecord(
             query_id=run.qid, timestamp=run.arrived, rpc="execute", status=status,
-            query_hash=hashlib.sha256(query.text.encode()).hexdigest()[:16],
+            query_hash=self._hash_query(query.text),
             domain=query.domain, complexity=query.complexity,
             skills_considered=len(self.skills), skills_selected=len(ran),
             top_skill=top.name if top else "", top_skill_score=top.chosen.score.score if top else 0.0,
@@ -519,5 +526,10 @@ class Pipeline:
             skills=tuple(p.name for p in ran), skills_ok=tuple(o.skill for o in outcomes if o.ok),
             trace_id=run.obs.trace_id,
         )
+
+def _process_keyed_hash() -> Callable[[str], str]:
+    key = secrets.token_bytes(32)
+    return lambda text: hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:32]
+
 
 __all__ = ["ExecuteOutcome", "ImplementationChoice", "Pipeline", "RouteOutcome", "ShedSkill"]

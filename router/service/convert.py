@@ -3,7 +3,7 @@ Nothing here decides anything."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from router.core.admission import RejectReason
@@ -101,10 +101,11 @@ def plan_parts(plan: RoutePlan, ran: Sequence[PlannedSkill] | None = None) -> tu
     return selections, rejections
 
 
-def result_pb(o: SkillOutcome, weight: float) -> pb.SkillResult:
+def result_pb(o: SkillOutcome, weight: float, redact: Callable[[str], str] | None = None) -> pb.SkillResult:
+    """``redact`` is the final net over the backend's error text."""
     return pb.SkillResult(
         skill=o.skill, implementation=o.implementation, model=o.model, weight=weight, status=_STATUS[o.status],
-        output=o.output, error=o.error, cost_usd=o.cost, latency_ms=o.latency_ms,
+        output=o.output, error=redact(o.error) if redact is not None and o.error else o.error, cost_usd=o.cost, latency_ms=o.latency_ms,
         input_tokens=o.input_tokens, output_tokens=o.output_tokens, quality=o.quality,
         queue_wait_ms=o.queue_wait_ms, attempts=o.attempts, batch_size=o.batch_size, shared_by=o.shared_by,
     )

@@ -3,11 +3,31 @@
 Health says SERVING only after the composition root has warmed the backend
 pools; on shutdown it says NOT_SERVING first, then the server stops taking
 calls and gives in-flight ones a grace period.
+
+What health means (for a Kubernetes liveness or readiness probe):
+
+- ``""`` and ``router.v1.RouterService``: SERVING once the sidecar has
+  started and warmed its pools, whether or not every backend answered: the
+  sidecar itself works, and the skills whose backends did warm serve (a dead
+  backend's calls fail and its breaker opens; standby skills step in). Probe
+  these for liveness and readiness; NOT_SERVING only while starting and
+  draining.
+- ``router.v1.RouterService/<skill>``: per skill, SERVING when at least one
+  of its implementations warmed at start-up, else NOT_SERVING. For alerts
+  and dashboards, not for probes: one dead backend should not take a
+  replica out of rotation.
+
+The front door, in order: ``AuthInterceptor`` (with a token),
+``CallLimiter`` (with ``max_concurrent_rpcs``), the given interceptors
+(telemetry), ``ErrorMappingInterceptor``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,33 +36,102 @@ from grpc_reflection.v1alpha import reflection
 from router.v1 import router_pb2, router_pb2_grpc
 
 from .errors import ErrorMappingInterceptor
+from .guard import AuthInterceptor, CallLimiter
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+# gRPC core's own queue of calls the application has not picked up yet: over
+# its soft limit, calls older than the unrequested time are cancelled, over
+# the hard limit every new one is, with nothing logged. Raised so that excess
+# load reaches CallLimiter, which refuses it visibly (RESOURCE_EXHAUSTED +
+# RetryInfo, counted). server.grpc_options overrides any of these.
+DEFAULT_GRPC_OPTIONS: dict[str, int | str] = {
+    "grpc.so_reuseport": 0,
+    "grpc.max_receive_message_length": 4 * 1024 * 1024,
+    "grpc.max_send_message_length": 16 * 1024 * 1024,
+    "grpc.max_metadata_size": 16 * 1024,
+    "grpc.server.max_pending_requests": 20_000,
+    "grpc.server.max_pending_requests_hard_limit": 40_000,
+    "grpc.server_max_unrequested_time_in_server": 60,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files: the server's certificate chain and key, and (for mTLS) the
+    CA that client certificates must chain to."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        def read(path: str) -> bytes:
+            return Path(path).read_bytes()
+        ca = read(self.client_ca_file) if self.client_ca_file else None
+        return grpc.ssl_server_credentials([(read(self.key_file), read(self.cert_file))],
+                                           root_certificates=ca, require_client_auth=ca is not None)
+
+
+def is_loopback(listen: str) -> bool:
+    if listen.startswith("unix:"):
+        return True
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def skill_service_name(skill: str) -> str:
+    return f"{SERVICE_NAME}/{skill}"
 
 
 class RouterServer:
     def __init__(self, servicer: router_pb2_grpc.RouterServiceServicer, listen: str,
                  interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-                 max_concurrent_rpcs: int | None = None) -> None:
+                 max_concurrent_rpcs: int | None = None, *,
+                 redact: Callable[[str], str] | None = None,
+                 tls: TlsFiles | None = None,
+                 token: str | None = None,
+                 reflection_enabled: bool | None = None,
+                 grpc_options: Mapping[str, int | str] | None = None,
+                 skills: Iterable[str] = ()) -> None:
+        front: list[grpc.aio.ServerInterceptor] = []
+        self.auth = AuthInterceptor(token) if token else None
+        if self.auth is not None:
+            front.append(self.auth)
+        self.limiter = CallLimiter(max_concurrent_rpcs) if max_concurrent_rpcs else None
+        if self.limiter is not None:
+            front.append(self.limiter)
+        self.errors = ErrorMappingInterceptor(redact)
+        options = {**DEFAULT_GRPC_OPTIONS, **(grpc_options or {})}
         self.server = grpc.aio.server(
-            interceptors=[*interceptors, ErrorMappingInterceptor()],
-            maximum_concurrent_rpcs=max_concurrent_rpcs,
-            options=[("grpc.so_reuseport", 0)],
+            interceptors=[*front, *interceptors, self.errors],
+            options=list(options.items()),
         )
         router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server)
-        self.port = self.server.add_insecure_port(listen)
+        self.reflection = is_loopback(listen) if reflection_enabled is None else reflection_enabled
+        if self.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+                self.server)
+        self.skills = tuple(skills)
+        if tls is not None:
+            self.port = self.server.add_secure_port(listen, tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
         host = listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
 
     async def start(self) -> None:
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, *map(skill_service_name, self.skills)):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
 
@@ -50,6 +139,10 @@ class RouterServer:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
+
+    async def set_skill_serving(self, skill: str, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(skill_service_name(skill), status)
 
     async def stop(self, grace_s: float) -> None:
         await self.set_serving(False)

@@ -24,13 +24,18 @@ MAX_WINDOW_S = 90 * 24 * 3600.0
 WindowReader = Callable[[float], Awaitable[tuple[Any, str, int]]]
 
 
+def _same(text: str) -> str:
+    return text
+
+
 async def _no_store(window_s: float) -> tuple[Any, str, int]:
     return None, "", 0
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
     def __init__(self, pipeline: Pipeline, snapshot: Callable[[], Snapshot],
-                 window: WindowReader = _no_store) -> None:
+                 window: WindowReader = _no_store, *, redact: Callable[[str], str] | None = None) -> None:
+        self._redact = redact or _same
         self._pipeline = pipeline
         self._snapshot = snapshot
         self._window = window
@@ -52,7 +57,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         return pb.ExecuteResponse(
             query_id=out.query_id, trace_id=out.trace_id, text=out.synthesis.text,
             selections=selections, rejections=rejections,
-            results=[result_pb(o, w) for o, w in zip(out.outcomes, out.synthesis.weights)],
+            results=[result_pb(o, w, self._redact) for o, w in zip(out.outcomes, out.synthesis.weights)],
             cost=pb.CostLedger(actual_usd=ledger.actual, baseline_usd=ledger.baseline, saved_usd=ledger.saved,
                                saved_fraction=ledger.saved_fraction, baseline_skills=ledger.baseline_skills),
             timing=pb.Timing(selection_us=out.selection_us, execution_us=out.execution_us, total_us=out.total_us),

@@ -16,10 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ._hashkey import KEY_ENV as QUERY_HASH_KEY_ENV
+from ._hashkey import query_hasher
 from ._store import Backend, MetricsStore
 from ._types import TABLE, HourlyTrend, StoreError, StoreSettings, StoreStats, WindowAggregate
 
 __all__ = [
+    "QUERY_HASH_KEY_ENV",
     "TABLE",
     "Backend",
     "HourlyTrend",
@@ -29,6 +32,7 @@ __all__ = [
     "StoreStats",
     "WindowAggregate",
     "open_store",
+    "query_hasher",
 ]
 
 

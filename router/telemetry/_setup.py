@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,14 @@ from router.runtime.observer import NullObserver, Observer
 from ._config import GRPC, ExporterPlan, TelemetryPlan, read_plan
 from ._metrics import Instruments, LiveStats
 from ._observer import OtelObserver
-from ._server import NULL_SERVER_SPAN_CONTEXT, W3C_PROPAGATOR, ServerSpan, TracingInterceptor, start_server_span
+from ._server import (
+    NULL_SERVER_SPAN_CONTEXT,
+    W3C_PROPAGATOR,
+    ServerSpan,
+    TracingInterceptor,
+    outbound_propagator,
+    start_server_span,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,8 @@ class TelemetrySettings:
     max_query_text_chars: int = 2048
     # Also make these providers the process-wide ones (for other instrumentations).
     install_global: bool = False
+    # Baggage keys forwarded to the backends; the trace context always is.
+    baggage_allowlist: tuple[str, ...] = ()
 
 
 def _sampler(plan: TelemetryPlan) -> sampling.Sampler:
@@ -195,9 +204,11 @@ class Telemetry:
 
 
 def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *,
-                    live_stats: LiveStats | None = None) -> Telemetry:
+                    live_stats: LiveStats | None = None, redact: Callable[[str], str] | None = None) -> Telemetry:
     """Build the telemetry from ``settings`` (a ``TelemetrySettings`` or any
     object with the same attributes) and the ``OTEL_*`` variables in ``env``.
+    ``redact`` (the sidecar's secrets) is applied to every error text on a
+    span, before the shape-based ``scrub``.
 
     Raises ``TelemetryConfigError`` naming the variable when one is unusable.
     """
@@ -240,7 +251,7 @@ def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *
             metrics_api.set_meter_provider(meter_provider)
 
     observer = OtelObserver(
-        tracer, instruments, W3C_PROPAGATOR,
+        tracer, instruments, outbound_propagator(getattr(settings, "baggage_allowlist", ())), redact=redact,
         record_query_text=bool(getattr(settings, "record_query_text", False)),
         max_query_text_chars=int(getattr(settings, "max_query_text_chars", 2048)),
     )
