@@ -36,7 +36,9 @@ class InvalidArgument(RouterError):
 
 class UnknownSkill(InvalidArgument):
     def __init__(self, field: str, name: str, known: list[str]) -> None:
-        super().__init__(field, f"unknown skill {name!r} (configured: {', '.join(known)})")
+        shown = ", ".join(known[:20]) + (f", … ({len(known)} in all)" if len(known) > 20 else "")
+        quoted = repr(name) if len(name) <= 40 else f"{name[:40]!r}… ({len(name)} chars)"
+        super().__init__(field, f"unknown skill {quoted} (configured: {shown})")
         self.name = name
 
 
