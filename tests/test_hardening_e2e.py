@@ -116,6 +116,10 @@ async def client(app):
         yield c
 
 
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
 # --- secrets ------------------------------------------------------------------
 
 
@@ -143,7 +147,7 @@ async def test_a_backend_echoing_the_key_never_gets_it_to_the_caller_a_span_a_lo
     # Logs and the metrics store.
     assert not [line for line in logs.lines if KEY in line]
     await asyncio.sleep(0.2)  # the store's writer flushes every 50 ms
-    assert KEY.encode() not in store_path.read_bytes()
+    assert KEY.encode() not in _read(store_path)
 
 
 async def test_key_shapes_the_sidecar_does_not_hold_are_scrubbed(client) -> None:
@@ -172,12 +176,12 @@ async def test_query_hash_is_keyed_and_its_key_persisted_beside_the_store(app, c
         await asyncio.sleep(0.05)
         with sqlite3.connect(store_path) as db:
             rows = [r[0] for r in db.execute("SELECT query_hash FROM brain_moe_metrics")]
-        expected = hmac.new(key_file.read_bytes(), text.encode(), hashlib.sha256).hexdigest()[:32]
+        expected = hmac.new(_read(key_file), text.encode(), hashlib.sha256).hexdigest()[:32]
         if expected in rows:
             break
     assert expected in rows
     assert hashlib.sha256(text.encode()).hexdigest()[:16] not in {r[:16] for r in rows}
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
     # The key comes from the environment when set.
     from router.storage import query_hasher
     keyed = query_hasher(str(store_path), None, {"SKILL_ROUTER_QUERY_HASH_KEY": HASH_KEY})
