@@ -94,6 +94,7 @@ class App:
             return
         self._stopped = True
         grace = self.config.server.grace_period_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
         await self.server.set_serving(False)
         self.pipeline.start_draining()
         await self.server.stop(grace)
@@ -101,7 +102,8 @@ class App:
         await self.pool.aclose()
         if self.store is not None:
             await self.store.aclose()
-        await self.telemetry.aclose()
+        # What is left of the grace (at least a second) for the exporters to flush.
+        await self.telemetry.aclose(max(1.0, deadline - time.monotonic()))
 
     async def __aenter__(self) -> App:
         await self.start()

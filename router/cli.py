@@ -57,6 +57,18 @@ def main(log_level: str) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+STARTUP_EXIT_CODE = 2
+
+
+def _startup_failed(lines: list[str]) -> None:
+    """Start-up problems: one line each, no traceback, exit code 2."""
+    from router.core.redact import Redactor
+    scrub = Redactor()
+    for line in lines:
+        click.echo(f"error: {scrub(line)}", err=True)
+    sys.exit(STARTUP_EXIT_CODE)
+
+
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="Skills config (YAML). Default: the bundled one.")
 @click.option("--listen", help="HOST:PORT to listen on (default from config: 127.0.0.1:50051).")
@@ -64,8 +76,15 @@ def main(log_level: str) -> None:
 def serve(config_path: str | None, listen: str | None, demo: bool) -> None:
     """Run the sidecar until SIGTERM/SIGINT."""
     from router.app import serve as run
+    from router.core.errors import ConfigError, StartupError
+    from router.preflight import problems
+    from router.storage import StoreError
+    from router.telemetry import TelemetryConfigError
 
     config = _load(config_path)
+    found = problems(config, os.environ, listen)
+    if found:
+        _startup_failed([str(p) for p in found])
 
     async def go() -> None:
         if demo:
@@ -76,7 +95,17 @@ def serve(config_path: str | None, listen: str | None, demo: bool) -> None:
         else:
             await run(config, listen)
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except StartupError as exc:
+        _startup_failed([str(exc)])
+    except StoreError as exc:
+        key = "storage.postgres_dsn" if config.storage.postgres_dsn else "storage.sqlite_path"
+        _startup_failed([str(exc) if str(exc).startswith(("storage.", "SKILL_ROUTER_")) else f"{key}: {exc}"])
+    except TelemetryConfigError as exc:
+        _startup_failed([f"{exc.key}: {exc.problem}"])
+    except ConfigError as exc:
+        _startup_failed([str(exc)])
 
 
 def _query_options(f):  # type: ignore[no-untyped-def]
@@ -151,10 +180,18 @@ def check_config(path: str) -> None:
     """Validate a config file (and the BRAIN_* environment overrides) without starting."""
     from router.config import check_config as check
     from router.core.errors import ConfigError
+    from router.preflight import problems
     try:
         click.echo(check(path))
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    from router.service.server import AddressInUse
+    found = problems(_load(path), os.environ)
+    for p in found:
+        # In use may be the running sidecar whose config this is: a warning.
+        click.echo(f"{'warning' if isinstance(p, AddressInUse) else 'error'}: {p}", err=True)
+    if any(not isinstance(p, AddressInUse) for p in found):
         sys.exit(1)
 
 

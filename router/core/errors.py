@@ -13,6 +13,7 @@ psycopg) are wrapped at the edges into these; one interceptor in
     ├── ShuttingDown             the sidecar is draining  → UNAVAILABLE
     ├── DeadlineExceeded         the caller's deadline passed → DEADLINE_EXCEEDED
     ├── ConfigError              bad config file (start-up, check-config)
+    ├── StartupError             the config is valid but serving cannot start (key named)
     └── BackendError             one backend call failed (kept in the skill's result)
         ├── BackendTimeout
         ├── BackendConnectionError
@@ -80,6 +81,16 @@ class ConfigError(RouterError):
         super().__init__(f"{where}: {problem}")
         self.source = source
         self.path = path
+        self.problem = problem
+
+
+class StartupError(RouterError):
+    """Serving cannot start: ``key`` is the config key (or environment
+    variable) at fault, e.g. ``server.listen`` or ``storage.sqlite_path``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
         self.problem = problem
 
 

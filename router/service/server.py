@@ -24,7 +24,9 @@ The front door, in order: ``AuthInterceptor`` (with a token),
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from router.core.errors import StartupError
 from router.v1 import router_pb2, router_pb2_grpc
 
 from .errors import ErrorMappingInterceptor
@@ -65,12 +68,48 @@ class TlsFiles:
     key_file: str
     client_ca_file: str | None = None
 
+    def read(self) -> tuple[bytes, bytes, bytes | None]:
+        """(certificate chain, key, client CA or None); ``StartupError``
+        naming the key when a file cannot be read or is not PEM."""
+        def read(key: str, path: str) -> bytes:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise StartupError(f"server.tls.{key}", f"cannot read {path!r} ({exc.strerror})") from None
+            if b"-----BEGIN " not in data:
+                raise StartupError(f"server.tls.{key}", f"{path!r} is not a PEM file")
+            return data
+        ca = read("client_ca_file", self.client_ca_file) if self.client_ca_file else None
+        return read("cert_file", self.cert_file), read("key_file", self.key_file), ca
+
     def credentials(self) -> grpc.ServerCredentials:
-        def read(path: str) -> bytes:
-            return Path(path).read_bytes()
-        ca = read(self.client_ca_file) if self.client_ca_file else None
-        return grpc.ssl_server_credentials([(read(self.key_file), read(self.cert_file))],
-                                           root_certificates=ca, require_client_auth=ca is not None)
+        cert, key, ca = self.read()
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+class AddressInUse(StartupError):
+    """The listen address is taken (by another process, or this sidecar already running)."""
+
+
+def check_listen(listen: str) -> None:
+    """Raise ``StartupError`` (key ``server.listen``) when ``listen``'s host
+    does not resolve or its address cannot be bound now (in use, not local)."""
+    if listen.startswith("unix:"):
+        return
+    host, _, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise StartupError("server.listen", f"cannot resolve host {host!r} ({exc})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no conflict
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            cls = AddressInUse if exc.errno == errno.EADDRINUSE else StartupError
+            raise cls("server.listen", f"cannot bind {listen} ({exc.strerror})") from None
 
 
 def is_loopback(listen: str) -> bool:
@@ -121,12 +160,16 @@ class RouterServer:
                 (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
                 self.server)
         self.skills = tuple(skills)
-        if tls is not None:
-            self.port = self.server.add_secure_port(listen, tls.credentials())
-        else:
-            self.port = self.server.add_insecure_port(listen)
+        check_listen(listen)
+        try:
+            if tls is not None:
+                self.port = self.server.add_secure_port(listen, tls.credentials())
+            else:
+                self.port = self.server.add_insecure_port(listen)
+        except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+            raise StartupError("server.listen", f"cannot listen on {listen} ({exc})") from None
         if self.port == 0:
-            raise OSError(f"cannot listen on {listen}")
+            raise StartupError("server.listen", f"cannot listen on {listen}")
         host = listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -145,6 +146,7 @@ class Telemetry:
         self._instruments = instruments
         self._tracer = tracer
         self._closed = False
+        self.gave_up = False  # aclose() ran out of time
 
     def __repr__(self) -> str:
         traces = self.plan.traces.kind + "/" + self.plan.traces.protocol if self.plan.traces else "off"
@@ -198,9 +200,44 @@ class Telemetry:
     async def aflush(self, timeout_s: float = 10.0) -> bool:
         return await asyncio.to_thread(self.force_flush, timeout_s)
 
-    async def aclose(self, timeout_s: float = 10.0) -> None:
-        """``shutdown`` off the event loop (the exporters block)."""
-        await asyncio.to_thread(self.shutdown, timeout_s)
+    async def aclose(self, timeout_s: float = 10.0) -> bool:
+        """``shutdown`` off the event loop, given at most ``timeout_s``: an
+        exporter whose collector does not answer retries for longer than a
+        container's grace period. Past it, give up (what is pending is
+        dropped), say so once, and return False. The shutdown goes on in a
+        daemon thread, which never holds the process's exit."""
+        if self._closed or (self.tracer_provider is None and self.meter_provider is None):
+            self._closed = True
+            return True
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(exc: BaseException | None) -> None:
+            if done.done():
+                return
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+        def run() -> None:
+            outcome: BaseException | None = None
+            try:
+                self.shutdown(timeout_s)
+            except BaseException as exc:  # reported on the loop
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                loop.call_soon_threadsafe(settle, outcome)
+
+        threading.Thread(target=run, name="telemetry-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout_s)
+        except TimeoutError:
+            self.gave_up = True
+            log.warning("telemetry: the exporters did not flush within %.1fs (the shutdown grace); "
+                        "giving up, pending spans and metrics are dropped", timeout_s)
+            return False
+        return True
 
 
 def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *,
