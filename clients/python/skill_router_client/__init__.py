@@ -11,12 +11,27 @@ Every call takes ``timeout`` (seconds; the gRPC deadline the sidecar bounds
 its backend calls by) and ``metadata`` (extra gRPC metadata, for example a
 W3C ``traceparent``). Errors are ``grpc.RpcError``; ``error_details`` reads
 the field violation or retry delay the sidecar attaches.
+
+A sidecar with TLS, mTLS and a token (docs/security.md)::
+
+    tls = TlsConfig(ca_file="ca.crt", cert_file="client.crt", key_file="client.key")
+    async with AsyncRouterClient("router:50051", tls=tls, token=os.environ["SKILL_ROUTER_TOKEN"]) as client:
+        ...
 """
 
 from __future__ import annotations
 
 from router.v1 import router_pb2 as pb
 
-from ._client import AsyncRouterClient, ErrorDetails, Priority, RouterClient, build_context, error_details
+from ._client import (
+    AsyncRouterClient,
+    ErrorDetails,
+    Priority,
+    RouterClient,
+    TlsConfig,
+    build_context,
+    error_details,
+)
 
-__all__ = ["AsyncRouterClient", "ErrorDetails", "Priority", "RouterClient", "build_context", "error_details", "pb"]
+__all__ = ["AsyncRouterClient", "ErrorDetails", "Priority", "RouterClient", "TlsConfig", "build_context",
+           "error_details", "pb"]
