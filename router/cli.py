@@ -2,6 +2,7 @@
 
     skill-router serve [--config PATH] [--listen HOST:PORT] [--demo]
     skill-router route "QUERY" [--domain D] [--complexity C] [--target HOST:PORT] [--json]
+                               [--tls-ca CA] [--tls-cert CERT --tls-key KEY] [--token-env NAME]
     skill-router execute "QUERY" [...]
     skill-router stats [--target HOST:PORT] [--json]
     skill-router check-config PATH
@@ -108,6 +109,31 @@ def serve(config_path: str | None, listen: str | None, demo: bool) -> None:
         _startup_failed([str(exc)])
 
 
+def _connection_options(f):  # type: ignore[no-untyped-def]
+    """How to reach a sidecar with server.tls / server.auth.token_env."""
+    for opt in reversed([
+        click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
+                     help="TLS: the CA of the sidecar's certificate (PEM)."),
+        click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
+                     help="mTLS: this client's certificate (PEM)."),
+        click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="mTLS: this client's key (PEM)."),
+        click.option("--token-env", default="SKILL_ROUTER_TOKEN", show_default=True,
+                     help="Environment variable holding the bearer token (sent when set)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _client(target: str, timeout: float, conn: dict):  # type: ignore[no-untyped-def]
+    from skill_router_client import RouterClient, TlsConfig
+    ca, cert, key = conn.pop("tls_ca"), conn.pop("tls_cert"), conn.pop("tls_key")
+    token = os.environ.get(conn.pop("token_env") or "") or None
+    if (cert is None) != (key is None):
+        raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
+    tls = TlsConfig(ca_file=ca, cert_file=cert, key_file=key) if (ca or cert) else None
+    return RouterClient(target, timeout=timeout, tls=tls, token=token)
+
+
 def _query_options(f):  # type: ignore[no-untyped-def]
     for opt in reversed([
         click.argument("query"),
@@ -124,7 +150,14 @@ def _query_options(f):  # type: ignore[no-untyped-def]
         click.option("--json", "as_json", is_flag=True, help="Print the response as JSON."),
     ]):
         f = opt(f)
-    return f
+    return _connection_options(f)
+
+
+_CONNECTION_KEYS = ("tls_ca", "tls_cert", "tls_key", "token_env")
+
+
+def _split(kw: dict) -> dict:  # type: ignore[type-arg]
+    return {k: kw.pop(k) for k in _CONNECTION_KEYS}
 
 
 def _context(kw: dict):  # type: ignore[no-untyped-def]
@@ -138,8 +171,7 @@ def _context(kw: dict):  # type: ignore[no-untyped-def]
 @_query_options
 def route(query: str, target: str, timeout: float, as_json: bool, **kw: object) -> None:
     """Show which skills would answer QUERY (no backend is called)."""
-    from skill_router_client import RouterClient
-    with RouterClient(target, timeout=timeout) as c:
+    with _client(target, timeout, _split(kw)) as c:
         resp = _rpc(lambda: c.route(query, context=_context(kw)))
     if as_json:
         return _print_json(resp)
@@ -151,8 +183,7 @@ def route(query: str, target: str, timeout: float, as_json: bool, **kw: object) 
 @_query_options
 def execute(query: str, target: str, timeout: float, as_json: bool, **kw: object) -> None:
     """Route QUERY, call the chosen skills and print the synthesis."""
-    from skill_router_client import RouterClient
-    with RouterClient(target, timeout=timeout) as c:
+    with _client(target, timeout, _split(kw)) as c:
         resp = _rpc(lambda: c.execute(query, context=_context(kw)))
     if as_json:
         return _print_json(resp)
@@ -163,10 +194,10 @@ def execute(query: str, target: str, timeout: float, as_json: bool, **kw: object
 @main.command()
 @click.option("--target", default=DEFAULT_TARGET, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def stats(target: str, as_json: bool) -> None:
+@_connection_options
+def stats(target: str, as_json: bool, **conn: object) -> None:
     """Show live per-skill load and the totals since start."""
-    from skill_router_client import RouterClient
-    with RouterClient(target, timeout=10) as c:
+    with _client(target, 10, conn) as c:
         resp = _rpc(lambda: c.stats())
     if as_json:
         return _print_json(resp)

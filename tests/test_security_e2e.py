@@ -140,3 +140,16 @@ async def test_tls_without_a_client_ca_and_reflection_by_config(emulated, pki) -
     finally:
         await on.stop(0)
         await off.stop(0)
+
+
+async def test_the_command_line_takes_tls_and_the_token(secured, pki) -> None:
+    import json
+
+    from test_cli import run
+    tls = ("--tls-ca", pki.ca, "--tls-cert", pki.client_cert, "--tls-key", pki.client_key)
+    rc, out, err = await run("stats", "--target", secured.address, "--json", *tls,
+                             env={"SKILL_ROUTER_TOKEN": TOKEN})
+    assert rc == 0, err
+    assert json.loads(out)["skills"]
+    rc, out, err = await run("route", "hello", "--target", secured.address, *tls, "--token-env", "EDGE_NO_SUCH_VAR")
+    assert rc == 1 and "UNAUTHENTICATED" in err and TOKEN not in out + err
