@@ -30,7 +30,7 @@ REDACTED = "[REDACTED]"
 MIN_SECRET_CHARS = 6
 
 _SHAPES = re.compile(
-    r"(?i)(bearer\s+|basic\s+|api[_-]?key[\"']?\s*[=:]\s*[\"']?|authorization[\"']?\s*[=:]\s*[\"']?"
+    r"(?i)(bearer\s+|basic\s+|api[_-]?key[\"']?\s*[=:]\s*[\"']?|authorization[\"']?\s*[=:]\s*[\"']?(?:(?:bearer|basic|token)\s+)?"
     r"|x-api-key[\"']?\s*[=:]\s*[\"']?|password[\"']?\s*[=:]\s*[\"']?)[^\s\"',;]+"
     r"|\bsk-[A-Za-z0-9_\-]{6,}"
     r"|\bAIza[0-9A-Za-z_\-]{20,}"
