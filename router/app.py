@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -174,10 +176,20 @@ def _server_token(config: RouterConfig, env: Mapping[str, str]) -> str | None:
     return token
 
 
+_OTLP_HEADER_VARS = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                     "OTEL_EXPORTER_OTLP_METRICS_HEADERS")
+
+
 def _redactor(config: RouterConfig, env: Mapping[str, str], token: str | None) -> Redactor:
-    """Every secret the sidecar holds, for redaction by value."""
+    """Every secret the sidecar holds, for redaction by value: the API keys,
+    the server's token, the metrics store's password, the OTLP headers."""
     names = {i.api_key_env for s in config.skills for i in s.implementations if i.api_key_env}
     values = [v for n in names for v in (os.environ.get(n), env.get(n)) if v]
+    dsn = config.storage.postgres_dsn or ""
+    values += [urllib.parse.unquote(m) for m in re.findall(r"(?<=://)[^/@:]*:([^/@]+)@|password\s*=\s*(\S+)", dsn)
+               for m in m if m]
+    for var in _OTLP_HEADER_VARS:
+        values += [urllib.parse.unquote(kv.partition("=")[2].strip()) for kv in env.get(var, "").split(",")]
     return Redactor([*values, *([token] if token else [])])
 
 
