@@ -23,8 +23,8 @@ EXPOSE 50051
 # Inside a container the sidecar must listen beyond loopback; the pod or
 # compose network is the boundary. Beyond it, turn on server.tls (mTLS) and
 # server.auth.token_env (docs/security.md); reflection is off off-loopback.
-# This plaintext health check does not work once server.tls is on: probe with
-# TLS then (e.g. grpc_health_probe -tls -tls-ca-cert ...).
+# With server.tls on, set server.health_listen (a plaintext health-only port)
+# and point this check at it.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD python -c "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
 ch=grpc.insecure_channel('127.0.0.1:50051'); \

@@ -225,7 +225,8 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
     server = RouterServer(servicer, listen or config.server.listen, interceptors=[telemetry.server_interceptor()],
                           max_concurrent_rpcs=config.server.max_concurrent_rpcs, redact=redact,
                           tls=_tls(config), token=token, reflection_enabled=config.server.reflection,
-                          grpc_options=config.server.grpc_options, skills=[s.name for s in config.skills])
+                          grpc_options=config.server.grpc_options, skills=[s.name for s in config.skills],
+                          health_listen=config.server.health_listen)
     app = App(config, pool, registry, runtimes, pipeline, server, telemetry)
     app_ref.append(app)
     return app

@@ -52,6 +52,8 @@ def problems(config: RouterConfig, env: Mapping[str, str], listen: str | None = 
             found.append(exc)
 
     check(check_listen, listen or config.server.listen)
+    if config.server.health_listen:
+        check(check_listen, config.server.health_listen, "server.health_listen")
     tls = config.server.tls
     if tls is not None:
         check(TlsFiles(tls.cert_file, tls.key_file, tls.client_ca_file).read)

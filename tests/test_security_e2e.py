@@ -41,7 +41,7 @@ async def secured(emulated, pki):
     """TLS + mTLS + token, listening on loopback (reflection on by default there)."""
     config = make_config(emulated.url, server={
         "tls": {"cert_file": pki.server_cert, "key_file": pki.server_key, "client_ca_file": pki.ca},
-        "auth": {"token_env": "EDGE_TEST_SERVER_TOKEN"}})
+        "auth": {"token_env": "EDGE_TEST_SERVER_TOKEN"}, "health_listen": "127.0.0.1:0"})
     app = build_app(config, "127.0.0.1:0", env={"EDGE_TEST_SERVER_TOKEN": TOKEN})
     await app.start()
     try:
@@ -84,6 +84,15 @@ async def test_without_the_right_token_every_rpc_but_health_is_unauthenticated(s
                     pass
             assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert TOKEN not in caplog.text
+
+
+async def test_a_plaintext_health_port_serves_probes_and_nothing_else(secured) -> None:
+    async with grpc.aio.insecure_channel(secured.server.health_address) as ch:
+        resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await AsyncRouterClient(secured.address, channel=ch, token=TOKEN).route("hello")
+        assert ei.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_a_client_without_a_valid_certificate_is_refused(secured, pki) -> None:

@@ -270,6 +270,8 @@ class ServerSettings(Section):
     tls: TlsSettings | None = None
     auth: AuthSettings = AuthSettings()
     reflection: bool | None = None  # None: on when listening on loopback
+    # A plaintext port serving grpc.health.v1 only (for probes without TLS).
+    health_listen: Annotated[str, AfterValidator(_listen)] | None = None
     grpc_options: Annotated[dict[str, GrpcOptionValue], AfterValidator(_grpc_option_names)] = {}
 
 

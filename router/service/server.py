@@ -12,6 +12,9 @@ What health means (for a Kubernetes liveness or readiness probe):
   backend's calls fail and its breaker opens; standby skills step in). Probe
   these for liveness and readiness; NOT_SERVING only while starting and
   draining.
+- ``server.health_listen`` (optional): a second, plaintext port serving
+  only ``grpc.health.v1`` with the same states, for probes that cannot do
+  TLS (Kubernetes' gRPC probes) when ``server.tls`` is on.
 - ``router.v1.RouterService/<skill>``: per skill, SERVING when at least one
   of its implementations warmed at start-up, else NOT_SERVING. For alerts
   and dashboards, not for probes: one dead backend should not take a
@@ -91,9 +94,9 @@ class AddressInUse(StartupError):
     """The listen address is taken (by another process, or this sidecar already running)."""
 
 
-def check_listen(listen: str) -> None:
-    """Raise ``StartupError`` (key ``server.listen``) when ``listen``'s host
-    does not resolve or its address cannot be bound now (in use, not local)."""
+def check_listen(listen: str, key: str = "server.listen") -> None:
+    """Raise ``StartupError`` (naming ``key``) when ``listen``'s host does
+    not resolve or its address cannot be bound now (in use, not local)."""
     if listen.startswith("unix:"):
         return
     host, _, port_text = listen.rpartition(":")
@@ -101,7 +104,7 @@ def check_listen(listen: str) -> None:
     try:
         infos = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
-        raise StartupError("server.listen", f"cannot resolve host {host!r} ({exc})") from None
+        raise StartupError(key, f"cannot resolve host {host!r} ({exc})") from None
     family, kind, proto, _, addr = infos[0]
     with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no conflict
@@ -109,7 +112,7 @@ def check_listen(listen: str) -> None:
             sock.bind(addr)
         except OSError as exc:
             cls = AddressInUse if exc.errno == errno.EADDRINUSE else StartupError
-            raise cls("server.listen", f"cannot bind {listen} ({exc.strerror})") from None
+            raise cls(key, f"cannot bind {listen} ({exc.strerror})") from None
 
 
 def is_loopback(listen: str) -> bool:
@@ -137,7 +140,8 @@ class RouterServer:
                  token: str | None = None,
                  reflection_enabled: bool | None = None,
                  grpc_options: Mapping[str, int | str] | None = None,
-                 skills: Iterable[str] = ()) -> None:
+                 skills: Iterable[str] = (),
+                 health_listen: str | None = None) -> None:
         front: list[grpc.aio.ServerInterceptor] = []
         self.auth = AuthInterceptor(token) if token else None
         if self.auth is not None:
@@ -172,11 +176,25 @@ class RouterServer:
             raise StartupError("server.listen", f"cannot listen on {listen}")
         host = listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
+        # Plaintext grpc.health.v1 only, for probes that cannot speak TLS
+        # (Kubernetes' gRPC probes); it shares the health states above.
+        self.health_server: grpc.aio.Server | None = None
+        self.health_address = ""
+        if health_listen:
+            check_listen(health_listen, "server.health_listen")
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            port = self.health_server.add_insecure_port(health_listen)
+            if port == 0:
+                raise StartupError("server.health_listen", f"cannot listen on {health_listen}")
+            self.health_address = f"{health_listen.rsplit(':', 1)[0]}:{port}"
 
     async def start(self) -> None:
         for name in ("", SERVICE_NAME, *map(skill_service_name, self.skills)):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -190,6 +208,8 @@ class RouterServer:
     async def stop(self, grace_s: float) -> None:
         await self.set_serving(False)
         await self.server.stop(grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
