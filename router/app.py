@@ -104,8 +104,10 @@ class App:
         await self.pool.aclose()
         if self.store is not None:
             await self.store.aclose()
-        # What is left of the grace (at least a second) for the exporters to flush.
-        await self.telemetry.aclose(max(1.0, deadline - time.monotonic()))
+        # The exporters flush in what is left of the grace, keeping half a
+        # second to exit and at most 5 s (a collector that has not taken the
+        # spans by then will not): past it they give up, saying so once.
+        await self.telemetry.aclose(max(0.5, min(5.0, deadline - time.monotonic() - 0.5)))
 
     async def __aenter__(self) -> App:
         await self.start()
