@@ -25,7 +25,7 @@ from router.backends import BackendPool
 from router.config import RouterConfig
 from router.core.batching import BatchKeyMode
 from router.core.breaker import BreakerConfig
-from router.core.errors import ConfigError
+from router.core.errors import StartupError
 from router.core.limits import AIMDLimit, Gradient2Limit
 from router.core.redact import Redactor
 from router.core.retry import RetryPolicy
@@ -84,9 +84,9 @@ class App:
         # is logged, not fatal: its calls fail (and its breaker opens) until
         # it comes up, while the other skills serve.
         self.warm_failures = await self.pool.warm_all(strict=False)
-        failed = {key: True for key in self.warm_failures}
         for s in self.config.skills:  # per-skill health: SERVING when one implementation warmed
-            await self.server.set_skill_serving(s.name, not all((s.name, i.name) in failed for i in s.implementations))
+            warmed = any((s.name, i.name) not in self.warm_failures for i in s.implementations)
+            await self.server.set_skill_serving(s.name, warmed)
         await self.server.set_serving(True)
         log.info("skill-router serving on %s (%d skills, moe %s)", self.address, len(self.config.skills),
                  "on" if self.pipeline.policy.moe_enabled else "off")
@@ -174,7 +174,7 @@ def _server_token(config: RouterConfig, env: Mapping[str, str]) -> str | None:
         return None
     token = env.get(name, "")
     if not token:
-        raise ConfigError(name, "", f"server.auth.token_env names {name}, which is not set (or empty)")
+        raise StartupError("server.auth.token_env", f"names {name}, which is not set (or empty)")
     return token
 
 
@@ -188,8 +188,8 @@ def _redactor(config: RouterConfig, env: Mapping[str, str], token: str | None) -
     names = {i.api_key_env for s in config.skills for i in s.implementations if i.api_key_env}
     values = [v for n in names for v in (os.environ.get(n), env.get(n)) if v]
     dsn = config.storage.postgres_dsn or ""
-    values += [urllib.parse.unquote(m) for m in re.findall(r"(?<=://)[^/@:]*:([^/@]+)@|password\s*=\s*(\S+)", dsn)
-               for m in m if m]
+    for url_password, kv_password in re.findall(r"(?<=://)[^/@:]*:([^/@]+)@|password\s*=\s*(\S+)", dsn):
+        values.append(urllib.parse.unquote(url_password or kv_password))
     for var in _OTLP_HEADER_VARS:
         values += [urllib.parse.unquote(kv.partition("=")[2].strip()) for kv in env.get(var, "").split(",")]
     return Redactor([*values, *([token] if token else [])])

@@ -527,6 +527,7 @@ class Pipeline:
             trace_id=run.obs.trace_id,
         )
 
+
 def _process_keyed_hash() -> Callable[[str], str]:
     key = secrets.token_bytes(32)
     return lambda text: hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:32]
