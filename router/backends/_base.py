@@ -17,6 +17,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from router.backends._errors import decode_json, map_httpx_exceptions, protocol_error, status_error
 from router.core.errors import BackendConnectionError, BackendError, BackendProtocolError, BackendTimeout
+from router.core.redact import Redactor
 from router.core.types import ImplementationSpec
 from router.runtime.ports import SkillCall, SkillReply
 
@@ -107,7 +108,8 @@ class PooledBackend:
             key = os.environ.get(key_env)
             if key:
                 headers["Authorization"] = f"Bearer {key}"
-                self._redact = lambda text: base_redact(text.replace(key, "[REDACTED]"))
+                own = Redactor([key])
+                self._redact = lambda text: base_redact(own(text))
             else:
                 logger.warning(
                     "%s: environment variable %s is not set; calling without an API key", self._where, key_env
