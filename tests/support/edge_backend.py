@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 HUGE_BYTES = 5 * 1024 * 1024
-SLOW_S = 0.5
+SLOW_S = 1.0
 LEAKED_SHAPES = ("AIzaSyA1234567890abcdefghijklmnopqrstu", "gsk_abcdefghijklmnopqrstuvwxyz0123",
                  "AKIAIOSFODNN7EXAMPLE")
 
