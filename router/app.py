@@ -229,6 +229,7 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
                           tls=_tls(config), token=token, reflection_enabled=config.server.reflection,
                           grpc_options=config.server.grpc_options, skills=[s.name for s in config.skills],
                           health_listen=config.server.health_listen)
+    telemetry.set_refused(server.refused_counts)
     app = App(config, pool, registry, runtimes, pipeline, server, telemetry)
     app_ref.append(app)
     return app

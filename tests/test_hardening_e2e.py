@@ -248,11 +248,14 @@ async def test_health_is_serving_while_a_dead_backends_skill_says_not_serving(ap
 # --- the front door -----------------------------------------------------------
 
 
-async def test_a_flood_is_refused_visibly_with_retry_info_never_cancelled(backend) -> None:
+async def test_a_flood_is_refused_visibly_with_retry_info_never_cancelled(backend, receiver) -> None:
     data = edge_config(backend.url, {"slow": skill("slow", "slow", max_connections=64)},
                        server={"max_concurrent_rpcs": 4},
                        admission={"default_concurrency_limit": 64, "default_queue_depth": 200})
-    a = build_app(parse_config(data, "<flood>", {}), "127.0.0.1:0", env={})
+    env = {"OTEL_METRICS_EXPORTER": "otlp", "OTEL_TRACES_EXPORTER": "none", "OTEL_SERVICE_NAME": "flood",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+           "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_METRIC_EXPORT_INTERVAL": "3600000"}
+    a = build_app(parse_config(data, "<flood>", {}), "127.0.0.1:0", env=env)
     await a.start()
     try:
         async with AsyncRouterClient(a.address, timeout=20) as c:
@@ -268,6 +271,11 @@ async def test_a_flood_is_refused_visibly_with_retry_info_never_cancelled(backen
                 codes["OK"] = codes.get("OK", 0) + 1
         assert codes.get("OK", 0) >= 4 and codes.get("RESOURCE_EXHAUSTED", 0) > 0
         assert a.server.limiter is not None and a.server.limiter.refused == codes["RESOURCE_EXHAUSTED"]
+        # Counted where an operator looks: the router.rpc.refused metric.
+        await a.telemetry.aflush()
+        await receiver.wait_for_metric("router.rpc.refused", timeout=20)
+        points = {attrs.get("router.reason"): value for attrs, value in receiver.metric_points("router.rpc.refused")}
+        assert points.get("overloaded") == codes["RESOURCE_EXHAUSTED"], points
     finally:
         await a.stop(1)
 

@@ -189,6 +189,12 @@ class RouterServer:
                 raise StartupError("server.health_listen", f"cannot listen on {health_listen}")
             self.health_address = f"{health_listen.rsplit(':', 1)[0]}:{port}"
 
+    def refused_counts(self) -> dict[str, int]:
+        """Calls the front door refused since start, by reason."""
+        return {"overloaded": self.limiter.refused if self.limiter else 0,
+                "unauthenticated": self.auth.refused if self.auth else 0,
+                "undecodable": self.errors.undecodable.count}
+
     async def start(self) -> None:
         for name in ("", SERVICE_NAME, *map(skill_service_name, self.skills)):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

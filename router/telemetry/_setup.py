@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from router.runtime.observer import NullObserver, Observer
 
 from ._config import GRPC, ExporterPlan, TelemetryPlan, read_plan
-from ._metrics import Instruments, LiveStats
+from ._metrics import Instruments, LiveStats, RefusedCounts
 from ._observer import OtelObserver
 from ._server import (
     NULL_SERVER_SPAN_CONTEXT,
@@ -179,6 +179,12 @@ class Telemetry:
         in_flight, utilization, queue_depth)``, called at each metric export."""
         if self._instruments is not None:
             self._instruments.set_live_stats(live_stats)
+
+    def set_refused(self, refused: RefusedCounts | None) -> None:
+        """The source of ``router.rpc.refused``: ``() -> {reason: count}``,
+        called at each metric export."""
+        if self._instruments is not None:
+            self._instruments.set_refused(refused)
 
     def force_flush(self, timeout_s: float = 10.0) -> bool:
         """Blocking: export what is pending now."""
