@@ -46,11 +46,15 @@ from .guard import AuthInterceptor, CallLimiter
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
-# gRPC core's own queue of calls the application has not picked up yet: over
-# its soft limit, calls older than the unrequested time are cancelled, over
-# the hard limit every new one is, with nothing logged. Raised so that excess
-# load reaches CallLimiter, which refuses it visibly (RESOURCE_EXHAUSTED +
-# RetryInfo, counted). server.grpc_options overrides any of these.
+# gRPC core's own queue of calls the application has not picked up yet:
+# a call left there longer than the unrequested time is CANCELLED, silently
+# (10,000 concurrent Executes: 6,826 cancelled with core's defaults of 30 s,
+# 1,000 and 3,000; bench/flood.py). Over the soft limit core refuses new
+# calls at random, over the hard limit all, with RESOURCE_EXHAUSTED. Raised
+# here: a queued call is served, or meets its own deadline
+# (DEADLINE_EXCEEDED), or over 20,000 queued is refused by core; in the
+# application CallLimiter refuses what is over max_concurrent_rpcs with
+# RetryInfo. server.grpc_options overrides any of these.
 DEFAULT_GRPC_OPTIONS: dict[str, int | str] = {
     "grpc.so_reuseport": 0,
     "grpc.max_receive_message_length": 4 * 1024 * 1024,
@@ -58,7 +62,7 @@ DEFAULT_GRPC_OPTIONS: dict[str, int | str] = {
     "grpc.max_metadata_size": 16 * 1024,
     "grpc.server.max_pending_requests": 20_000,
     "grpc.server.max_pending_requests_hard_limit": 40_000,
-    "grpc.server_max_unrequested_time_in_server": 60,
+    "grpc.server_max_unrequested_time_in_server": 600,
 }
 
 
