@@ -23,6 +23,10 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
 USER 10001
 # Inside a container the sidecar must listen beyond loopback; the pod or
+# compose network is the boundary. Beyond it, turn on server.tls (mTLS) and
+# server.auth.token_env (docs/security.md); reflection is off off-loopback.
+# With server.tls on, set server.health_listen (a plaintext health-only port)
+# and point this check at it.
 # compose network is the boundary.
 ENV PYTHONUNBUFFERED=1 \
     SKILL_ROUTER_LISTEN=0.0.0.0:50051

@@ -15,17 +15,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from router.admin import AdminError, AdminServer
 from router.backends import BackendPool
 from router.config import RouterConfig
 from router.core.batching import BatchKeyMode
 from router.core.breaker import BreakerConfig
-from router.core.errors import BackendError
+from router.core.errors import BackendError, StartupError
 from router.core.limits import AIMDLimit, Gradient2Limit, LimitAlgorithm
+from router.core.redact import Redactor
 from router.core.retry import RetryPolicy
 from router.core.routing import SkillIndex
 from router.core.types import SkillSpec
@@ -34,9 +38,9 @@ from router.runtime.pipeline import Pipeline
 from router.runtime.registry import LiveRegistry
 from router.runtime.skills import SkillRuntime, SkillSettings, build_gate
 from router.runtime.stats import Snapshot, skill_snapshots
-from router.service.server import RouterServer
+from router.service.server import RouterServer, TlsFiles
 from router.service.servicer import RouterServicer
-from router.storage import MetricsStore, StoreSettings, WindowAggregate, make_store
+from router.storage import MetricsStore, StoreSettings, WindowAggregate, make_store, query_hasher
 from router.telemetry import Telemetry, TelemetrySettings, setup_telemetry
 
 log = logging.getLogger("router")
@@ -45,13 +49,24 @@ log = logging.getLogger("router")
 UNLIMITED = 1_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class FrontDoor:
+    """How the sidecar meets its callers: where it listens, TLS, the token,
+    and the redactor every message to a caller passes through."""
+
+    listen: str
+    redact: Redactor
+    tls: TlsFiles | None = None
+    token: str | None = None
+
+
 class App:
     """The running sidecar: what the servicer serves (``pipeline``,
     ``snapshot``, ``window``) and its lifecycle (``start``, ``stop``)."""
 
     def __init__(self, config: RouterConfig, pool: BackendPool, registry: LiveRegistry,
                  runtimes: Mapping[str, SkillRuntime], pipeline: Pipeline, telemetry: Telemetry,
-                 store: MetricsStore | None, listen: str) -> None:
+                 store: MetricsStore | None, front: FrontDoor) -> None:
         self.config = config
         self.pool = pool
         self.registry = registry
@@ -62,12 +77,19 @@ class App:
         self.started_at = time.monotonic()
         self.warm_failures: dict[tuple[str, str], BackendError] = {}
         self._stopped = False
-        self.server = RouterServer(RouterServicer(self), listen, interceptors=[telemetry.server_interceptor()],
-                                   max_concurrent_rpcs=config.server.max_concurrent_rpcs)
+        srv = config.server
+        self.server = RouterServer(RouterServicer(self, redact=front.redact), front.listen,
+                                   interceptors=[telemetry.server_interceptor()],
+                                   max_concurrent_rpcs=srv.max_concurrent_rpcs, redact=front.redact, tls=front.tls,
+                                   token=front.token, reflection_enabled=srv.reflection,
+                                   grpc_options=srv.grpc_options, skills=[s.name for s in config.skills],
+                                   health_listen=srv.health_listen)
+        telemetry.set_refused(self.server.refused_counts)
         self.admin: AdminServer | None = None
-        if config.server.admin_listen:
-            self.admin = AdminServer(config.server.admin_listen, snapshot=self.snapshot, window=self.window,
-                                     token=lambda: _api_token(config))
+        if srv.admin_listen:
+            # Behind the same token as the gRPC API when one is set.
+            self.admin = AdminServer(srv.admin_listen, snapshot=self.snapshot, window=self.window,
+                                     token=lambda: front.token)
 
     @property
     def address(self) -> str:
@@ -92,6 +114,9 @@ class App:
         # is logged, not fatal: its calls fail (and its breaker opens) until
         # it comes up, while the other skills serve.
         self.warm_failures = await self.pool.warm_all(strict=False)
+        for s in self.config.skills:  # per-skill health: SERVING when one implementation warmed
+            warmed = any((s.name, i.name) not in self.warm_failures for i in s.implementations)
+            await self.server.set_skill_serving(s.name, warmed)
         await self.server.set_serving(True)
         log.info("skill-router serving on %s (%d skills, moe %s)", self.address, len(self.config.skills),
                  "on" if self.pipeline.policy.moe_enabled else "off")
@@ -107,6 +132,7 @@ class App:
             return
         self._stopped = True
         grace = self.config.server.grace_period_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
         await self.server.set_serving(False)
         self.pipeline.start_draining()
         await self.server.stop(grace)
@@ -116,7 +142,10 @@ class App:
         await self.pool.aclose()
         if self.store is not None:
             await self.store.aclose()
-        await self.telemetry.aclose()
+        # The exporters flush in what is left of the grace, keeping half a
+        # second to exit and at most 5 s (a collector that has not taken the
+        # spans by then will not): past it they give up, saying so once.
+        await self.telemetry.aclose(max(0.5, min(5.0, deadline - time.monotonic() - 0.5)))
 
     async def __aenter__(self) -> App:
         await self.start()
@@ -176,12 +205,36 @@ def store_settings(config: RouterConfig) -> StoreSettings | None:
                          flush_interval_s=st.flush_interval_s, buffer_size=st.buffer_size)
 
 
-def _api_token(config: RouterConfig) -> str | None:
-    """The API token, when one is set (the admin endpoint asks on every request).
-    Reads ``server.auth.token_env`` once that key exists; None until then."""
-    auth = getattr(config.server, "auth", None)
-    env_name = getattr(auth, "token_env", None)
-    return (os.environ.get(env_name) or None) if env_name else None
+def _server_token(config: RouterConfig, env: Mapping[str, str]) -> str | None:
+    name = config.server.auth.token_env
+    if not name:
+        return None
+    token = env.get(name, "")
+    if not token:
+        raise StartupError("server.auth.token_env", f"names {name}, which is not set (or empty)")
+    return token
+
+
+_OTLP_HEADER_VARS = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                     "OTEL_EXPORTER_OTLP_METRICS_HEADERS")
+
+
+def _redactor(config: RouterConfig, env: Mapping[str, str], token: str | None) -> Redactor:
+    """Every secret the sidecar holds, for redaction by value: the API keys,
+    the server's token, the metrics store's password, the OTLP headers."""
+    names = {i.api_key_env for s in config.skills for i in s.implementations if i.api_key_env}
+    values = [v for n in names for v in (os.environ.get(n), env.get(n)) if v]
+    dsn = config.storage.postgres_dsn or ""
+    for url_password, kv_password in re.findall(r"(?<=://)[^/@:]*:([^/@]+)@|password\s*=\s*(\S+)", dsn):
+        values.append(urllib.parse.unquote(url_password or kv_password))
+    for var in _OTLP_HEADER_VARS:
+        values += [urllib.parse.unquote(kv.partition("=")[2].strip()) for kv in env.get(var, "").split(",")]
+    return Redactor([*values, *([token] if token else [])])
+
+
+def _tls(config: RouterConfig) -> TlsFiles | None:
+    t = config.server.tls
+    return None if t is None else TlsFiles(t.cert_file, t.key_file, t.client_ca_file)
 
 
 def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[str, str] | None = None) -> App:
@@ -189,13 +242,19 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
     ``OTEL_*`` telemetry settings."""
     settings = skill_settings(config)
     gates = {name: build_gate(s) for name, s in settings.items()}
+    environ = os.environ if env is None else env
+    token = _server_token(config, environ)
+    redact = _redactor(config, environ, token)
     telemetry = setup_telemetry(
         TelemetrySettings(service_name=config.telemetry.service_name,
-                          record_query_text=config.telemetry.record_query_text),
-        os.environ if env is None else env,
-        live_stats=lambda: [(n, g.in_flight, g.utilization, g.queued) for n, g in gates.items()])
+                          record_query_text=config.telemetry.record_query_text,
+                          baggage_allowlist=tuple(config.telemetry.baggage_allowlist)),
+        environ, live_stats=lambda: [(n, g.in_flight, g.utilization, g.queued) for n, g in gates.items()],
+        redact=redact)
     pool = BackendPool.from_skills(
-        config.skills, batch=lambda s, i: config.implementation_options(s.name, i.name).can_batch)
+        config.skills, batch=lambda s, i: config.implementation_options(s.name, i.name).can_batch,
+        max_response_bytes=lambda s, i: config.implementation_options(s.name, i.name).max_response_bytes,
+        redact=redact)
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
     runtimes = {name: SkillRuntime(s, gates[name], pool, observer=telemetry.observer,
@@ -205,8 +264,10 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
     store = make_store(st) if st is not None else None
     pipeline = Pipeline(SkillIndex(config.skills), config.policy, runtimes, registry, observer=telemetry.observer,
                         sink=store, load_bias=config.admission.load_bias,
-                        default_deadline_s=config.server.default_deadline_s)
-    return App(config, pool, registry, runtimes, pipeline, telemetry, store, listen or config.server.listen)
+                        default_deadline_s=config.server.default_deadline_s,
+                        hash_query=query_hasher(config.storage.sqlite_path, config.storage.postgres_dsn, environ))
+    front = FrontDoor(listen or config.server.listen, redact=redact, tls=_tls(config), token=token)
+    return App(config, pool, registry, runtimes, pipeline, telemetry, store, front)
 
 
 async def serve(config: RouterConfig, listen: str | None = None) -> None:

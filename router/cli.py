@@ -2,6 +2,7 @@
 
     skill-router serve [--config PATH] [--listen HOST:PORT] [--demo]
     skill-router route "QUERY" [--domain D] [--complexity C] [--target HOST:PORT] [--json]
+                               [--tls-ca CA] [--tls-cert CERT --tls-key KEY] [--token-env NAME]
     skill-router execute "QUERY" [...]
     skill-router stats [--window 1h] [--target HOST:PORT] [--json]
     skill-router check-config PATH
@@ -99,6 +100,18 @@ def main(log_level: str) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+STARTUP_EXIT_CODE = 2
+
+
+def _startup_failed(lines: list[str]) -> None:
+    """Start-up problems: one line each, no traceback, exit code 2."""
+    from router.core.redact import Redactor
+    scrub = Redactor()
+    for line in lines:
+        click.echo(f"error: {scrub(line)}", err=True)
+    sys.exit(STARTUP_EXIT_CODE)
+
+
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="Skills config (YAML). Default: the bundled one.")
 @click.option("--listen", envvar="SKILL_ROUTER_LISTEN", show_envvar=True,
@@ -110,7 +123,10 @@ def main(log_level: str) -> None:
 def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen: str | None) -> None:
     """Run the sidecar until SIGTERM/SIGINT."""
     from router.app import serve as run
-    from router.core.errors import ConfigError
+    from router.core.errors import ConfigError, StartupError
+    from router.preflight import problems
+    from router.storage import StoreError
+    from router.telemetry import TelemetryConfigError
 
     config = _load(config_path)
     if admin_listen is not None:
@@ -118,6 +134,9 @@ def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen:
             config = config.with_admin_listen(admin_listen)
         except ConfigError as exc:
             raise click.ClickException(f"bad config: {exc}") from None
+    found = problems(config, os.environ, listen)
+    if found:
+        _startup_failed([str(p) for p in found])
     # Which of the seed's BRAIN_* variables took effect, and on what.
     log = logging.getLogger("router")
     for o in config.env_overrides:
@@ -134,7 +153,42 @@ def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen:
         else:
             await run(config, listen)
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except StartupError as exc:
+        _startup_failed([str(exc)])
+    except StoreError as exc:
+        key = "storage.postgres_dsn" if config.storage.postgres_dsn else "storage.sqlite_path"
+        _startup_failed([str(exc) if str(exc).startswith(("storage.", "SKILL_ROUTER_")) else f"{key}: {exc}"])
+    except TelemetryConfigError as exc:
+        _startup_failed([f"{exc.key}: {exc.problem}"])
+    except ConfigError as exc:
+        _startup_failed([str(exc)])
+
+
+def _connection_options(f):  # type: ignore[no-untyped-def]
+    """How to reach a sidecar with server.tls / server.auth.token_env."""
+    for opt in reversed([
+        click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
+                     help="TLS: the CA of the sidecar's certificate (PEM)."),
+        click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
+                     help="mTLS: this client's certificate (PEM)."),
+        click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="mTLS: this client's key (PEM)."),
+        click.option("--token-env", default="SKILL_ROUTER_TOKEN", show_default=True,
+                     help="Environment variable holding the bearer token (sent when set)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _client(target: str, timeout: float, conn: dict):  # type: ignore[no-untyped-def]
+    from skill_router_client import RouterClient, TlsConfig
+    ca, cert, key = conn.pop("tls_ca"), conn.pop("tls_cert"), conn.pop("tls_key")
+    token = os.environ.get(conn.pop("token_env") or "") or None
+    if (cert is None) != (key is None):
+        raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
+    tls = TlsConfig(ca_file=ca, cert_file=cert, key_file=key) if (ca or cert) else None
+    return RouterClient(target, timeout=timeout, tls=tls, token=token)
 
 
 def _query_options(f):  # type: ignore[no-untyped-def]
@@ -153,7 +207,14 @@ def _query_options(f):  # type: ignore[no-untyped-def]
         click.option("--json", "as_json", is_flag=True, help="Print the response as JSON."),
     ]):
         f = opt(f)
-    return f
+    return _connection_options(f)
+
+
+_CONNECTION_KEYS = ("tls_ca", "tls_cert", "tls_key", "token_env")
+
+
+def _split(kw: dict) -> dict:  # type: ignore[type-arg]
+    return {k: kw.pop(k) for k in _CONNECTION_KEYS}
 
 
 def _context(kw: dict):  # type: ignore[no-untyped-def]
@@ -167,8 +228,7 @@ def _context(kw: dict):  # type: ignore[no-untyped-def]
 @_query_options
 def route(query: str, target: str, timeout: float, as_json: bool, **kw: object) -> None:
     """Show which skills would answer QUERY (no backend is called)."""
-    from skill_router_client import RouterClient
-    with RouterClient(target, timeout=timeout) as c:
+    with _client(target, timeout, _split(kw)) as c:
         resp = _rpc(lambda: c.route(query, context=_context(kw)))
     if as_json:
         return _print_json(resp)
@@ -180,8 +240,7 @@ def route(query: str, target: str, timeout: float, as_json: bool, **kw: object) 
 @_query_options
 def execute(query: str, target: str, timeout: float, as_json: bool, **kw: object) -> None:
     """Route QUERY, call the chosen skills and print the synthesis."""
-    from skill_router_client import RouterClient
-    with RouterClient(target, timeout=timeout) as c:
+    with _client(target, timeout, _split(kw)) as c:
         resp = _rpc(lambda: c.execute(query, context=_context(kw)))
     if as_json:
         return _print_json(resp)
@@ -195,10 +254,10 @@ def execute(query: str, target: str, timeout: float, as_json: bool, **kw: object
                    "at most 90d).")
 @click.option("--target", default=DEFAULT_TARGET, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def stats(window_s: float | None, target: str, as_json: bool) -> None:
+@_connection_options
+def stats(window_s: float | None, target: str, as_json: bool, **conn: object) -> None:
     """Show live per-skill load, the totals since start and the stored aggregates over a window."""
-    from skill_router_client import RouterClient
-    with RouterClient(target, timeout=10) as c:
+    with _client(target, 10, conn) as c:
         resp = _rpc(lambda: c.stats(window=window_s))
     if as_json:
         return _print_json(resp)
@@ -248,10 +307,18 @@ def check_config(path: str) -> None:
     """Validate a config file (and the BRAIN_* environment overrides) without starting."""
     from router.config import check_config as check
     from router.core.errors import ConfigError
+    from router.preflight import problems
     try:
         click.echo(check(path))
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    from router.service.server import AddressInUse
+    found = problems(_load(path), os.environ)
+    for p in found:
+        # In use may be the running sidecar whose config this is: a warning.
+        click.echo(f"{'warning' if isinstance(p, AddressInUse) else 'error'}: {p}", err=True)
+    if any(not isinstance(p, AddressInUse) for p in found):
         sys.exit(1)
 
 

@@ -55,15 +55,20 @@ def mk(**kw) -> Query:
         ({"metadata": {f"k{i}": "v" for i in range(MAX_METADATA_ENTRIES + 1)}}, "context.metadata",
          f"at most {MAX_METADATA_ENTRIES}"),
         ({"metadata": {"user": "x" * MAX_METADATA_CHARS}}, "context.metadata['user']", "at most 4096"),
-        ({"metadata": {"k" * (MAX_METADATA_CHARS + 1): ""}}, "context.metadata['" + "k" * (MAX_METADATA_CHARS + 1) + "']",
-         "at most 4096"),
+        ({"metadata": {"k" * (MAX_METADATA_CHARS + 1): ""}},
+         "context.metadata['" + "k" * 40 + "'… (4097 chars)]", "at most 4096"),
         ({"metadata": {"": "v"}}, "context.metadata['']", "non-empty"),
+        ({"metadata": {"k" * 129: "v"}}, "context.metadata['" + "k" * 40 + "'… (129 chars)]", "at most 128"),
+        ({"domain": "d" * 129}, "context.domain", "is 129 characters; at most 128"),
+        ({"force_skills": ["trm"] * 65}, "context.force_skills", "has 65 names; at most 64"),
+        ({"exclude_skills": ["x" * 100_000]}, "context.exclude_skills[0]", "unknown skill '" + "x" * 40 + "'… (100000 chars)"),
     ],
     ids=["query-empty", "query-whitespace", "query-too-long", "complexity-nan", "complexity-negative",
          "complexity-above-10", "complexity-inf", "complexity-neg-inf", "quality-nan", "quality-negative",
          "quality-above-1", "top-k-0", "top-k-negative", "top-k-33", "force-unknown-0", "force-unknown-2",
          "exclude-unknown-case-sensitive", "force-exclude-overlap", "force-exclude-overlap-two",
-         "metadata-too-many", "metadata-value-too-long", "metadata-key-too-long", "metadata-empty-key"],
+         "metadata-too-many", "metadata-value-too-long", "metadata-key-too-long", "metadata-empty-key",
+         "metadata-key-over-128", "domain-too-long", "force-too-many", "unknown-skill-quoted-short"],
 )
 def test_invalid_fields_are_named(kw, field, problem_part):
     with pytest.raises(InvalidArgument) as ei:
@@ -72,6 +77,7 @@ def test_invalid_fields_are_named(kw, field, problem_part):
     assert err.field == field
     assert problem_part in err.problem
     assert str(err).startswith(f"{field}: ")
+    assert len(str(err)) < 1024  # a short prefix of the input, never all of it
     assert isinstance(err, RouterError)
 
 

@@ -9,14 +9,15 @@ import asyncio
 import logging
 import os
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from router.backends._errors import decode_json, map_httpx_exceptions, protocol_error, status_error
-from router.core.errors import BackendConnectionError, BackendError, BackendTimeout
+from router.core.errors import BackendConnectionError, BackendError, BackendProtocolError, BackendTimeout
+from router.core.redact import Redactor
 from router.core.types import ImplementationSpec
 from router.runtime.ports import SkillCall, SkillReply
 
@@ -24,6 +25,13 @@ logger = logging.getLogger("router.backends")
 
 _USER_AGENT = "skill-router/0.1"
 _DEFAULT = object()
+# The default bound of one answer's body (decoded); per implementation
+# ``max_response_bytes`` in the config.
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+
+def _same(text: str) -> str:
+    return text
 
 
 def _base_url(url: str) -> str:
@@ -55,6 +63,12 @@ class PooledBackend:
       ``warm_timeout_s``   bound of ``warm()`` (default: min(implementation.timeout_s, 10)).
       ``keepalive_expiry`` seconds an idle pooled connection is kept.
       ``trust_env``        honour HTTP(S)_PROXY/NO_PROXY and SSL env vars (httpx's default).
+      ``max_response_bytes`` bound of an answer's (decoded) body, enforced while
+                           reading it; over it the call fails (``BackendProtocolError``).
+      ``redact``           applied to every backend text that goes into an error
+                           (the sidecar's secrets by value and shape; see
+                           ``router.core.redact``). This backend's own key is
+                           always redacted.
     """
 
     kind: ClassVar[str] = ""
@@ -70,6 +84,8 @@ class PooledBackend:
         warm_timeout_s: float | None = None,
         keepalive_expiry: float = 30.0,
         trust_env: bool = True,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.implementation = implementation
         self._batch = batch
@@ -81,12 +97,19 @@ class PooledBackend:
         self._closed = False
         self._urls: dict[str, httpx.URL] = {}
 
+        if max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be at least 1, got {max_response_bytes}")
+        self.max_response_bytes = max_response_bytes
+        base_redact = redact or _same
+        self._redact: Callable[[str], str] = base_redact
         headers = {"User-Agent": _USER_AGENT}
         key_env = implementation.api_key_env
         if key_env:
             key = os.environ.get(key_env)
             if key:
                 headers["Authorization"] = f"Bearer {key}"
+                own = Redactor([key])
+                self._redact = lambda text: base_redact(own(text))
             else:
                 logger.warning(
                     "%s: environment variable %s is not set; calling without an API key", self._where, key_env
@@ -175,25 +198,51 @@ class PooledBackend:
             url = self._urls[path] = self._client.build_request(method, path).url
         self._in_flight += 1
         try:
-            with map_httpx_exceptions(self._where):
+            with map_httpx_exceptions(self._where, self._redact):
                 async with asyncio.timeout(timeout_s):
-                    return await self._client.request(
+                    request = self._client.build_request(
                         method,
                         url,
                         json=payload,
                         headers=dict(headers) if headers else None,
                         timeout=timeout_s,
                     )
+                    response = await self._client.send(request, stream=True)
+                    try:
+                        await self._read_bounded(response)
+                    finally:
+                        await response.aclose()
+                    return response
         except TimeoutError as exc:
             raise BackendTimeout(f"{self._where}: no answer within {timeout_s:g}s") from exc
         finally:
             self._in_flight -= 1
 
+    async def _read_bounded(self, response: httpx.Response) -> None:
+        """Read the body, failing as soon as it is over ``max_response_bytes``
+        (by Content-Length before reading, else while reading), so an
+        oversized answer never sits in memory whole."""
+        limit = self.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit and "content-encoding" not in response.headers:
+            raise BackendProtocolError(
+                f"{self._where}: answer body is {int(declared)} bytes, over max_response_bytes ({limit})")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise BackendProtocolError(
+                    f"{self._where}: answer body is over max_response_bytes ({limit}); stopped reading")
+            chunks.append(chunk)
+        # What httpx's own aread() does; the body is now .content/.text.
+        response._content = b"".join(chunks)
+
     async def _post_json(self, path: str, payload: Any, headers: Mapping[str, str] | None, timeout_s: float) -> Any:
         response = await self._send("POST", path, payload, headers, timeout_s)
         if not response.is_success:
-            raise status_error(response, self._where)
-        return decode_json(response, self._where)
+            raise status_error(response, self._where, self._redact)
+        return decode_json(response, self._where, self._redact)
 
 
 def token_count(value: Any, what: str, where: str) -> int:

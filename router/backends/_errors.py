@@ -22,7 +22,7 @@ import email.utils
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC
 from typing import Any
 
@@ -39,6 +39,12 @@ from router.core.errors import (
 
 _EXCERPT_CHARS = 200
 
+Redact = Callable[[str], str]
+
+
+def _same(text: str) -> str:
+    return text
+
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
@@ -46,9 +52,10 @@ def _describe(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def map_httpx_exceptions(where: str) -> Iterator[None]:
+def map_httpx_exceptions(where: str, redact: Redact = _same) -> Iterator[None]:
     """Re-raise any httpx exception inside the block as a ``BackendError``;
-    ``where`` names the backend in the message (never the API key)."""
+    ``where`` names the backend in the message (never the API key); the
+    exception's own text goes through ``redact``."""
     try:
         yield
     except httpx.TimeoutException as exc:
@@ -56,16 +63,16 @@ def map_httpx_exceptions(where: str) -> Iterator[None]:
         if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, TimeoutError):
             # The aiohttp transport reports every connection failure (refused,
             # reset, DNS) as ConnectTimeout; only a real timeout is one.
-            raise BackendConnectionError(f"{where}: {_describe(cause)}") from exc
-        raise BackendTimeout(f"{where}: timed out ({_describe(exc)})") from exc
+            raise BackendConnectionError(f"{where}: {_excerpt(redact(_describe(cause)))}") from exc
+        raise BackendTimeout(f"{where}: timed out ({_excerpt(redact(_describe(exc)))})") from exc
     except (httpx.DecodingError, httpx.TooManyRedirects, httpx.LocalProtocolError) as exc:
-        raise BackendProtocolError(f"{where}: {_describe(exc)}") from exc
+        raise BackendProtocolError(f"{where}: {_excerpt(redact(_describe(exc)))}") from exc
     except httpx.HTTPError as exc:
         # NetworkError (connect/read/write/close), RemoteProtocolError,
         # ProxyError, UnsupportedProtocol and anything newer.
-        raise BackendConnectionError(f"{where}: {_describe(exc)}") from exc
+        raise BackendConnectionError(f"{where}: {_excerpt(redact(_describe(exc)))}") from exc
     except httpx.InvalidURL as exc:
-        raise BackendConnectionError(f"{where}: invalid URL ({exc})") from exc
+        raise BackendConnectionError(f"{where}: invalid URL ({_excerpt(redact(str(exc)))})") from exc
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -105,7 +112,7 @@ def _excerpt(text: str) -> str:
     return flat if len(flat) <= _EXCERPT_CHARS else flat[: _EXCERPT_CHARS - 1] + "…"
 
 
-def error_message(response: httpx.Response) -> str:
+def error_message(response: httpx.Response, redact: Redact = _same) -> str:
     """The server's own error message when it sent one (OpenAI's
     ``{"error": {"message"}}``, ``{"error": "..."}``, ``{"detail"}``,
     ``{"message"}``), else an excerpt of the body."""
@@ -117,27 +124,29 @@ def error_message(response: httpx.Response) -> str:
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return _excerpt(err["message"])
+            return _excerpt(redact(err["message"]))
         for candidate in (err, data.get("detail"), data.get("message")):
             if isinstance(candidate, str) and candidate:
-                return _excerpt(candidate)
-    return _excerpt(text) or (response.reason_phrase or "no body")
+                return _excerpt(redact(candidate))
+    # Redacted whole, before the cut: a secret across the cut is still found.
+    return _excerpt(redact(text)) or (response.reason_phrase or "no body")
 
 
-def status_error(response: httpx.Response, where: str) -> BackendStatusError:
+def status_error(response: httpx.Response, where: str, redact: Redact = _same) -> BackendStatusError:
     return BackendStatusError(
         response.status_code,
-        f"{where}: {error_message(response)}",
+        f"{where}: {error_message(response, redact)}",
         retry_after_s=parse_retry_after(response.headers),
     )
 
 
-def decode_json(response: httpx.Response, where: str) -> Any:
+def decode_json(response: httpx.Response, where: str, redact: Redact = _same) -> Any:
     try:
         return json.loads(response.content)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BackendProtocolError(
-            f"{where}: answer is not JSON ({exc}); body starts {_excerpt(response.text[:80])!r}"
+            f"{where}: answer is not JSON ({_excerpt(str(exc))}); "
+            f"body starts {_excerpt(redact(response.text))[:80]!r}"
         ) from exc
 
 
@@ -145,10 +154,10 @@ def protocol_error(where: str, problem: str) -> BackendProtocolError:
     return BackendProtocolError(f"{where}: {problem}")
 
 
-def item_error(where: str, index: int, data: Mapping[str, Any]) -> BackendError:
+def item_error(where: str, index: int, data: Mapping[str, Any], redact: Redact = _same) -> BackendError:
     """A per-item failure the backend reported inside a batch answer."""
     message = data.get("error")
-    text = message if isinstance(message, str) and message else json.dumps(message)
+    text = redact(message if isinstance(message, str) and message else json.dumps(message))
     status = data.get("status")
     if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
         retry_after = data.get("retry_after_s")

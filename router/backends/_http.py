@@ -106,7 +106,7 @@ class HttpBackend(PooledBackend):
         out: list[SkillReply | BackendError] = []
         for i, result in enumerate(results):
             if isinstance(result, dict) and "error" in result:
-                out.append(item_error(where, i, result))
+                out.append(item_error(where, i, result, self._redact))
                 continue
             try:
                 out.append(self._reply(result, f"results[{i}]"))

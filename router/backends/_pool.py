@@ -44,10 +44,14 @@ class BackendPool:
         factory: BackendFactory | None = None,
         *,
         batch: bool | Callable[[SkillSpec, ImplementationSpec], bool] = False,
+        max_response_bytes: Callable[[SkillSpec, ImplementationSpec], int] | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> BackendPool:
         """A backend for every implementation of every skill. Without a
         ``factory``, ``build_backend`` is used with ``batch`` (a flag, or a
-        function of the skill and implementation)."""
+        function of the skill and implementation), ``max_response_bytes``
+        (a function of the same; None: the default) and ``redact`` (applied
+        to backend text in errors)."""
         pool = cls()
         for skill in skills:
             for impl in skill.implementations:
@@ -55,7 +59,10 @@ class BackendPool:
                     backend = factory(impl)
                 else:
                     wants_batch = batch(skill, impl) if callable(batch) else batch
-                    backend = build_backend(impl, batch=wants_batch)
+                    options: dict[str, Any] = {"redact": redact}
+                    if max_response_bytes is not None:
+                        options["max_response_bytes"] = max_response_bytes(skill, impl)
+                    backend = build_backend(impl, batch=wants_batch, **options)
                 pool.add(skill.name, backend)
         return pool
 
@@ -101,7 +108,7 @@ class BackendPool:
             for key, backend in self._backends.items():
                 group.create_task(warm(key, backend))
         for (skill, impl), exc in failures.items():
-            logger.warning("backend %s/%s did not warm: %s", skill, impl, exc)
+            logger.warning("backend %s/%s did not warm: %s", skill, impl, exc)  # exc: redacted by the backend
         if failures and strict:
             detail = "; ".join(f"{skill}/{impl}: {exc}" for (skill, impl), exc in failures.items())
             raise BackendConnectionError(

@@ -256,6 +256,7 @@ def _router_config(cfg: ConfigFile, source: str, overrides: tuple[EnvOverride, .
                 expected_input_tokens=i.expected_input_tokens,
                 expected_output_tokens=i.expected_output_tokens,
                 cost_derived=i.cost_per_query is None,
+                max_response_bytes=i.max_response_bytes,
             )
         skills.append(SkillSpec(
             name=name,

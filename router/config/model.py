@@ -63,6 +63,7 @@ class ImplementationOptions:
     expected_input_tokens: int | None = None
     expected_output_tokens: int | None = None
     cost_derived: bool = False  # cost_per_query was computed from per-token prices
+    max_response_bytes: int = 4 * 1024 * 1024
 
     @property
     def can_batch(self) -> bool:
@@ -171,6 +172,16 @@ class RouterConfig:
 
     # --- human summary -------------------------------------------------------
 
+    def _exposure(self, env: Mapping[str, str] | None) -> str:
+        sv = self.server
+        tls = "off" if sv.tls is None else ("mTLS" if sv.tls.client_ca_file else "on")
+        token = "none"
+        if sv.auth.token_env:
+            state = "" if env is None else (" (set)" if env.get(sv.auth.token_env) else " (NOT SET)")
+            token = f"${sv.auth.token_env}{state}"
+        reflection = {None: "on loopback only", True: "on", False: "off"}[sv.reflection]
+        return f"TLS {tls}; token {token}; reflection {reflection}"
+
     def summary(self, env: Mapping[str, str] | None = None) -> str:
         """What ``skill-router check-config`` prints. ``env`` (when given) is
         used to say whether each api_key_env variable is set; no value is shown."""
@@ -198,7 +209,7 @@ class RouterConfig:
                 f"server: listen {self.server.listen}; default deadline {self.server.default_deadline_s:g}s; "
                 f"grace {self.server.grace_period_s:g}s; max concurrent RPCs "
                 f"{self.server.max_concurrent_rpcs or 'unlimited'}; admin endpoint "
-                f"{self.server.admin_listen or 'off'}"
+                f"{self.server.admin_listen or 'off'}; {self._exposure(env)}"
             ),
             (
                 f"admission: {'on' if a.enabled else 'off'}; default limit {a.default_concurrency_limit}, "

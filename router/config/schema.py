@@ -29,6 +29,7 @@ __all__ = [
     "ActivationEntry",
     "AdaptiveLimitSettings",
     "AdmissionSettings",
+    "AuthSettings",
     "BatchingSettings",
     "BreakerSettings",
     "ConfigFile",
@@ -42,6 +43,7 @@ __all__ = [
     "SkillEntry",
     "StorageSettings",
     "TelemetrySettings",
+    "TlsSettings",
 ]
 
 
@@ -233,13 +235,56 @@ def _admin_listen(v: str | None) -> str | None:
     return v
 
 
+class TlsSettings(Section):
+    """TLS for the server; with ``client_ca_file``, mTLS (clients must present
+    a certificate signed by that CA)."""
+
+    cert_file: NonEmptyStr
+    key_file: NonEmptyStr
+    client_ca_file: NonEmptyStr | None = None
+
+
+class AuthSettings(Section):
+    """``token_env``: the NAME of the environment variable holding the bearer
+    token every RPC but health must carry (``authorization: Bearer <token>``)."""
+
+    token_env: str | None = None
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME_RE.fullmatch(v):
+            raise ValueError("must be the NAME of an environment variable (upper-case letters, digits and '_', "
+                             "e.g. SKILL_ROUTER_TOKEN), not the token itself; the value given is not shown")
+        return v
+
+
+GrpcOptionValue = Annotated[int | str, Field(union_mode="left_to_right")]
+
+
+def _grpc_option_names(v: dict[str, int | str]) -> dict[str, int | str]:
+    for key in v:
+        if not key.startswith("grpc."):
+            raise FieldProblem((key,), "a gRPC channel argument name starts with 'grpc.' "
+                                       "(e.g. grpc.max_receive_message_length)")
+    return v
+
+
 class ServerSettings(Section):
     listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:50051"
     # The admin HTTP endpoint (dashboard, /api/dashboard, /metrics).
     admin_listen: Annotated[str | None, AfterValidator(_admin_listen)] = "127.0.0.1:9464"
     grace_period_s: NonNegativeFloat = 10.0
     default_deadline_s: PositiveFloat = 30.0
-    max_concurrent_rpcs: PositiveInt | None = None
+    # RouterService calls in the server at once; more are refused at once
+    # (RESOURCE_EXHAUSTED + RetryInfo), not queued in gRPC core.
+    max_concurrent_rpcs: PositiveInt | None = 1000
+    tls: TlsSettings | None = None
+    auth: AuthSettings = AuthSettings()
+    reflection: bool | None = None  # None: on when listening on loopback
+    # A plaintext port serving grpc.health.v1 only (for probes without TLS).
+    health_listen: Annotated[str, AfterValidator(_listen)] | None = None
+    grpc_options: Annotated[dict[str, GrpcOptionValue], AfterValidator(_grpc_option_names)] = {}
 
 
 # --- admission -----------------------------------------------------------------
@@ -316,6 +361,9 @@ class BatchingSettings(Section):
 class TelemetrySettings(Section):
     record_query_text: bool = False
     service_name: NonEmptyStr = "skill-router"
+    # Baggage keys forwarded to the backends (the caller's W3C trace
+    # context always is); empty: no baggage leaves the sidecar.
+    baggage_allowlist: list[NonEmptyStr] = []
 
 
 class StorageSettings(Section):
@@ -358,16 +406,31 @@ class SkillBatchingOverride(Section):
     max_batch_size: PositiveInt | None = None
 
 
+def _url_without_userinfo(v: str) -> str:
+    scheme, sep, rest = v.partition("://")
+    if not sep:
+        return v
+    netloc, slash, path = rest.partition("/")
+    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
+
+
 def check_url(v: str) -> str:
     from urllib.parse import urlsplit
 
+    shown = _url_without_userinfo(v)  # never echo credentials
     try:
         parts = urlsplit(v)
+        has_userinfo = "@" in parts.netloc
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
-        raise ValueError(f"is not a valid URL ({exc}): {v!r}") from None
+        problem = str(exc) if "@" not in v else "unparsable"
+        raise ValueError(f"is not a valid URL ({problem}): {shown[:200]!r}") from None
+    if has_userinfo:
+        raise ValueError(
+            f"must not contain credentials (user:password@); put the key in an environment variable and name it "
+            f"in api_key_env (URL without them: {shown[:200]!r})")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL with a host, got {v!r}")
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {shown[:200]!r}")
     return v
 
 
@@ -388,6 +451,8 @@ class ImplementationEntry(Section):
     timeout_s: PositiveFloat = 30.0
     max_connections: PositiveInt = 10
     batch: Literal["none", "openai_completions", "http_batch"] = "none"
+    # Bound of one answer's (decoded) body; over it the call fails.
+    max_response_bytes: PositiveInt = 4 * 1024 * 1024
 
     @field_validator("api_key_env")
     @classmethod

@@ -13,6 +13,7 @@ psycopg) are wrapped at the edges into these; one interceptor in
     ├── ShuttingDown             the sidecar is draining  → UNAVAILABLE
     ├── DeadlineExceeded         the caller's deadline passed → DEADLINE_EXCEEDED
     ├── ConfigError              bad config file (start-up, check-config)
+    ├── StartupError             the config is valid but serving cannot start (key named)
     └── BackendError             one backend call failed (kept in the skill's result)
         ├── BackendTimeout       the implementation's own timeout passed
         ├── CallerDeadline       the caller's deadline cut the call short (not the backend's fault)
@@ -37,7 +38,9 @@ class InvalidArgument(RouterError):
 
 class UnknownSkill(InvalidArgument):
     def __init__(self, field: str, name: str, known: list[str]) -> None:
-        super().__init__(field, f"unknown skill {name!r} (configured: {', '.join(known)})")
+        shown = ", ".join(known[:20]) + (f", … ({len(known)} in all)" if len(known) > 20 else "")
+        quoted = repr(name) if len(name) <= 40 else f"{name[:40]!r}… ({len(name)} chars)"
+        super().__init__(field, f"unknown skill {quoted} (configured: {shown})")
         self.name = name
 
 
@@ -79,6 +82,16 @@ class ConfigError(RouterError):
         super().__init__(f"{where}: {problem}")
         self.source = source
         self.path = path
+        self.problem = problem
+
+
+class StartupError(RouterError):
+    """Serving cannot start: ``key`` is the config key (or environment
+    variable) at fault, e.g. ``server.listen`` or ``storage.sqlite_path``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
         self.problem = problem
 
 

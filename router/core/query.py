@@ -1,5 +1,16 @@
 """Validate a request's fields into a core ``Query``. Every problem names the
-field it is in, the way the service reports it (INVALID_ARGUMENT)."""
+field it is in, the way the service reports it (INVALID_ARGUMENT), and
+quotes at most a short prefix of what the caller sent.
+
+Every caller-controlled string and list is bounded (docs/security.md):
+
+    query                      1..100,000 characters
+    context.domain             at most 128 characters
+    context.force_skills,
+    context.exclude_skills     at most 64 names each, each at most 128 characters
+    context.metadata           at most 64 entries; key 1..128 characters,
+                               key + value at most 4,096 characters
+"""
 
 from __future__ import annotations
 
@@ -8,11 +19,16 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from .errors import InvalidArgument, UnknownSkill
+from .redact import quote_prefix
 from .selection import MAX_TOP_K
 from .types import Priority, Query, RoutingPolicy
 
 MAX_QUERY_CHARS = 100_000
+MAX_DOMAIN_CHARS = 128
+MAX_SKILL_LIST = 64
+MAX_SKILL_NAME_CHARS = 128
 MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY_CHARS = 128
 MAX_METADATA_CHARS = 4096
 
 
@@ -23,6 +39,9 @@ def _unit(field: str, value: float, lo: float, hi: float) -> float:
 
 
 def _skills(field: str, names: Iterable[str], known: list[str]) -> tuple[str, ...]:
+    names = list(names)
+    if len(names) > MAX_SKILL_LIST:
+        raise InvalidArgument(field, f"has {len(names)} names; at most {MAX_SKILL_LIST}")
     out = []
     for i, name in enumerate(names):
         if name not in known:
@@ -50,6 +69,8 @@ def make_query(
         raise InvalidArgument("query", "must not be empty")
     if len(text) > MAX_QUERY_CHARS:
         raise InvalidArgument("query", f"is {len(text)} characters; at most {MAX_QUERY_CHARS}")
+    if len(domain) > MAX_DOMAIN_CHARS:
+        raise InvalidArgument("context.domain", f"is {len(domain)} characters; at most {MAX_DOMAIN_CHARS}")
     c = policy.default_complexity if complexity is None else _unit("context.complexity", complexity, 0.0, 10.0)
     q = policy.quality_threshold if required_quality is None else _unit("context.required_quality", required_quality, 0.0, 1.0)
     if top_k is not None and not (1 <= top_k <= MAX_TOP_K):
@@ -63,8 +84,11 @@ def make_query(
     if len(meta) > MAX_METADATA_ENTRIES:
         raise InvalidArgument("context.metadata", f"has {len(meta)} entries; at most {MAX_METADATA_ENTRIES}")
     for key, value in meta.items():
-        if not key or len(key) + len(value) > MAX_METADATA_CHARS:
-            raise InvalidArgument(f"context.metadata[{key!r}]", f"key must be non-empty and key+value at most {MAX_METADATA_CHARS} characters")
+        if not key or len(key) > MAX_METADATA_KEY_CHARS or len(key) + len(value) > MAX_METADATA_CHARS:
+            raise InvalidArgument(
+                f"context.metadata[{quote_prefix(key)}]",
+                f"key must be non-empty and at most {MAX_METADATA_KEY_CHARS} characters, and key+value at most "
+                f"{MAX_METADATA_CHARS} characters (got {len(key)}+{len(value)})")
     return Query(
         text=text,
         domain=(domain.strip().lower() or "general"),

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -55,10 +57,6 @@ MIN_FALLBACK_S = 0.1
 
 _STATUS = {CallOutcome.OK: Status.OK, CallOutcome.FAILED: Status.FAILED, CallOutcome.TIMED_OUT: Status.TIMED_OUT,
            CallOutcome.DEADLINE: Status.DEADLINE, CallOutcome.REFUSED: Status.REFUSED}
-
-
-def sha256_prefix(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +143,7 @@ class Pipeline:
         sink: RecordSink | None = None,
         load_bias: float = 0.0,
         default_deadline_s: float = 30.0,
-        hash_query: Callable[[str], str] = sha256_prefix,
+        hash_query: Callable[[str], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
@@ -158,7 +156,9 @@ class Pipeline:
         self.sink: RecordSink = sink or NullSink()
         self.load_bias = load_bias
         self.default_deadline_s = default_deadline_s
-        self._hash_query = hash_query
+        # The metrics row's query_hash: a keyed hash (the composition root
+        # keys it from the environment or a key file beside the store).
+        self._hash_query = hash_query or _process_keyed_hash()
         self._clock = clock
         self._wall = wall
         self._new_id = new_id
@@ -441,4 +441,12 @@ class Pipeline:
         )
 
 
-__all__ = ["ExecuteOutcome", "Pipeline", "RouteOutcome", "ShedSkill", "sha256_prefix"]
+def _process_keyed_hash() -> Callable[[str], str]:
+    """The default ``hash_query``: HMAC-SHA256 keyed with a random key of this
+    process (the composition root passes one keyed from the environment or
+    a key file beside the store)."""
+    key = secrets.token_bytes(32)
+    return lambda text: hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+__all__ = ["ExecuteOutcome", "Pipeline", "RouteOutcome", "ShedSkill"]

@@ -3,7 +3,7 @@ Nothing here decides anything."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from router.core.admission import RejectReason
@@ -116,10 +116,12 @@ def plan_parts(plan: RoutePlan, ran: Sequence[PlannedSkill] | None = None) -> tu
     return selections, rejections
 
 
-def result_pb(o: SkillOutcome, weight: float) -> pb.SkillResult:
+def result_pb(o: SkillOutcome, weight: float, redact: Callable[[str], str] | None = None) -> pb.SkillResult:
+    """``redact`` is the final net over the backend's error text."""
     return pb.SkillResult(
         skill=o.skill, implementation=o.implementation, model=o.model, weight=weight, status=_STATUS[o.status],
-        output=o.output, error=o.error, cost_usd=o.cost, latency_ms=o.latency_ms,
+        output=o.output, error=redact(o.error) if redact is not None and o.error else o.error, cost_usd=o.cost,
+        latency_ms=o.latency_ms,
         input_tokens=o.input_tokens, output_tokens=o.output_tokens, quality=o.quality,
         queue_wait_ms=o.queue_wait_ms, attempts=o.attempts, batch_size=o.batch_size, shared_by=o.shared_by,
         stepped_in_for=o.stepped_in_for,
@@ -139,8 +141,10 @@ _SHED = {
 }
 
 
-def shed_pb(s: ShedSkill) -> pb.ShedSkill:
-    return pb.ShedSkill(skill=s.skill, reason=_SHED[s.reason], detail=s.detail, replaced_by=s.replaced_by,
+def shed_pb(s: ShedSkill, redact: Callable[[str], str] | None = None) -> pb.ShedSkill:
+    """``redact``: a failed call's detail is the backend's error text."""
+    detail = redact(s.detail) if redact is not None and s.detail else s.detail
+    return pb.ShedSkill(skill=s.skill, reason=_SHED[s.reason], detail=detail, replaced_by=s.replaced_by,
                         implementation=s.implementation, replaced_by_implementation=s.replaced_by_implementation)
 
 

@@ -4,6 +4,7 @@ responses, nothing else. Errors are mapped by ``ErrorMappingInterceptor``."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
@@ -34,9 +35,14 @@ class Application(Protocol):
         """(aggregate or None, store name, rows dropped) over ``window_s``."""
 
 
+def _same(text: str) -> str:
+    return text
+
+
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, app: Application) -> None:
+    def __init__(self, app: Application, *, redact: Callable[[str], str] | None = None) -> None:
         self._app = app
+        self._redact = redact or _same
 
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteResponse:
         p = self._app.pipeline
@@ -56,12 +62,12 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         return pb.ExecuteResponse(
             query_id=out.query_id, trace_id=out.trace_id, text=out.synthesis.text,
             selections=selections, rejections=rejections,
-            results=[result_pb(o, w) for o, w in zip(out.outcomes, out.synthesis.weights)],
+            results=[result_pb(o, w, self._redact) for o, w in zip(out.outcomes, out.synthesis.weights)],
             cost=pb.CostLedger(actual_usd=ledger.actual, baseline_usd=ledger.baseline, saved_usd=ledger.saved,
                                saved_fraction=ledger.saved_fraction, baseline_skills=ledger.baseline_skills),
             timing=pb.Timing(selection_us=out.selection_us, execution_us=out.execution_us, total_us=out.total_us),
             quality=out.synthesis.quality, k=out.plan.k, moe_enabled=out.plan.moe_enabled,
-            shed=[shed_pb(s) for s in out.shed], outcome=outcome_pb(out.outcome),
+            shed=[shed_pb(s, self._redact) for s in out.shed], outcome=outcome_pb(out.outcome),
             rejections_omitted=out.plan.rejections_omitted,
         )
 

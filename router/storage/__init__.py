@@ -16,10 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ._hashkey import KEY_ENV as QUERY_HASH_KEY_ENV
+from ._hashkey import query_hasher
 from ._store import MetricsStore, StoreBackend
 from ._types import TABLE, HourlyTrend, StoreError, StoreSettings, StoreStats, WindowAggregate
 
 __all__ = [
+    "QUERY_HASH_KEY_ENV",
     "TABLE",
     "HourlyTrend",
     "MetricsStore",
@@ -30,6 +33,7 @@ __all__ = [
     "WindowAggregate",
     "make_store",
     "open_store",
+    "query_hasher",
 ]
 
 

@@ -83,6 +83,15 @@ class PostgresBackend:
         return f"<PostgresBackend {self.where}>"
 
     async def open(self) -> None:
+        # One direct connection first: an unreachable server is one clear
+        # error at once, not the pool's retries (and their log lines) until
+        # its timeout.
+        try:
+            probe = await psycopg.AsyncConnection.connect(self._dsn, connect_timeout=max(1, round(self._timeout)))
+            await probe.close()
+        except psycopg.Error as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise StoreError(f"cannot connect to the PostgreSQL metrics store at {self.where}: {reason}") from None
         try:
             await self._pool.open(wait=True, timeout=self._timeout)
             async with self._pool.connection() as conn, conn.transaction():

@@ -34,6 +34,7 @@ class TelemetryConfigError(ValueError):
     def __init__(self, key: str, value: str, problem: str) -> None:
         super().__init__(f"{key}={value!r}: {problem}")
         self.key = key
+        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ rest. Money has no UCUM unit, so it is the annotation ``{USD}``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 # (skill, in_flight, utilization 0..1, queue_depth)
 LiveStat = tuple[str, int, float, int]
 LiveStats = Callable[[], Iterable[LiveStat]]
+# reason ("overloaded", "unauthenticated", "undecodable") → calls refused since start
+RefusedCounts = Callable[[], Mapping[str, int]]
 
 # Selection is pure CPU work measured in microseconds.
 SELECTION_BUCKETS_S = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
@@ -31,6 +33,7 @@ class Instruments:
     __slots__ = (
         "_gauges",
         "_live_stats",
+        "_refused",
         "batch_size",
         "cost",
         "cost_saved",
@@ -45,6 +48,7 @@ class Instruments:
 
     def __init__(self, meter: Meter) -> None:
         self._live_stats: LiveStats | None = None
+        self._refused: RefusedCounts | None = None
         self.selection_duration = meter.create_histogram(
             "router.selection.duration", "s", "Time to score, select and choose implementations for one query.",
             explicit_bucket_boundaries_advisory=SELECTION_BUCKETS_S)
@@ -77,7 +81,22 @@ class Instruments:
                                           "In-flight calls over the skill's concurrency limit."),
             meter.create_observable_gauge("router.skill.queue_depth", [self._observe(3)], "{query}",
                                           "Queries waiting for a skill's gate."),
+            meter.create_observable_counter("router.rpc.refused", [self._observe_refused], "{call}",
+                                            "Calls the server's front door refused, by reason."),
         )
+
+    def set_refused(self, refused: RefusedCounts | None) -> None:
+        self._refused = refused
+
+    def _observe_refused(self, options: CallbackOptions) -> Iterable[Observation]:
+        fn = self._refused
+        if fn is None:
+            return []
+        try:
+            return [Observation(n, {"router.reason": reason}) for reason, n in fn().items()]
+        except Exception:  # a broken callback must not stop the export
+            log.exception("refused-counts callback failed")
+            return []
 
     def set_live_stats(self, live_stats: LiveStats | None) -> None:
         self._live_stats = live_stats

@@ -22,10 +22,9 @@ Never recorded: API keys, request metadata, answers; the query text only with
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -36,6 +35,7 @@ from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
 
 from router.core.errors import RouterError
+from router.core.redact import Redactor
 from router.core.routing import PlannedSkill, RoutePlan
 from router.core.selection import RejectionReason
 from router.core.synthesis import SkillOutcome, Synthesis
@@ -62,27 +62,26 @@ _MAX_ERROR_CHARS = 256
 _MAX_STACK_CHARS = 8192
 _INACTIVE = (RejectionReason.NOT_ACTIVATED, RejectionReason.DISABLED, RejectionReason.EXCLUDED)
 
-_SECRET = re.compile(
-    r"(?i)(bearer\s+|basic\s+|api[_-]?key[\"']?\s*[=:]\s*[\"']?|authorization[\"']?\s*[=:]\s*[\"']?)[^\s\"',;]+"
-    r"|\bsk-[A-Za-z0-9_\-]{6,}"
-)
+_SHAPES = Redactor()  # the shape-based net; values come from the observer's ``redact``
 
 
-def scrub(text: str, limit: int = _MAX_ERROR_CHARS, *, keep_tail: bool = False) -> str:
-    """An error message fit for a span: no credentials, bounded length."""
-    cleaned = _SECRET.sub(lambda m: (m.group(1) or "") + "[REDACTED]", text)
+def scrub(text: str, limit: int = _MAX_ERROR_CHARS, *, keep_tail: bool = False,
+          redact: Callable[[str], str] | None = None) -> str:
+    """An error message fit for a span: no credentials (the sidecar's secrets
+    by value through ``redact``, then key shapes), bounded length."""
+    cleaned = _SHAPES(redact(text) if redact is not None else text)
     if len(cleaned) <= limit:
         return cleaned
     return "…" + cleaned[-(limit - 1):] if keep_tail else cleaned[: limit - 1] + "…"
 
 
-def record_exception(span: trace.Span, exc: BaseException) -> None:
+def record_exception(span: trace.Span, exc: BaseException, redact: Callable[[str], str] | None = None) -> None:
     """``Span.record_exception`` with the message and the stack trace scrubbed."""
     stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     span.add_event("exception", {
         "exception.type": type(exc).__qualname__,
-        "exception.message": scrub(str(exc)),
-        "exception.stacktrace": scrub(stack, _MAX_STACK_CHARS, keep_tail=True),
+        "exception.message": scrub(str(exc), redact=redact),
+        "exception.stacktrace": scrub(stack, _MAX_STACK_CHARS, keep_tail=True, redact=redact),
     })
 
 
@@ -104,10 +103,12 @@ def _server_of(url: str) -> tuple[str, int | None]:
 class OtelObserver:
     """Implements ``router.runtime.observer.Observer``."""
 
-    __slots__ = ("_m", "_max_text", "_propagator", "_record_text", "_tracer")
+    __slots__ = ("_m", "_max_text", "_propagator", "_record_text", "_redact", "_tracer")
 
     def __init__(self, tracer: Tracer, instruments: Instruments, propagator: TextMapPropagator, *,
-                 record_query_text: bool = False, max_query_text_chars: int = 2048) -> None:
+                 record_query_text: bool = False, max_query_text_chars: int = 2048,
+                 redact: Callable[[str], str] | None = None) -> None:
+        self._redact = redact
         self._tracer = tracer
         self._m = instruments
         self._propagator = propagator
@@ -274,9 +275,9 @@ class QueryObservationSpan:
                     span.set_attribute("router.quality", record.quality_score)
             if error is not None:
                 span.set_attribute(ERROR_TYPE, _error_type(error))
-                span.set_status(Status(StatusCode.ERROR, scrub(str(error))))
+                span.set_status(Status(StatusCode.ERROR, scrub(str(error), redact=self._o._redact)))
                 if not isinstance(error, (RouterError, asyncio.CancelledError)):
-                    record_exception(span, error)
+                    record_exception(span, error, self._o._redact)
             elif record is not None and record.status not in ("ok", "partial"):
                 span.set_attribute(ERROR_TYPE, record.status)
                 span.set_status(Status(StatusCode.ERROR, record.status))
@@ -351,7 +352,7 @@ class SkillCallSpan:
         span = self._span
         if exc is not None and span.is_recording():
             span.set_attribute(ERROR_TYPE, error_type)
-            span.set_status(Status(StatusCode.ERROR, scrub(str(exc)) or error_type))
+            span.set_status(Status(StatusCode.ERROR, scrub(str(exc), redact=self._q._o._redact) or error_type))
         span.end()
 
     @property
@@ -424,7 +425,7 @@ class SkillCallSpan:
             span.set_attributes(attrs)
             if not outcome.ok:
                 span.set_attribute(ERROR_TYPE, status)
-                span.set_status(Status(StatusCode.ERROR, scrub(outcome.error) or status))
+                span.set_status(Status(StatusCode.ERROR, scrub(outcome.error, redact=self._q._o._redact) or status))
         span.end()
 
 
@@ -483,7 +484,7 @@ class BatchSpan:
         if exc is not None and span.is_recording():
             error_type = _error_type(exc)
             span.set_attribute(ERROR_TYPE, error_type)
-            span.set_status(Status(StatusCode.ERROR, scrub(str(exc)) or error_type))
+            span.set_status(Status(StatusCode.ERROR, scrub(str(exc), redact=self._o._redact) or error_type))
         span.end()
 
     @property

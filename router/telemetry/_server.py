@@ -21,20 +21,64 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.propagators.textmap import (
+    CarrierT,
+    Getter,
+    Setter,
+    TextMapPropagator,
+    default_getter,
+    default_setter,
+)
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from router.core.errors import RouterError
 
-from ._observer import record_exception
+from ._observer import record_exception, scrub
 
 W3C_PROPAGATOR: TextMapPropagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+
+
+class AllowlistBaggagePropagator(TextMapPropagator):
+    """W3C baggage, injected only for the allowed keys (none by default):
+    a caller's baggage may carry user ids or tokens meant for its own
+    services, not for every model provider the sidecar calls."""
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        self._keys = frozenset(keys)
+        self._inner = W3CBaggagePropagator()
+
+    def extract(self, carrier: CarrierT, context: Context | None = None,
+                getter: Getter[CarrierT] = default_getter) -> Context:
+        return self._inner.extract(carrier, context=context, getter=getter)
+
+    def inject(self, carrier: CarrierT, context: Context | None = None,
+               setter: Setter[CarrierT] = default_setter) -> None:
+        if not self._keys:
+            return
+        kept = {k: v for k, v in otel_baggage.get_all(context).items() if k in self._keys}
+        if not kept:
+            return
+        ctx = Context()
+        for key, value in kept.items():
+            ctx = otel_baggage.set_baggage(key, value, ctx)
+        self._inner.inject(carrier, context=ctx, setter=setter)
+
+    @property
+    def fields(self) -> set[str]:
+        return self._inner.fields
+
+
+def outbound_propagator(baggage_allowlist: Iterable[str] = ()) -> TextMapPropagator:
+    """What the sidecar sends to its backends: the W3C trace context, and
+    baggage only for ``baggage_allowlist``."""
+    return CompositePropagator([TraceContextTextMapPropagator(), AllowlistBaggagePropagator(baggage_allowlist)])
 
 # The gRPC codes that are the server's fault; the others (INVALID_ARGUMENT,
 # NOT_FOUND, RESOURCE_EXHAUSTED, ...) leave a SERVER span's status unset,
@@ -113,7 +157,7 @@ class ServerSpan:
             self.span.set_attribute("rpc.grpc.status_code", c.value[0])
             if c in _SERVER_ERRORS:
                 self.span.set_attribute("error.type", c.name)
-                self.span.set_status(Status(StatusCode.ERROR, details[:256] or c.name))
+                self.span.set_status(Status(StatusCode.ERROR, scrub(details) or c.name))
 
     def set_attribute(self, key: str, value: Any) -> None:
         self.span.set_attribute(key, value)

@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +35,16 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from router.runtime.observer import NullObserver, Observer
 
 from ._config import GRPC, ExporterPlan, TelemetryPlan, read_plan
-from ._metrics import Instruments, LiveStats
+from ._metrics import Instruments, LiveStats, RefusedCounts
 from ._observer import OtelObserver
-from ._server import NULL_SERVER_SPAN_CONTEXT, W3C_PROPAGATOR, ServerSpan, TracingInterceptor, start_server_span
+from ._server import (
+    NULL_SERVER_SPAN_CONTEXT,
+    W3C_PROPAGATOR,
+    ServerSpan,
+    TracingInterceptor,
+    outbound_propagator,
+    start_server_span,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,8 @@ class TelemetrySettings:
     max_query_text_chars: int = 2048
     # Also make these providers the process-wide ones (for other instrumentations).
     install_global: bool = False
+    # Baggage keys forwarded to the backends; the trace context always is.
+    baggage_allowlist: tuple[str, ...] = ()
 
 
 def _sampler(plan: TelemetryPlan) -> sampling.Sampler:
@@ -127,7 +137,8 @@ class Telemetry:
                  tracer_provider: TracerProvider | None = None,
                  meter_provider: MeterProvider | None = None,
                  instruments: Instruments | None = None,
-                 propagator: TextMapPropagator = W3C_PROPAGATOR) -> None:
+                 propagator: TextMapPropagator = W3C_PROPAGATOR,
+                 exporters: Iterable[Any] = ()) -> None:
         self.plan = plan
         self.observer = observer
         self.tracer_provider = tracer_provider
@@ -136,6 +147,8 @@ class Telemetry:
         self._instruments = instruments
         self._tracer = tracer
         self._closed = False
+        self.gave_up = False  # aclose() ran out of time
+        self._exporters = tuple(exporters)
 
     def __repr__(self) -> str:
         traces = self.plan.traces.kind + "/" + self.plan.traces.protocol if self.plan.traces else "off"
@@ -167,6 +180,12 @@ class Telemetry:
         if self._instruments is not None:
             self._instruments.set_live_stats(live_stats)
 
+    def set_refused(self, refused: RefusedCounts | None) -> None:
+        """The source of ``router.rpc.refused``: ``() -> {reason: count}``,
+        called at each metric export."""
+        if self._instruments is not None:
+            self._instruments.set_refused(refused)
+
     def force_flush(self, timeout_s: float = 10.0) -> bool:
         """Blocking: export what is pending now."""
         ok = True
@@ -189,15 +208,61 @@ class Telemetry:
     async def aflush(self, timeout_s: float = 10.0) -> bool:
         return await asyncio.to_thread(self.force_flush, timeout_s)
 
-    async def aclose(self, timeout_s: float = 10.0) -> None:
-        """``shutdown`` off the event loop (the exporters block)."""
-        await asyncio.to_thread(self.shutdown, timeout_s)
+    async def aclose(self, timeout_s: float = 10.0) -> bool:
+        """``shutdown`` off the event loop, given at most ``timeout_s``: an
+        exporter whose collector does not answer retries for longer than a
+        container's grace period. Past it, give up (what is pending is
+        dropped), say so once, and return False. The shutdown goes on in a
+        daemon thread, which never holds the process's exit."""
+        if self._closed or (self.tracer_provider is None and self.meter_provider is None):
+            self._closed = True
+            return True
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(exc: BaseException | None) -> None:
+            if done.done():
+                return
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+        def run() -> None:
+            outcome: BaseException | None = None
+            try:
+                self.shutdown(timeout_s)
+            except BaseException as exc:  # reported on the loop
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                loop.call_soon_threadsafe(settle, outcome)
+
+        threading.Thread(target=run, name="telemetry-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout_s)
+        except TimeoutError:
+            self.gave_up = True
+            # Closing the exporters cancels the export in flight; left alone it
+            # would hold the process's exit (gRPC waits for its calls) until
+            # OTEL_EXPORTER_OTLP_TIMEOUT.
+            # The SDK would then log each cancelled export and the second
+            # shutdown; this line is the one that says what happened.
+            logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
+            for exporter in self._exporters:
+                with contextlib.suppress(Exception):
+                    exporter.shutdown()
+            log.warning("telemetry: the exporters did not flush within %.1fs (what the shutdown grace left "
+                        "them); giving up, pending spans and metrics are dropped", timeout_s)
+            return False
+        return True
 
 
 def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *,
-                    live_stats: LiveStats | None = None) -> Telemetry:
+                    live_stats: LiveStats | None = None, redact: Callable[[str], str] | None = None) -> Telemetry:
     """Build the telemetry from ``settings`` (a ``TelemetrySettings`` or any
     object with the same attributes) and the ``OTEL_*`` variables in ``env``.
+    ``redact`` (the sidecar's secrets) is applied to every error text on a
+    span, before the shape-based ``scrub``.
 
     Raises ``TelemetryConfigError`` naming the variable when one is unusable.
     """
@@ -207,6 +272,7 @@ def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *
         return Telemetry(plan, NullObserver())
 
     resource = _resource(settings, plan)
+    exporters: list[Any] = []
     tracer_provider: TracerProvider | None = None
     if plan.traces is not None:
         tracer_provider = TracerProvider(sampler=_sampler(plan), resource=resource)
@@ -214,7 +280,9 @@ def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *
         # spans stalls the event loop for tens of ms (bench/tracing_overhead:
         # Route p99 15 ms → 4 ms with 32). OTEL_BSP_MAX_EXPORT_BATCH_SIZE wins.
         batch = None if env.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else DEFAULT_EXPORT_BATCH
-        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(plan.traces), max_export_batch_size=batch))
+        span_exporter = _span_exporter(plan.traces)
+        exporters.append(span_exporter)
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter, max_export_batch_size=batch))
         tracer: trace.Tracer = tracer_provider.get_tracer(INSTRUMENTATION_SCOPE)
     else:
         # Metrics only: no spans, but the caller's trace context passes
@@ -225,7 +293,9 @@ def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *
     meter_provider: MeterProvider | None = None
     if plan.metrics is not None:
         interval = None if plan.metric_interval_s is None else plan.metric_interval_s * 1000
-        reader = PeriodicExportingMetricReader(_metric_exporter(plan.metrics), export_interval_millis=interval)
+        metric_exporter = _metric_exporter(plan.metrics)
+        exporters.append(metric_exporter)
+        reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval)
         meter_provider = MeterProvider(metric_readers=[reader], resource=resource)
         meter = meter_provider.get_meter(INSTRUMENTATION_SCOPE)
     else:
@@ -240,11 +310,11 @@ def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *
             metrics_api.set_meter_provider(meter_provider)
 
     observer = OtelObserver(
-        tracer, instruments, W3C_PROPAGATOR,
+        tracer, instruments, outbound_propagator(getattr(settings, "baggage_allowlist", ())), redact=redact,
         record_query_text=bool(getattr(settings, "record_query_text", False)),
         max_query_text_chars=int(getattr(settings, "max_query_text_chars", 2048)),
     )
     log.info("telemetry: traces=%s metrics=%s",
              plan.traces.endpoint or plan.traces.kind if plan.traces else "off",
              plan.metrics.endpoint or plan.metrics.kind if plan.metrics else "off")
-    return Telemetry(plan, observer, tracer, tracer_provider, meter_provider, instruments)
+    return Telemetry(plan, observer, tracer, tracer_provider, meter_provider, instruments, exporters=exporters)

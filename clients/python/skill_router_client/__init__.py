@@ -14,6 +14,12 @@ of the last hour. The generated messages are ``skill_router_client.pb``
 (``skill_router_client.v1.router_pb2``): this package never imports the
 top-level name ``router``. Errors are ``grpc.RpcError``; ``error_details`` reads
 the field violation or retry delay the sidecar attaches.
+
+A sidecar with TLS, mTLS and a token (docs/security.md)::
+
+    tls = TlsConfig(ca_file="ca.crt", cert_file="client.crt", key_file="client.key")
+    async with AsyncRouterClient("router:50051", tls=tls, token=os.environ["SKILL_ROUTER_TOKEN"]) as client:
+        ...
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from ._client import (
     ErrorDetails,
     Priority,
     RouterClient,
+    TlsConfig,
     build_context,
     error_details,
     stats_request,
 )
 from .v1 import router_pb2 as pb
 
-__all__ = ["AsyncRouterClient", "ErrorDetails", "Priority", "RouterClient", "build_context", "error_details", "pb",
-           "stats_request"]
+__all__ = ["AsyncRouterClient", "ErrorDetails", "Priority", "RouterClient", "TlsConfig", "build_context",
+           "error_details", "pb", "stats_request"]

@@ -4,6 +4,7 @@ import datetime
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -93,6 +94,45 @@ def _stats_req(request: pb.StatsRequest | None, window: float | datetime.timedel
     return request if request is not None else stats_request(window)
 
 
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS to the sidecar (``server.tls``). PEM file paths:
+
+    ``ca_file``     the CA that signed the sidecar's certificate (None: the system's roots)
+    ``cert_file``,
+    ``key_file``    this client's certificate and key, for mTLS (``server.tls.client_ca_file``)
+    ``server_name`` the name to check the sidecar's certificate against when
+                    it differs from the target's host
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("TlsConfig: cert_file and key_file go together (mTLS)")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+        return grpc.ssl_channel_credentials(root_certificates=read(self.ca_file), private_key=read(self.key_file),
+                                            certificate_chain=read(self.cert_file))
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def _auth(token: str | None) -> Metadata:
+    """The ``authorization: Bearer`` metadata for ``server.auth.token_env``."""
+    if token is None:
+        return ()
+    if not token or any(c in token for c in "\r\n"):
+        raise ValueError("token must be a non-empty single line")
+    return (("authorization", f"Bearer {token}"),)
+
+
 def _ctx(context: pb.QueryContext | None, kw: dict) -> pb.QueryContext:
     if context is not None and kw:
         raise TypeError("pass either context= or context keyword arguments, not both")
@@ -100,14 +140,22 @@ def _ctx(context: pb.QueryContext | None, kw: dict) -> pb.QueryContext:
 
 
 class AsyncRouterClient:
-    """grpc.aio client. Use as ``async with`` or call ``close()``."""
+    """grpc.aio client. Use as ``async with`` or call ``close()``.
+
+    ``tls`` (a ``TlsConfig``) for a sidecar with ``server.tls``; ``token``
+    for one with ``server.auth.token_env`` (sent as ``authorization: Bearer``
+    with every call)."""
 
     def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float | None = 30.0,
-                 metadata: Metadata = (), channel: grpc.aio.Channel | None = None) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(target)
+                 metadata: Metadata = (), channel: grpc.aio.Channel | None = None,
+                 tls: TlsConfig | None = None, token: str | None = None) -> None:
+        if channel is None:
+            channel = (grpc.aio.secure_channel(target, tls.credentials(), options=tls.options()) if tls
+                       else grpc.aio.insecure_channel(target))
+        self._channel = channel
         self._stub = pb_grpc.RouterServiceStub(self._channel)
         self.timeout = timeout
-        self.metadata = tuple(metadata)
+        self.metadata = tuple(metadata) + tuple(_auth(token))
 
     async def __aenter__(self) -> AsyncRouterClient:
         return self
@@ -142,14 +190,18 @@ class AsyncRouterClient:
 
 
 class RouterClient:
-    """Blocking client with the same methods as ``AsyncRouterClient``."""
+    """Blocking client with the same methods (and ``tls``, ``token``) as ``AsyncRouterClient``."""
 
     def __init__(self, target: str = "127.0.0.1:50051", *, timeout: float | None = 30.0,
-                 metadata: Metadata = (), channel: grpc.Channel | None = None) -> None:
-        self._channel = channel or grpc.insecure_channel(target)
+                 metadata: Metadata = (), channel: grpc.Channel | None = None,
+                 tls: TlsConfig | None = None, token: str | None = None) -> None:
+        if channel is None:
+            channel = (grpc.secure_channel(target, tls.credentials(), options=tls.options()) if tls
+                       else grpc.insecure_channel(target))
+        self._channel = channel
         self._stub = pb_grpc.RouterServiceStub(self._channel)
         self.timeout = timeout
-        self.metadata = tuple(metadata)
+        self.metadata = tuple(metadata) + tuple(_auth(token))
 
     def __enter__(self) -> RouterClient:
         return self

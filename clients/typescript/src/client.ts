@@ -58,6 +58,29 @@ export interface RouterClientOptions {
   interceptors?: Interceptor[];
   /** Use this transport instead of creating one (`target` is then ignored). */
   transport?: Transport;
+  /**
+   * TLS to a sidecar with `server.tls` (the target becomes `https://`).
+   * `true`: the system's CAs. With `cert` and `key`: mTLS (a sidecar with
+   * `server.tls.client_ca_file` refuses a client without them).
+   */
+  tls?: boolean | TlsOptions;
+  /**
+   * The bearer token of a sidecar with `server.auth.token_env`, sent as
+   * `authorization: Bearer <token>` with every call.
+   */
+  token?: string;
+}
+
+/** PEM contents (not file paths): read them with `fs.readFileSync`. */
+export interface TlsOptions {
+  /** The CA that signed the sidecar's certificate (default: the system's). */
+  ca?: string | Buffer;
+  /** This client's certificate chain, for mTLS. */
+  cert?: string | Buffer;
+  /** This client's private key, for mTLS. */
+  key?: string | Buffer;
+  /** The name to check the sidecar's certificate against, when not the target's host. */
+  serverName?: string;
 }
 
 export interface CallOptions {
@@ -136,13 +159,31 @@ function mergeHeaders(...inits: (MetadataInit | undefined)[]): Headers {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+function tlsSessionOptions(tls: boolean | TlsOptions | undefined) {
+  if (!tls) return undefined;
+  if (tls === true) return {};
+  if ((tls.cert === undefined) !== (tls.key === undefined)) {
+    throw new TypeError("skill-router tls: cert and key go together (mTLS)");
+  }
+  return { ca: tls.ca, cert: tls.cert, key: tls.key, servername: tls.serverName };
+}
+
+function authHeader(token: string | undefined): Record<string, string> | undefined {
+  if (token === undefined) return undefined;
+  if (token === "" || /[\r\n]/.test(token)) throw new TypeError("skill-router token must be a non-empty single line");
+  return { authorization: `Bearer ${token}` };
+}
+
 /** Create a client for the sidecar at `options.target`. */
 export function createRouterClient(options: RouterClientOptions = {}): RouterClient {
-  const baseUrl = baseUrlOf(options.target ?? DEFAULT_TARGET);
+  let baseUrl = baseUrlOf(options.target ?? DEFAULT_TARGET);
+  const secure = tlsSessionOptions(options.tls);
+  if (secure) baseUrl = baseUrl.replace(/^http:\/\//i, "https://");
+  const auth = authHeader(options.token);
   const defaultTimeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   // Our own session manager, so close() can end the connection. It unrefs
   // the socket while idle: an idle client never keeps the process alive.
-  const session = options.transport ? undefined : new Http2SessionManager(baseUrl);
+  const session = options.transport ? undefined : new Http2SessionManager(baseUrl, undefined, secure);
   const transport =
     options.transport ??
     createGrpcTransport({ baseUrl, sessionManager: session, interceptors: options.interceptors });
@@ -155,7 +196,7 @@ export function createRouterClient(options: RouterClientOptions = {}): RouterCli
     if (o?.tracestate) trace.tracestate = o.tracestate;
     return {
       timeoutMs: deadline(o?.timeoutMs ?? defaultTimeoutMs),
-      headers: mergeHeaders(clientMetadata, o?.headers, trace),
+      headers: mergeHeaders(clientMetadata, o?.headers, trace, auth),
       signal: o?.signal,
     };
   }

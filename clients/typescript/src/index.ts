@@ -19,6 +19,7 @@ export {
   type RouterClient,
   type RouterClientOptions,
   type StatsOptions,
+  type TlsOptions,
 } from "./client.js";
 export { RouterError, codeName, toRouterError, type FieldViolation, type GrpcCodeName } from "./errors.js";
 export * from "./gen/router/v1/router_pb.js";

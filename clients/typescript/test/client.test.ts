@@ -4,6 +4,10 @@
  * an in-memory transport and the decoding of error details.
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 
 import { BinaryWriter } from "@bufbuild/protobuf/wire";
@@ -23,7 +27,7 @@ import {
   StatsResponseSchema,
   toRouterError,
 } from "../src/index.js";
-import { freePort, startSidecar, type Sidecar } from "./sidecar.js";
+import { CERTS_SCRIPT, freePort, PYTHON, startSidecar, type Sidecar } from "./sidecar.js";
 
 const TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736";
 const TRACEPARENT = `00-${TRACE_ID}-00f067aa0ba902b7-01`;
@@ -226,5 +230,88 @@ describe("without a sidecar", () => {
     assert.equal(baseUrlOf("https://router.example.com/"), "https://router.example.com");
     assert.throws(() => baseUrlOf("unix:///tmp/router.sock"), TypeError);
     assert.throws(() => baseUrlOf(" "), TypeError);
+  });
+});
+
+describe("against a sidecar with mTLS and a bearer token", { timeout: 60_000 }, () => {
+  const TOKEN = "ts-test-token-6a5b4c3d2e1f";
+  let dir: string;
+  let sidecar: Sidecar;
+  let pem: (name: string) => Buffer;
+
+  before(async () => {
+    // A throw-away CA and certificates, made now; nothing secret is committed.
+    dir = mkdtempSync(join(tmpdir(), "skill-router-pki-"));
+    const made = spawnSync(PYTHON, [CERTS_SCRIPT, dir], { encoding: "utf8" });
+    assert.equal(made.status, 0, `making the test certificates failed: ${made.stderr}`);
+    pem = (name) => readFileSync(join(dir, name));
+    const config = join(dir, "router.yaml");
+    writeFileSync(
+      config,
+      JSON.stringify({
+        server: {
+          tls: { cert_file: join(dir, "server.crt"), key_file: join(dir, "server.key"), client_ca_file: join(dir, "ca.crt") },
+          auth: { token_env: "SKILL_ROUTER_TS_TEST_TOKEN" },
+        },
+        storage: { sqlite_path: null },
+        skills: {
+          trm: {
+            implementations: [
+              { name: "trm-http", backend: "http", url: "http://127.0.0.1:1", model: "trm", quality: 0.9,
+                cost_per_query: 0.01, expected_latency_ms: 50 },
+            ],
+          },
+        },
+      }),
+    );
+    sidecar = await startSidecar({
+      args: ["--config", config],
+      env: { SKILL_ROUTER_TS_TEST_TOKEN: TOKEN },
+      client: { tls: { ca: pem("ca.crt"), cert: pem("client.crt"), key: pem("client.key") }, token: TOKEN },
+    });
+  });
+
+  after(async () => {
+    await sidecar?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("calls over mTLS with the token", async () => {
+    assert.match(sidecar.client.baseUrl, /^https:\/\//);
+    const res = await sidecar.client.execute("hello there", { complexity: 3 });
+    assert.ok(res.text.length > 0);
+    assert.equal(res.results[0]?.skill, "trm");
+  });
+
+  it("is refused without the token or with a wrong one", async () => {
+    for (const token of [undefined, "wrong"]) {
+      const client = createRouterClient({
+        target: sidecar.target,
+        tls: { ca: pem("ca.crt"), cert: pem("client.crt"), key: pem("client.key") },
+        token,
+      });
+      try {
+        const err = await rejectsWith(client.route("hello"));
+        assert.equal(err.codeName, "UNAUTHENTICATED");
+        assert.ok(!err.message.includes(TOKEN));
+      } finally {
+        client.close();
+      }
+    }
+  });
+
+  it("is refused without a client certificate", async () => {
+    const client = createRouterClient({ target: sidecar.target, tls: { ca: pem("ca.crt") }, token: TOKEN, timeoutMs: 5_000 });
+    try {
+      const err = await rejectsWith(client.route("hello"));
+      assert.notEqual(err.codeName, "OK");
+    } finally {
+      client.close();
+    }
+  });
+
+  it("checks the tls options", () => {
+    assert.throws(() => createRouterClient({ tls: { cert: "x" } }), TypeError);
+    assert.throws(() => createRouterClient({ token: "a\nb" }), TypeError);
   });
 });

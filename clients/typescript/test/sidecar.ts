@@ -11,11 +11,24 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { createRouterClient, RouterError, type RouterClient } from "../src/index.js";
+import { createRouterClient, RouterError, type RouterClient, type RouterClientOptions } from "../src/index.js";
+
+/** How to start the sidecar beyond `serve --demo --listen`. */
+export interface SidecarOptions {
+  /** Extra `serve` arguments, e.g. `["--config", path]`. */
+  args?: string[];
+  /** Extra environment variables for the sidecar. */
+  env?: Record<string, string>;
+  /** Options of the test's client (tls, token). */
+  client?: Partial<RouterClientOptions>;
+}
 
 // This file runs from clients/typescript/.test-build/test/.
 const REPO_ROOT = fileURLToPath(new URL("../../../../", import.meta.url));
 export const SIDECAR_BIN = process.env.SKILL_ROUTER_BIN ?? `${REPO_ROOT}.venv/bin/skill-router`;
+/** The repo's Python (it makes the test PKI: tests/support/certs.py). */
+export const PYTHON = process.env.SKILL_ROUTER_PYTHON ?? `${REPO_ROOT}.venv/bin/python`;
+export const CERTS_SCRIPT = `${REPO_ROOT}tests/support/certs.py`;
 
 export interface Sidecar {
   readonly target: string;
@@ -52,11 +65,11 @@ async function stopChild(child: ChildProcess): Promise<void> {
   clearTimeout(timer);
 }
 
-async function startOnce(port: number): Promise<Sidecar> {
+async function startOnce(port: number, opts: SidecarOptions): Promise<Sidecar> {
   const target = `127.0.0.1:${port}`;
   // Its own working directory: the sidecar writes its metrics store there.
   const cwd = mkdtempSync(join(tmpdir(), "skill-router-ts-"));
-  const child = spawn(SIDECAR_BIN, ["serve", "--demo", "--listen", target], {
+  const child = spawn(SIDECAR_BIN, ["serve", "--demo", "--listen", target, ...(opts.args ?? [])], {
     cwd,
     stdio: ["ignore", "pipe", "pipe"],
     // Tracing on (spans to the piped stdout, not exported anywhere) so that
@@ -65,6 +78,7 @@ async function startOnce(port: number): Promise<Sidecar> {
       OTEL_TRACES_EXPORTER: "console",
       OTEL_METRICS_EXPORTER: "none",
       ...process.env,
+      ...opts.env,
       PYTHONUNBUFFERED: "1",
     },
   });
@@ -77,7 +91,7 @@ async function startOnce(port: number): Promise<Sidecar> {
   child.stdout?.on("data", keep);
   child.stderr?.on("data", keep);
 
-  const client = createRouterClient({ target, timeoutMs: 10_000 });
+  const client = createRouterClient({ target, timeoutMs: 10_000, ...opts.client });
   const sidecar: Sidecar = {
     target,
     client,
@@ -104,7 +118,7 @@ async function startOnce(port: number): Promise<Sidecar> {
 }
 
 /** Start the sidecar; retry on another port if the chosen one was taken meanwhile. */
-export async function startSidecar(): Promise<Sidecar> {
+export async function startSidecar(opts: SidecarOptions = {}): Promise<Sidecar> {
   if (!existsSync(SIDECAR_BIN)) {
     throw new Error(
       `${SIDECAR_BIN} not found: create the Python venv first (make setup in the repo root), ` +
@@ -114,7 +128,7 @@ export async function startSidecar(): Promise<Sidecar> {
   let last: unknown;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      return await startOnce(await freePort());
+      return await startOnce(await freePort(), opts);
     } catch (err) {
       last = err;
       if (!/address already in use|Failed to bind|bind/i.test(String(err))) break;
