@@ -100,6 +100,15 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+export interface RoutingOptions extends CallOptions {
+  /**
+   * List every skill that was not chosen in `rejections`. By default at most
+   * 20 are listed (the best-ranked first) and the rest are counted in
+   * `rejectionsOmitted`.
+   */
+  explainAll?: boolean;
+}
+
 export interface StatsOptions extends CallOptions {
   /**
    * Window of the metrics-store aggregates (`StatsResponse.window`), in
@@ -112,9 +121,9 @@ export interface RouterClient {
   /** The base URL calls go to, e.g. `http://127.0.0.1:50051`. */
   readonly baseUrl: string;
   /** Which skills would answer the query, without calling any (dry run). */
-  route(query: string, context?: QueryContextInit, options?: CallOptions): Promise<RouteResponse>;
+  route(query: string, context?: QueryContextInit, options?: RoutingOptions): Promise<RouteResponse>;
   /** Route the query, call the chosen skills, return their synthesis. */
-  execute(query: string, context?: QueryContextInit, options?: CallOptions): Promise<ExecuteResponse>;
+  execute(query: string, context?: QueryContextInit, options?: RoutingOptions): Promise<ExecuteResponse>;
   /**
    * The live state of every skill, the totals since the sidecar started and
    * the aggregates over `options.windowMs` from its metrics store.
@@ -212,8 +221,10 @@ export function createRouterClient(options: RouterClientOptions = {}): RouterCli
   const client: RouterClient = {
     baseUrl,
     raw,
-    route: (query, context, o) => call("Route", () => raw.route({ query, context }, callOptions(o))),
-    execute: (query, context, o) => call("Execute", () => raw.execute({ query, context }, callOptions(o))),
+    route: (query, context, o) =>
+      call("Route", () => raw.route({ query, context, explainAll: o?.explainAll ?? false }, callOptions(o))),
+    execute: (query, context, o) =>
+      call("Execute", () => raw.execute({ query, context, explainAll: o?.explainAll ?? false }, callOptions(o))),
     stats: (o) =>
       call("Stats", () =>
         raw.stats({ window: o?.windowMs === undefined ? undefined : durationFromMs(o.windowMs) }, callOptions(o)),

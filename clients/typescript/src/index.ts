@@ -18,6 +18,7 @@ export {
   type QueryContextInit,
   type RouterClient,
   type RouterClientOptions,
+  type RoutingOptions,
   type StatsOptions,
   type TlsOptions,
 } from "./client.js";

@@ -64,6 +64,11 @@ describe("against the real sidecar", { timeout: 60_000 }, () => {
     assert.equal(res.selections[0]?.skill, "legal", "the legal skill ranks first for a legal query");
     assert.ok(res.selections[0]?.implementation?.implementation?.name);
     assert.equal(typeof res.selectionTimeUs, "bigint");
+    // Every skill is either chosen, listed as rejected, or counted as omitted.
+    const all = await sidecar.client.route("Review this contract clause", { domain: "legal" }, { explainAll: true });
+    assert.equal(all.rejectionsOmitted, 0);
+    assert.equal(all.selections.length + all.rejections.length,
+      res.selections.length + res.rejections.length + res.rejectionsOmitted);
   });
 
   it("execute calls the chosen skills and synthesizes", async () => {
