@@ -1,6 +1,7 @@
 """The ``skill-router`` command line.
 
-    skill-router serve [--config PATH] [--listen HOST:PORT] [--demo]
+    skill-router serve [--config PATH] [--listen HOST:PORT] [--demo] [--pid-file PATH]
+    skill-router reload [--pid-file PATH | --admin HOST:PORT [--token T]]   (SIGHUP: read the config again)
     skill-router route "QUERY" [--domain D] [--complexity C] [--target HOST:PORT] [--json]
     skill-router execute "QUERY" [...]
     skill-router stats [--window 1h] [--target HOST:PORT] [--json]
@@ -107,34 +108,148 @@ def main(log_level: str) -> None:
 @click.option("--admin-listen", default=None,
               help='HOST:PORT of the admin endpoint (dashboard, /metrics); "" turns it off. '
                    "Default from config: 127.0.0.1:9464.")
-def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen: str | None) -> None:
-    """Run the sidecar until SIGTERM/SIGINT."""
+@click.option("--pid-file", type=click.Path(dir_okay=False), envvar="SKILL_ROUTER_PID_FILE", show_envvar=True,
+              help="Write the process id here (for `skill-router reload`); removed on exit.")
+def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen: str | None,
+          pid_file: str | None) -> None:
+    """Run the sidecar until SIGTERM/SIGINT; SIGHUP reloads the config file."""
     from router.app import serve as run
+    from router.config import RouterConfig
     from router.core.errors import ConfigError
 
+    def with_flags(config: RouterConfig) -> RouterConfig:
+        # The command line's overrides hold for every generation of the config.
+        return config.with_admin_listen(admin_listen) if admin_listen is not None else config
+
     config = _load(config_path)
-    if admin_listen is not None:
-        try:
-            config = config.with_admin_listen(admin_listen)
-        except ConfigError as exc:
-            raise click.ClickException(f"bad config: {exc}") from None
+    try:
+        config = with_flags(config)
+    except ConfigError as exc:
+        raise click.ClickException(f"bad config: {exc}") from None
     # Which of the seed's BRAIN_* variables took effect, and on what.
     log = logging.getLogger("router")
     for o in config.env_overrides:
         log.info("environment override: %s", o)
     if not config.env_overrides:
         log.info("environment overrides: none (no BRAIN_* variable set)")
+    path = config_path or os.environ.get("SKILL_ROUTER_CONFIG")
 
     async def go() -> None:
+        from router.config import load_config
         if demo:
             from router.demo import emulator_for, with_emulator
             async with emulator_for(config) as emu:
                 click.echo(f"emulated backends on {emu.url}", err=True)
-                await run(with_emulator(config, emu.url), listen)
+                await run(with_emulator(config, emu.url), listen,
+                          loader=lambda: with_emulator(with_flags(load_config(path)), emu.url))
         else:
-            await run(config, listen)
+            await run(config, listen, loader=lambda: with_flags(load_config(path)))
 
-    asyncio.run(go())
+    if pid_file:
+        _write_pid(pid_file)
+    try:
+        asyncio.run(go())
+    finally:
+        if pid_file:
+            _remove_pid(pid_file)
+
+
+def _write_pid(path: str) -> None:
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise click.ClickException(f"--pid-file: cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _remove_pid(path: str) -> None:
+    try:
+        with open(path, encoding="ascii") as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:  # another sidecar may have taken the file over
+            os.remove(path)
+    except OSError:
+        pass
+
+
+@main.command()
+@click.option("--pid-file", type=click.Path(dir_okay=False), envvar="SKILL_ROUTER_PID_FILE", show_envvar=True,
+              help="The pid file `serve --pid-file` wrote: send that process SIGHUP.")
+@click.option("--admin", "admin", envvar="SKILL_ROUTER_ADMIN", show_envvar=True,
+              help="HOST:PORT (or http://HOST:PORT) of the admin endpoint: POST /api/reload and print its result.")
+@click.option("--token", envvar="SKILL_ROUTER_ADMIN_TOKEN", show_envvar=True,
+              help="The admin endpoint's API token, when it has one.")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the admin endpoint (a reload warms the new backends first).")
+@click.option("--json", "as_json", is_flag=True, help="Print the admin endpoint's JSON result.")
+def reload(pid_file: str | None, admin: str | None, token: str | None, timeout: float, as_json: bool) -> None:
+    """Make a running sidecar read its config file again (hot reload).
+
+    With --admin, asks the admin endpoint and waits for the result (exit 1 when
+    the new file is bad: the old config keeps serving). With --pid-file, sends
+    SIGHUP; the sidecar's log and `skill-router stats` say which config
+    generation serves."""
+    if admin:
+        _reload_admin(admin, token, timeout, as_json)
+    elif pid_file:
+        _reload_signal(pid_file)
+    else:
+        raise click.UsageError("give --admin HOST:PORT or --pid-file PATH (or set SKILL_ROUTER_ADMIN / "
+                               "SKILL_ROUTER_PID_FILE)")
+
+
+def _reload_signal(pid_file: str) -> None:
+    import signal
+    try:
+        with open(pid_file, encoding="ascii") as f:
+            text = f.read().strip()
+    except OSError as exc:
+        raise click.ClickException(f"--pid-file: cannot read {pid_file}: {exc.strerror or exc}") from None
+    if not text.isdigit() or int(text) <= 1:
+        raise click.ClickException(f"--pid-file: {pid_file} does not hold a process id (got {text[:40]!r})")
+    pid = int(text)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise click.ClickException(f"--pid-file: no process {pid} (from {pid_file}): is the sidecar running?") \
+            from None
+    except PermissionError:
+        raise click.ClickException(f"--pid-file: not allowed to signal process {pid} (from {pid_file})") from None
+    click.echo(f"sent SIGHUP to skill-router (pid {pid}); `skill-router stats` shows the config generation serving")
+
+
+def _reload_admin(admin: str, token: str | None, timeout: float, as_json: bool) -> None:
+    import urllib.error
+    import urllib.request
+    base = admin if admin.startswith(("http://", "https://")) else f"http://{admin}"
+    req = urllib.request.Request(base.rstrip("/") + "/api/reload", data=b"", method="POST",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        # No proxy: the admin endpoint is the sidecar's own, next to the caller.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise click.ClickException(f"--admin: cannot reach {base}: {reason}") from None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise click.ClickException(f"--admin: {base} answered {status} without JSON") from None
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+    if status != 200:
+        raise click.ClickException(f"reload failed ({status}): {body.get('error', body)}")
+    if not as_json:
+        click.echo(f"config generation {body['generation']} serving ({body['source']}): "
+                   f"added {body['added'] or '-'}, removed {body['removed'] or '-'}, changed {body['changed'] or '-'}; "
+                   f"{len(body['warmed'])} backend(s) warmed, {len(body['reused'])} kept warm")
+        for key, why in body.get("warm_failures", {}).items():
+            click.echo(f"warning: backend {key} did not warm: {why}", err=True)
+        for key in body.get("needs_restart", []):
+            click.echo(f"warning: {key} changed; it takes effect on the next restart", err=True)
 
 
 def _query_options(f):  # type: ignore[no-untyped-def]
