@@ -151,7 +151,7 @@ class App:
         self.admin: AdminServer | None = None
         if config.server.admin_listen:
             self.admin = AdminServer(config.server.admin_listen, snapshot=self.snapshot, window=self.window,
-                                     token=lambda: _api_token(self.config), reload=self._admin_reload)
+                                     token=lambda: _api_token(self.config), reload=self.reload_report)
 
     # ---- the generation serving now (one reference, read once per request) --
 
@@ -246,8 +246,11 @@ class App:
         try:
             config = self._loader()
         except ConfigError as exc:
-            log.error("reload: the config is not valid, generation %d (%s) keeps serving: %s",
-                      old.number, old.config.source, exc)
+            issues = getattr(exc, "issues", None) or (exc,)
+            log.error("reload: the config is not valid (%d problem(s)); generation %d (%s) keeps serving",
+                      len(issues), old.number, old.config.source)
+            for issue in issues:  # one line each: file:line: key path: what is wrong
+                log.error("reload: %s", issue)
             return ReloadResult(False, old.number, old.config.source, str(exc))
         restart = _needs_restart(old.config, config)
         for key in restart:
@@ -334,7 +337,13 @@ class App:
         log.info("config generation %d retired: %d skill runtime(s) and %d backend(s) closed", old.number,
                  len(runtimes), len(backends))
 
-    async def _admin_reload(self) -> dict[str, object]:
+    @property
+    def retiring(self) -> int:
+        """Retired generations still waiting for their queries to finish."""
+        return len(self._retiring)
+
+    async def reload_report(self) -> dict[str, object]:
+        """``reload`` as JSON-ready data (the admin endpoint's answer)."""
         return (await self.reload()).to_dict()
 
     async def __aenter__(self) -> App:
