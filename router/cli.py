@@ -352,8 +352,20 @@ def health(target: str | None, config_path: str | None, timeout: float) -> None:
             click.echo(f"{target}: {err.code().name}: {err.details()}", err=True)  # type: ignore[attr-defined]
             sys.exit(1)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-    click.echo(f"{target}: {status}")
+    click.echo(f"{target}: {status}{_generation(target, timeout)}")
     sys.exit(0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1)
+
+
+def _generation(target: str, timeout: float) -> str:
+    """The config generation serving, as Stats says, for the health line;
+    empty when Stats does not answer (the exit status never depends on it)."""
+    from router.v1 import router_pb2, router_pb2_grpc
+    with grpc.insecure_channel(target) as ch:
+        try:
+            resp = router_pb2_grpc.RouterServiceStub(ch).Stats(router_pb2.StatsRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return ""
+    return f" (config generation {resp.config_generation})" if resp.config_generation else ""
 
 
 @main.command("check-config")

@@ -29,21 +29,22 @@ from router.emulator import Emulator, EmulatorConfig, ModelProfile
 from router.v1 import router_pb2 as pb
 
 CLI = str(Path(sys.executable).parent / "skill-router")
-MODELS = {m: ModelProfile(latency_ms=2) for m in ("alpha", "beta", "gamma")}
+MODELS = {**{m: ModelProfile(latency_ms=2) for m in ("alpha", "beta", "gamma")},
+          "broken": ModelProfile(latency_ms=1, error_rate=1.0)}
 
 
-def skill(url: str, name: str, limit: int = 2) -> dict[str, Any]:
+def skill(url: str, name: str, limit: int = 2, model: str | None = None) -> dict[str, Any]:
     """A skill that only queries naming it activate, on its own emulated
     model, so the emulator's log tells its backend's requests apart."""
     return {"priority": 1, "optimal_complexity": 5, "concurrency_limit": limit, "queue_depth": 10,
             "activation": {"keywords": [name]},
-            "implementations": [{"name": f"{name}-http", "backend": "http", "url": f"{url}/models/{name}",
-                                 "model": name, "quality": 0.9, "cost_per_query": 0.01, "expected_latency_ms": 50}]}
+            "implementations": [{"name": f"{name}-http", "backend": "http", "url": f"{url}/models/{model or name}",
+                                 "model": model or name, "quality": 0.9, "cost_per_query": 0.01, "expected_latency_ms": 50}]}
 
 
 def write_config(path: Path, url: str, *, alpha_limit: int = 2, gamma: bool = False,
-                 admin: str | None = None, **extra: Any) -> None:
-    skills = {"alpha": skill(url, "alpha", alpha_limit), "beta": skill(url, "beta")}
+                 admin: str | None = None, alpha_model: str | None = None, **extra: Any) -> None:
+    skills = {"alpha": skill(url, "alpha", alpha_limit, alpha_model), "beta": skill(url, "beta")}
     if gamma:
         skills["gamma"] = skill(url, "gamma")
     data: dict[str, Any] = {"skills": skills, "storage": {"sqlite_path": None},
@@ -172,6 +173,8 @@ async def test_sighup_adds_a_skill_and_changes_a_limit_while_a_query_in_flight_f
         stats = await client.stats()
         assert [s.skill for s in stats.skills] == ["alpha", "beta", "gamma"]
         assert stats.skills[0].concurrency_limit == 7  # the new limit
+        rc, out, err = await cli("health", "--target", side.address)
+        assert rc == 0 and "SERVING (config generation 2)" in out, err
         assert not in_flight.done()
 
         # The query in flight finishes, on the config it started with.
@@ -292,3 +295,31 @@ async def test_admin_reload_is_behind_the_token(app_and_file: tuple[Any, Path], 
             assert app.generation.number == 2 and app.runtimes["alpha"].gate.limit == 4
     finally:
         await admin.stop()
+
+
+async def test_a_reload_that_fixes_a_broken_backend_serves_at_once(tmp_path: Path, emu: Emulator) -> None:
+    """The changed skill gets new breakers (closed): it does not wait out the
+    old backend's cooldown, and the old breaker no longer marks it impaired."""
+    path = tmp_path / "router.yaml"
+    admission = {"breaker": {"failure_threshold": 1, "cooldown_s": 600}, "retry": {"max_attempts": 1}}
+    write_config(path, emu.url, alpha_model="broken", admission=admission)
+    app = build_app(load_config(path, {}), "127.0.0.1:0", loader=lambda: load_config(path, {}))
+    await app.start()
+    try:
+        async with AsyncRouterClient(app.address, timeout=30) as client:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await client.execute("an alpha question", domain="general", complexity=5)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.execute("an alpha question", domain="general", complexity=5)
+            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "breaker open" in err.value.details()
+            write_config(path, emu.url, admission=admission)  # alpha's backend fixed
+            result = await app.reload()
+            assert result.ok and result.changed == ("alpha",) and result.warmed == ("alpha/alpha-http",)
+            assert "alpha" not in app.registry.impaired
+            resp = await client.execute("an alpha question", domain="general", complexity=5)
+            assert resp.outcome == pb.QUERY_OUTCOME_OK and resp.results[0].model == "alpha"
+            stats = await client.stats()
+            assert stats.config_generation == 2
+            assert [i.breaker_state for i in stats.skills[0].implementations] == [pb.BREAKER_STATE_CLOSED]
+    finally:
+        await app.stop(1)
