@@ -239,7 +239,12 @@ class App:
         async with self._reload_lock:
             if self._stopped:
                 return ReloadResult(False, self._generation.number, self.config.source, "shutting down")
-            return await self._reload()
+            try:
+                return await self._reload()
+            except Exception as exc:  # a reload must never take the serving generation down
+                log.exception("reload failed; generation %d keeps serving", self._generation.number)
+                return ReloadResult(False, self._generation.number, self.config.source,
+                                    f"reload failed: {type(exc).__name__}: {exc}")
 
     async def _reload(self) -> ReloadResult:
         old = self._generation
@@ -283,16 +288,21 @@ class App:
                         await BackendPool(fresh).aclose()
                         log.error("reload: generation %d keeps serving: %s", old.number, exc)
                         return ReloadResult(False, old.number, old.config.source, str(exc))
-        # New backends are warm before they take traffic (one that cannot be
-        # reached is logged, as at start-up: its calls fail until it comes up).
-        failures = await BackendPool(fresh).warm_all(strict=False)
-        lookup = BackendPool(backends)
-        for name in rebuild:
-            runtimes[name] = _runtime(settings[name], lookup, self.telemetry, self.registry,
-                                      lambda: self._generation.runtimes)
-        pipeline = Pipeline(SkillIndex(config.skills), config.policy, runtimes, self.registry,
-                            observer=old.pipeline.observer, sink=self.store, load_bias=config.admission.load_bias,
-                            default_deadline_s=config.server.default_deadline_s)
+        try:
+            # New backends are warm before they take traffic (one that cannot be
+            # reached is logged, as at start-up: its calls fail until it comes up).
+            failures = await BackendPool(fresh).warm_all(strict=False)
+            lookup = BackendPool(backends)
+            for name in rebuild:
+                runtimes[name] = _runtime(settings[name], lookup, self.telemetry, self.registry,
+                                          lambda: self._generation.runtimes)
+            pipeline = Pipeline(SkillIndex(config.skills), config.policy, runtimes, self.registry,
+                                observer=old.pipeline.observer, sink=self.store,
+                                load_bias=config.admission.load_bias,
+                                default_deadline_s=config.server.default_deadline_s)
+        except BaseException:
+            await asyncio.shield(BackendPool(fresh).aclose())  # nothing of the failed generation stays open
+            raise
         new = Generation(old.number + 1, config, runtimes, backends, pipeline)
         # The swap: no await from here to the assignment.
         self.registry.set_skills(list(settings), fresh=rebuild)
