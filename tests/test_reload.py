@@ -323,3 +323,53 @@ async def test_a_reload_that_fixes_a_broken_backend_serves_at_once(tmp_path: Pat
             assert [i.breaker_state for i in stats.skills[0].implementations] == [pb.BREAKER_STATE_CLOSED]
     finally:
         await app.stop(1)
+
+
+async def test_queries_under_load_never_fail_across_reloads(app_and_file: tuple[Any, Path], emu: Emulator) -> None:
+    app, path = app_and_file
+    outcomes: list[int] = []
+    errors: list[BaseException] = []
+    stop = asyncio.Event()
+
+    async def load(client: AsyncRouterClient, name: str) -> None:
+        while not stop.is_set():
+            try:
+                resp = await client.execute(f"a {name} question", domain="general", complexity=5)
+                outcomes.append(resp.outcome)
+            except grpc.aio.AioRpcError as exc:
+                errors.append(exc)
+
+    async with AsyncRouterClient(app.address, timeout=30) as client:
+        workers = [asyncio.create_task(load(client, n)) for n in ("alpha", "beta", "gamma", "alpha")]
+        try:
+            for i in range(6):
+                n = len(outcomes)
+                await until(lambda n=n: len(outcomes) >= n + 5, "queries are answered between reloads")
+                write_config(path, emu.url, alpha_limit=3 + i % 2, gamma=True)
+                result = await app.reload()
+                assert result.ok and result.changed == ("alpha",) and result.warmed == ()
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+        await until(lambda: app.retiring == 0, "every old generation is retired")
+    assert not errors and outcomes and set(outcomes) == {pb.QUERY_OUTCOME_OK}
+    assert app.generation.number == 7 and app.registry.totals.queries == len(outcomes)
+    assert warm_gets(emu, "alpha") == warm_gets(emu, "beta") == warm_gets(emu, "gamma") == 1
+
+
+async def test_reload_from_the_cli_says_what_is_wrong(tmp_path: Path) -> None:
+    rc, _, err = await cli("reload")
+    assert rc == 2 and "--admin" in err and "--pid-file" in err
+    pid_file = tmp_path / "router.pid"
+    pid_file.write_text("not a pid\n")
+    rc, _, err = await cli("reload", "--pid-file", str(pid_file))
+    assert rc == 1 and "does not hold a process id" in err
+    rc, _, err = await cli("reload", "--admin", f"127.0.0.1:{free_port()}")
+    assert rc == 1 and "cannot reach" in err
+
+
+def test_without_a_token_only_loopback_may_reload() -> None:
+    from router.admin._server import _loopback
+    assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("127.0.0.2")
+    assert not _loopback("10.0.0.7") and not _loopback("2001:db8::1") and not _loopback(None)
+    assert not _loopback("not an address")
