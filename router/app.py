@@ -249,7 +249,7 @@ class App:
     async def _reload(self) -> ReloadResult:
         old = self._generation
         try:
-            config = self._loader()
+            config = await asyncio.to_thread(self._loader)  # file I/O and validation off the event loop
         except ConfigError as exc:
             issues = getattr(exc, "issues", None) or (exc,)
             log.error("reload: the config is not valid (%d problem(s)); generation %d (%s) keeps serving",
