@@ -1,7 +1,7 @@
 """The ``skill-router`` command line.
 
     skill-router serve [--config PATH] [--listen HOST:PORT] [--demo] [--pid-file PATH]
-    skill-router reload [--pid-file PATH | --admin HOST:PORT [--token T]]   (SIGHUP: read the config again)
+    skill-router reload [--admin HOST:PORT [--token T] | --pid-file PATH]  (read the config file again)
     skill-router route "QUERY" [--domain D] [--complexity C] [--target HOST:PORT] [--json]
     skill-router execute "QUERY" [...]
     skill-router stats [--window 1h] [--target HOST:PORT] [--json]
@@ -182,20 +182,26 @@ def _remove_pid(path: str) -> None:
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the admin endpoint (a reload warms the new backends first).")
 @click.option("--json", "as_json", is_flag=True, help="Print the admin endpoint's JSON result.")
-def reload(pid_file: str | None, admin: str | None, token: str | None, timeout: float, as_json: bool) -> None:
+@click.option("--config", "config_path", type=click.Path(),
+              help="Without --admin or --pid-file: ask the admin endpoint at server.admin_listen of this config "
+                   "(default $SKILL_ROUTER_CONFIG, else the bundled one).")
+def reload(pid_file: str | None, admin: str | None, token: str | None, timeout: float, as_json: bool,
+           config_path: str | None) -> None:
     """Make a running sidecar read its config file again (hot reload).
 
-    With --admin, asks the admin endpoint and waits for the result (exit 1 when
-    the new file is bad: the old config keeps serving). With --pid-file, sends
-    SIGHUP; the sidecar's log and `skill-router stats` say which config
-    generation serves."""
-    if admin:
-        _reload_admin(admin, token, timeout, as_json)
-    elif pid_file:
-        _reload_signal(pid_file)
-    else:
-        raise click.UsageError("give --admin HOST:PORT or --pid-file PATH (or set SKILL_ROUTER_ADMIN / "
-                               "SKILL_ROUTER_PID_FILE)")
+    With --admin (default: server.admin_listen of the config), asks the admin
+    endpoint and waits for the result (exit 1 when the new file is bad: the
+    old config keeps serving). With --pid-file, sends SIGHUP; the sidecar's
+    log and `skill-router stats` say which config generation serves."""
+    if pid_file and not admin:
+        return _reload_signal(pid_file)
+    if not admin:
+        listen = _load(config_path).server.admin_listen
+        if not listen:
+            raise click.UsageError("the config has no admin endpoint (server.admin_listen): give --admin HOST:PORT "
+                                   "or --pid-file PATH (or set SKILL_ROUTER_ADMIN / SKILL_ROUTER_PID_FILE)")
+        admin = probe_target(listen)
+    _reload_admin(admin, token, timeout, as_json)
 
 
 def _reload_signal(pid_file: str) -> None:

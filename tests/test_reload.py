@@ -358,8 +358,10 @@ async def test_queries_under_load_never_fail_across_reloads(app_and_file: tuple[
 
 
 async def test_reload_from_the_cli_says_what_is_wrong(tmp_path: Path) -> None:
-    rc, _, err = await cli("reload")
-    assert rc == 2 and "--admin" in err and "--pid-file" in err
+    no_admin = tmp_path / "router.yaml"
+    write_config(no_admin, "http://127.0.0.1:9")
+    rc, _, err = await cli("reload", "--config", str(no_admin))
+    assert rc == 2 and "server.admin_listen" in err and "--admin" in err and "--pid-file" in err
     pid_file = tmp_path / "router.pid"
     pid_file.write_text("not a pid\n")
     rc, _, err = await cli("reload", "--pid-file", str(pid_file))
