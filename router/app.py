@@ -4,6 +4,15 @@
            → backend pool (warm) → live registry → skill runtimes (doors, callers)
            → pipeline → App (the application the servicer serves) → server
 
+A config generation (``Generation``) is what one config file built: its
+runtimes, backends and pipeline, never re-wired. A reload (SIGHUP,
+``skill-router reload``, ``POST /api/reload``) validates the file, builds the
+next generation reusing the runtime of every unchanged skill and the backend
+of every unchanged implementation (their gates, breakers and warm pools carry
+over), warms the new backends, then swaps the one reference the servicer reads
+per request. Queries in flight finish on the generation they started with;
+what only the old one used is closed once they have.
+
 Start-up order: listen with health NOT_SERVING, open the metrics store,
 warm every backend's pool, then SERVING. Shutdown order: NOT_SERVING, stop
 taking calls and give in-flight ones the grace period, flush the batchers,
@@ -13,6 +22,7 @@ close the pools, flush the store and the telemetry.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -20,14 +30,14 @@ import signal
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from router.admin import AdminError, AdminServer
-from router.backends import BackendPool
+from router.backends import BackendPool, build_backend
 from router.config import RouterConfig
 from router.core.batching import BatchKeyMode
-from router.core.breaker import BreakerConfig
-from router.core.errors import BackendError, StartupError
+from router.core.breaker import BreakerConfig, Transition
+from router.core.errors import BackendError, ConfigError, StartupError
 from router.core.limits import AIMDLimit, Gradient2Limit, LimitAlgorithm
 from router.core.redact import Redactor
 from router.core.retry import RetryPolicy
@@ -35,6 +45,7 @@ from router.core.routing import SkillIndex
 from router.core.types import SkillSpec
 from router.runtime.calls import BatchingOptions
 from router.runtime.pipeline import Pipeline
+from router.runtime.ports import Backend
 from router.runtime.registry import LiveRegistry
 from router.runtime.skills import SkillRuntime, SkillSettings, build_gate
 from router.runtime.stats import Snapshot, skill_snapshots
@@ -60,23 +71,98 @@ class FrontDoor:
     token: str | None = None
 
 
+Key = tuple[str, str]  # (skill, implementation)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Generation:
+    """What one config built; swapped whole by a reload."""
+
+    number: int
+    config: RouterConfig
+    runtimes: Mapping[str, SkillRuntime]
+    backends: Mapping[Key, Backend]
+    pipeline: Pipeline
+    loaded_at: float = field(default_factory=time.time)  # unix seconds: when it started serving
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did: ``ok`` False means the file was bad and
+    ``generation`` (the old one) keeps serving; ``error`` names the key path."""
+
+    ok: bool
+    generation: int
+    source: str
+    error: str = ""
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    warmed: tuple[str, ...] = ()  # "skill/implementation": new backends, warmed before the swap
+    reused: tuple[str, ...] = ()  # backends kept with their warm pools
+    warm_failures: Mapping[str, str] = field(default_factory=dict)
+    needs_restart: tuple[str, ...] = ()  # changed keys that take effect only on a restart
+
+    def to_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "generation": self.generation, "source": self.source, "error": self.error,
+                "added": list(self.added), "removed": list(self.removed), "changed": list(self.changed),
+                "unchanged": list(self.unchanged), "warmed": list(self.warmed), "reused": list(self.reused),
+                "warm_failures": dict(self.warm_failures), "needs_restart": list(self.needs_restart)}
+
+
+# Keys a reload cannot change (the listening sockets, the store, telemetry,
+# the live registry's window): a change is logged and waits for a restart.
+RESTART_KEYS: tuple[tuple[str, str], ...] = (
+    ("server", "listen"), ("server", "admin_listen"), ("server", "max_concurrent_rpcs"),
+    ("storage", ""), ("telemetry", ""), ("routing", "success_window"))
+
+
+def _needs_restart(old: RouterConfig, new: RouterConfig) -> tuple[str, ...]:
+    out = []
+    for section, key in RESTART_KEYS:
+        a, b = getattr(old, section), getattr(new, section)
+        if key:
+            a, b = getattr(a, key), getattr(b, key)
+        if a != b:
+            out.append(f"{section}.{key}" if key else section)
+    return tuple(out)
+
+
+def _same_settings(a: SkillSettings, b: SkillSettings, old: RouterConfig, new: RouterConfig) -> bool:
+    """Whether a skill's runtime can be kept as is (its adaptive limit is a
+    factory, compared through the config section it is made from)."""
+    def adaptive(c: RouterConfig) -> object:
+        return c.admission.adaptive_limit if c.admission.enabled and c.admission.adaptive_limit.enabled else None
+    return (dataclasses.replace(a, limit_algorithm=None) == dataclasses.replace(b, limit_algorithm=None)
+            and adaptive(old) == adaptive(new))
+
+
 class App:
     """The running sidecar: what the servicer serves (``pipeline``,
-    ``snapshot``, ``window``) and its lifecycle (``start``, ``stop``)."""
+    ``snapshot``, ``window``), its lifecycle (``start``, ``stop``) and its
+    config generations (``reload``)."""
 
     def __init__(self, config: RouterConfig, pool: BackendPool, registry: LiveRegistry,
                  runtimes: Mapping[str, SkillRuntime], pipeline: Pipeline, telemetry: Telemetry,
-                 store: MetricsStore | None, front: FrontDoor) -> None:
-        self.config = config
+                 store: MetricsStore | None, front: FrontDoor, *,
+                 loader: Callable[[], RouterConfig] | None = None,
+                 hash_query: Callable[[str], str] | None = None) -> None:
+        self._generation = Generation(1, config, dict(runtimes), dict(pool.items()), pipeline)
+        self.front = front
+        self._hash_query = hash_query
         self.pool = pool
         self.registry = registry
-        self.runtimes = runtimes
-        self.pipeline = pipeline
         self.telemetry = telemetry
         self.store = store
         self.started_at = time.monotonic()
         self.warm_failures: dict[tuple[str, str], BackendError] = {}
         self._stopped = False
+        # Reads the config file again; default: the same file, the same environment.
+        self._loader = loader or (lambda: _reread(config))
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
         srv = config.server
         self.server = RouterServer(RouterServicer(self, redact=front.redact), front.listen,
                                    interceptors=[telemetry.server_interceptor()],
@@ -89,7 +175,25 @@ class App:
         if srv.admin_listen:
             # Behind the same token as the gRPC API when one is set.
             self.admin = AdminServer(srv.admin_listen, snapshot=self.snapshot, window=self.window,
-                                     token=lambda: front.token)
+                                     token=lambda: front.token, reload=self.reload_report)
+
+    # ---- the generation serving now (one reference, read once per request) --
+
+    @property
+    def generation(self) -> Generation:
+        return self._generation
+
+    @property
+    def config(self) -> RouterConfig:
+        return self._generation.config
+
+    @property
+    def runtimes(self) -> Mapping[str, SkillRuntime]:
+        return self._generation.runtimes
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self._generation.pipeline
 
     @property
     def address(self) -> str:
@@ -97,8 +201,10 @@ class App:
 
     def snapshot(self) -> Snapshot:
         now = time.monotonic()
-        return Snapshot(skill_snapshots(self.registry, self.runtimes, now), self.registry.totals,
-                        now - self.started_at, self.pipeline.policy.moe_enabled)
+        g = self._generation
+        return Snapshot(skill_snapshots(self.registry, g.runtimes, now), self.registry.totals,
+                        now - self.started_at, g.pipeline.policy.moe_enabled,
+                        config_generation=g.number, config_loaded_at=g.loaded_at, config_source=g.config.source)
 
     async def window(self, window_s: float) -> tuple[WindowAggregate | None, str, int]:
         """Stats over time, read from the metrics store (None when there is none)."""
@@ -107,19 +213,21 @@ class App:
         return await self.store.aggregate(window_s), self.store.backend, self.store.stats.dropped
 
     async def start(self) -> None:
-        if self.store is not None:
-            await self.store.start()
-        await self.server.start()
-        # Warm every pool before SERVING. A backend that cannot be reached now
-        # is logged, not fatal: its calls fail (and its breaker opens) until
-        # it comes up, while the other skills serve.
-        self.warm_failures = await self.pool.warm_all(strict=False)
-        for s in self.config.skills:  # per-skill health: SERVING when one implementation warmed
-            warmed = any((s.name, i.name) not in self.warm_failures for i in s.implementations)
-            await self.server.set_skill_serving(s.name, warmed)
-        await self.server.set_serving(True)
-        log.info("skill-router serving on %s (%d skills, moe %s)", self.address, len(self.config.skills),
-                 "on" if self.pipeline.policy.moe_enabled else "off")
+        async with self._reload_lock:  # a reload asked for during start-up waits for it
+            if self.store is not None:
+                await self.store.start()
+            await self.server.start()
+            # Warm every pool before SERVING. A backend that cannot be reached now
+            # is logged, not fatal: its calls fail (and its breaker opens) until
+            # it comes up, while the other skills serve.
+            self.warm_failures = await self.pool.warm_all(strict=False)
+            for s in self.config.skills:  # per-skill health: SERVING when one implementation warmed
+                warmed = any((s.name, i.name) not in self.warm_failures for i in s.implementations)
+                await self.server.set_skill_serving(s.name, warmed)
+            self._generation = dataclasses.replace(self._generation, loaded_at=time.time())
+            await self.server.set_serving(True)
+        log.info("skill-router serving on %s (%d skills, moe %s, config generation 1 from %s)", self.address,
+                 len(self.config.skills), "on" if self.pipeline.policy.moe_enabled else "off", self.config.source)
         if self.admin is not None:
             try:
                 await self.admin.start()
@@ -138,6 +246,10 @@ class App:
         await self.server.stop(grace)
         if self.admin is not None:  # after the drain, so the dashboard and scrapes can watch it
             await self.admin.stop()
+        async with self._reload_lock:  # no reload swaps while the rest shuts down
+            self._stopping.set()  # retired generations close now: no call is left in flight
+            if self._retiring:
+                await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.pipeline.aclose()
         await self.pool.aclose()
         if self.store is not None:
@@ -146,6 +258,137 @@ class App:
         # second to exit and at most 5 s (a collector that has not taken the
         # spans by then will not): past it they give up, saying so once.
         await self.telemetry.aclose(max(0.5, min(5.0, deadline - time.monotonic() - 0.5)))
+
+    # ---- reload ----------------------------------------------------------------
+
+    async def reload(self) -> ReloadResult:
+        """Read the config file again and, when it is valid, serve it: the
+        next generation reuses the runtime of every unchanged skill and the
+        backend of every unchanged implementation, warms the new backends,
+        then takes the place of the old one in one assignment. A bad file is
+        logged with its key path and the old generation keeps serving."""
+        async with self._reload_lock:
+            if self._stopped:
+                return ReloadResult(False, self._generation.number, self.config.source, "shutting down")
+            try:
+                return await self._reload()
+            except Exception as exc:  # a reload must never take the serving generation down
+                log.exception("reload failed; generation %d keeps serving", self._generation.number)
+                return ReloadResult(False, self._generation.number, self.config.source,
+                                    f"reload failed: {type(exc).__name__}: {exc}")
+
+    async def _reload(self) -> ReloadResult:
+        old = self._generation
+        try:
+            config = await asyncio.to_thread(self._loader)  # file I/O and validation off the event loop
+        except ConfigError as exc:
+            issues = getattr(exc, "issues", None) or (exc,)
+            log.error("reload: the config is not valid (%d problem(s)); generation %d (%s) keeps serving",
+                      len(issues), old.number, old.config.source)
+            for issue in issues:  # one line each: file:line: key path: what is wrong
+                log.error("reload: %s", issue)
+            return ReloadResult(False, old.number, old.config.source, str(exc))
+        restart = _needs_restart(old.config, config)
+        for key in restart:
+            log.warning("reload: %s changed; it takes effect on the next restart", key)
+        settings = skill_settings(config)
+        old_settings = {n: rt.settings for n, rt in old.runtimes.items()}
+        runtimes: dict[str, SkillRuntime] = {}
+        backends: dict[Key, Backend] = {}
+        fresh: dict[Key, Backend] = {}
+        rebuild: list[str] = []
+        for name, st in settings.items():
+            prev = old.runtimes.get(name)
+            batch = {i.name: config.implementation_options(name, i.name).can_batch for i in st.spec.implementations}
+            keys = [(name, i.name) for i in st.spec.implementations]
+            if (prev is not None and _same_settings(old_settings[name], st, old.config, config)
+                    and all(k in old.backends and old.backends[k].supports_batch == batch[k[1]] for k in keys)):
+                runtimes[name] = prev  # gate, breakers, callers and backends carry over
+                backends.update((k, old.backends[k]) for k in keys)
+                continue
+            rebuild.append(name)
+            for impl in st.spec.implementations:
+                key = (name, impl.name)
+                was = old.backends.get(key)
+                if was is not None and was.implementation == impl and was.supports_batch == batch[impl.name]:
+                    backends[key] = was  # its warm pool carries over
+                else:
+                    try:
+                        fresh[key] = backends[key] = build_backend(
+                            impl, batch=batch[impl.name],
+                            max_response_bytes=config.implementation_options(name, impl.name).max_response_bytes,
+                            redact=self.front.redact)
+                    except ConfigError as exc:
+                        await BackendPool(fresh).aclose()
+                        log.error("reload: generation %d keeps serving: %s", old.number, exc)
+                        return ReloadResult(False, old.number, old.config.source, str(exc))
+        try:
+            # New backends are warm before they take traffic (one that cannot be
+            # reached is logged, as at start-up: its calls fail until it comes up).
+            failures = await BackendPool(fresh).warm_all(strict=False)
+            lookup = BackendPool(backends)
+            for name in rebuild:
+                runtimes[name] = _runtime(settings[name], lookup, self.telemetry, self.registry,
+                                          lambda: self._generation.runtimes)
+            pipeline = Pipeline(SkillIndex(config.skills), config.policy, runtimes, self.registry,
+                                observer=old.pipeline.observer, sink=self.store,
+                                load_bias=config.admission.load_bias,
+                                default_deadline_s=config.server.default_deadline_s, hash_query=self._hash_query)
+        except BaseException:
+            await asyncio.shield(BackendPool(fresh).aclose())  # nothing of the failed generation stays open
+            raise
+        new = Generation(old.number + 1, config, runtimes, backends, pipeline)
+        # The swap: no await from here to the assignment.
+        self.registry.set_skills(list(settings), fresh=rebuild)
+        self._generation, self.pool = new, lookup
+        self.warm_failures = {k: e for k, e in {**self.warm_failures, **failures}.items() if k in backends}
+        retired_runtimes = [rt for n, rt in old.runtimes.items() if runtimes.get(n) is not rt]
+        retired_backends = {k: b for k, b in old.backends.items() if backends.get(k) is not b}
+        result = ReloadResult(
+            True, new.number, config.source,
+            added=tuple(n for n in settings if n not in old.runtimes),
+            removed=tuple(n for n in old.runtimes if n not in settings),
+            changed=tuple(n for n in rebuild if n in old.runtimes),
+            unchanged=tuple(n for n in settings if n not in rebuild),
+            warmed=tuple(f"{s}/{i}" for s, i in fresh), reused=tuple(f"{s}/{i}" for s, i in backends if (s, i) not in fresh),
+            warm_failures={f"{s}/{i}": str(e) for (s, i), e in failures.items()}, needs_restart=restart)
+        log.info("config generation %d serving (%s): %d skills | added %s | removed %s | changed %s | "
+                 "%d backend(s) warmed, %d kept warm", new.number, config.source, len(settings),
+                 list(result.added), list(result.removed), list(result.changed), len(fresh), len(result.reused))
+        task = asyncio.create_task(self._retire(old, retired_runtimes, retired_backends),
+                                   name=f"retire-generation-{old.number}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return result
+
+    async def _retire(self, old: Generation, runtimes: list[SkillRuntime], backends: Mapping[Key, Backend]) -> None:
+        """Let the queries still running on ``old`` finish (at most their
+        deadline and the grace period), then close what only it used."""
+        server = old.config.server
+        loop = asyncio.get_running_loop()
+        until = loop.time() + server.default_deadline_s + server.grace_period_s
+        while old.pipeline.in_flight and not self._stopping.is_set() and loop.time() < until:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), 0.05)
+            except TimeoutError:
+                pass
+        if old.pipeline.in_flight:
+            log.warning("config generation %d: closing with %d queries still in flight", old.number,
+                        old.pipeline.in_flight)
+        for rt in runtimes:
+            await rt.aclose()
+        await BackendPool(backends).aclose()
+        log.info("config generation %d retired: %d skill runtime(s) and %d backend(s) closed", old.number,
+                 len(runtimes), len(backends))
+
+    @property
+    def retiring(self) -> int:
+        """Retired generations still waiting for their queries to finish."""
+        return len(self._retiring)
+
+    async def reload_report(self) -> dict[str, object]:
+        """``reload`` as JSON-ready data (the admin endpoint's answer)."""
+        return (await self.reload()).to_dict()
 
     async def __aenter__(self) -> App:
         await self.start()
@@ -237,49 +480,96 @@ def _tls(config: RouterConfig) -> TlsFiles | None:
     return None if t is None else TlsFiles(t.cert_file, t.key_file, t.client_ca_file)
 
 
-def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[str, str] | None = None) -> App:
+def _reread(config: RouterConfig) -> RouterConfig:
+    """The same file again, with the environment as it is now."""
+    from router.config import load_config
+    return load_config(config.source)
+
+
+def _runtime(settings: SkillSettings, backends: BackendPool, telemetry: Telemetry, registry: LiveRegistry,
+             current: Callable[[], Mapping[str, SkillRuntime]]) -> SkillRuntime:
+    """One skill's runtime; its breakers tell the live registry of their moves
+    while it is the skill's runtime in the generation serving (``current``),
+    so a retired runtime never marks the new one impaired."""
+    mine: list[SkillRuntime] = []
+
+    def moved(skill: str, implementation: str, transition: Transition) -> None:
+        if mine and current().get(skill) is mine[0]:
+            registry.breaker_moved(skill, implementation, transition)
+        else:
+            log.info("breaker %s (retired config generation): %s → %s", transition.breaker,
+                     transition.from_state, transition.to_state)
+
+    rt = SkillRuntime(settings, build_gate(settings), backends, observer=telemetry.observer, on_transition=moved)
+    mine.append(rt)
+    return rt
+
+
+def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[str, str] | None = None,
+              loader: Callable[[], RouterConfig] | None = None) -> App:
     """Wire the sidecar from ``config``; ``env`` (default os.environ) holds the
-    ``OTEL_*`` telemetry settings."""
+    ``OTEL_*`` telemetry settings; ``loader`` reads the config again on a
+    reload (default: ``config.source`` with the environment as it is then)."""
     settings = skill_settings(config)
-    gates = {name: build_gate(s) for name, s in settings.items()}
     environ = os.environ if env is None else env
     token = _server_token(config, environ)
     redact = _redactor(config, environ, token)
+    app: App | None = None
+
+    def live_stats() -> list[tuple[str, int, float, int]]:
+        if app is None:
+            return []
+        return [(n, rt.gate.in_flight, rt.gate.utilization, rt.gate.queued) for n, rt in app.runtimes.items()]
+
     telemetry = setup_telemetry(
         TelemetrySettings(service_name=config.telemetry.service_name,
                           record_query_text=config.telemetry.record_query_text,
                           baggage_allowlist=tuple(config.telemetry.baggage_allowlist)),
-        environ, live_stats=lambda: [(n, g.in_flight, g.utilization, g.queued) for n, g in gates.items()],
-        redact=redact)
+        environ, live_stats=live_stats, redact=redact)
     pool = BackendPool.from_skills(
         config.skills, batch=lambda s, i: config.implementation_options(s.name, i.name).can_batch,
         max_response_bytes=lambda s, i: config.implementation_options(s.name, i.name).max_response_bytes,
         redact=redact)
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
-    runtimes = {name: SkillRuntime(s, gates[name], pool, observer=telemetry.observer,
-                                   on_transition=registry.breaker_moved)
-                for name, s in settings.items()}
+    runtimes: dict[str, SkillRuntime] = {}
+    current: Callable[[], Mapping[str, SkillRuntime]] = lambda: app.runtimes if app is not None else runtimes  # noqa: E731
+    for name, s in settings.items():
+        runtimes[name] = _runtime(s, pool, telemetry, registry, current)
     st = store_settings(config)
     store = make_store(st) if st is not None else None
+    hash_query = query_hasher(config.storage.sqlite_path, config.storage.postgres_dsn, environ)
     pipeline = Pipeline(SkillIndex(config.skills), config.policy, runtimes, registry, observer=telemetry.observer,
                         sink=store, load_bias=config.admission.load_bias,
-                        default_deadline_s=config.server.default_deadline_s,
-                        hash_query=query_hasher(config.storage.sqlite_path, config.storage.postgres_dsn, environ))
+                        default_deadline_s=config.server.default_deadline_s, hash_query=hash_query)
     front = FrontDoor(listen or config.server.listen, redact=redact, tls=_tls(config), token=token)
-    return App(config, pool, registry, runtimes, pipeline, telemetry, store, front)
+    app = App(config, pool, registry, runtimes, pipeline, telemetry, store, front, loader=loader,
+              hash_query=hash_query)
+    return app
 
 
-async def serve(config: RouterConfig, listen: str | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    app = build_app(config, listen)
+async def serve(config: RouterConfig, listen: str | None = None, *,
+                loader: Callable[[], RouterConfig] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP reloads
+    the config (``loader``, default: the same file again)."""
+    app = build_app(config, listen, loader=loader)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[ReloadResult]] = set()
+
+    def hangup() -> None:
+        log.info("SIGHUP: reloading %s", app.config.source)
+        task = loop.create_task(app.reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)  # before start: a reload asked for then waits for it
     await app.start()
     try:
         await stop.wait()
-        log.info("shutting down: draining in-flight calls for up to %.1fs", config.server.grace_period_s)
+        log.info("shutting down: draining in-flight calls for up to %.1fs", app.config.server.grace_period_s)
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         await app.stop()

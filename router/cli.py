@@ -1,6 +1,7 @@
 """The ``skill-router`` command line.
 
-    skill-router serve [--config PATH] [--listen HOST:PORT] [--demo]
+    skill-router serve [--config PATH] [--listen HOST:PORT] [--demo] [--pid-file PATH]
+    skill-router reload [--admin HOST:PORT [--token T] | --pid-file PATH]  (read the config file again)
     skill-router route "QUERY" [--domain D] [--complexity C] [--target HOST:PORT] [--json]
                                [--tls-ca CA] [--tls-cert CERT --tls-key KEY] [--token-env NAME]
     skill-router execute "QUERY" [...]
@@ -120,20 +121,27 @@ def _startup_failed(lines: list[str]) -> None:
 @click.option("--admin-listen", default=None,
               help='HOST:PORT of the admin endpoint (dashboard, /metrics); "" turns it off. '
                    "Default from config: 127.0.0.1:9464.")
-def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen: str | None) -> None:
-    """Run the sidecar until SIGTERM/SIGINT."""
+@click.option("--pid-file", type=click.Path(dir_okay=False), envvar="SKILL_ROUTER_PID_FILE", show_envvar=True,
+              help="Write the process id here (for `skill-router reload`); removed on exit.")
+def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen: str | None,
+          pid_file: str | None) -> None:
+    """Run the sidecar until SIGTERM/SIGINT; SIGHUP reloads the config file."""
     from router.app import serve as run
+    from router.config import RouterConfig
     from router.core.errors import ConfigError, StartupError
     from router.preflight import problems
     from router.storage import StoreError
     from router.telemetry import TelemetryConfigError
 
+    def with_flags(config: RouterConfig) -> RouterConfig:
+        # The command line's overrides hold for every generation of the config.
+        return config.with_admin_listen(admin_listen) if admin_listen is not None else config
+
     config = _load(config_path)
-    if admin_listen is not None:
-        try:
-            config = config.with_admin_listen(admin_listen)
-        except ConfigError as exc:
-            raise click.ClickException(f"bad config: {exc}") from None
+    try:
+        config = with_flags(config)
+    except ConfigError as exc:
+        raise click.ClickException(f"bad config: {exc}") from None
     found = problems(config, os.environ, listen)
     if found:
         _startup_failed([str(p) for p in found])
@@ -143,16 +151,21 @@ def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen:
         log.info("environment override: %s", o)
     if not config.env_overrides:
         log.info("environment overrides: none (no BRAIN_* variable set)")
+    path = config_path or os.environ.get("SKILL_ROUTER_CONFIG")
 
     async def go() -> None:
+        from router.config import load_config
         if demo:
             from router.demo import emulator_for, with_emulator
             async with emulator_for(config) as emu:
                 click.echo(f"emulated backends on {emu.url}", err=True)
-                await run(with_emulator(config, emu.url), listen)
+                await run(with_emulator(config, emu.url), listen,
+                          loader=lambda: with_emulator(with_flags(load_config(path)), emu.url))
         else:
-            await run(config, listen)
+            await run(config, listen, loader=lambda: with_flags(load_config(path)))
 
+    if pid_file:
+        _write_pid(pid_file)
     try:
         asyncio.run(go())
     except StartupError as exc:
@@ -164,6 +177,112 @@ def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen:
         _startup_failed([f"{exc.key}: {exc.problem}"])
     except ConfigError as exc:
         _startup_failed([str(exc)])
+    finally:
+        if pid_file:
+            _remove_pid(pid_file)
+
+def _write_pid(path: str) -> None:
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise click.ClickException(f"--pid-file: cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _remove_pid(path: str) -> None:
+    try:
+        with open(path, encoding="ascii") as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:  # another sidecar may have taken the file over
+            os.remove(path)
+    except OSError:
+        pass
+
+
+@main.command()
+@click.option("--pid-file", type=click.Path(dir_okay=False), envvar="SKILL_ROUTER_PID_FILE", show_envvar=True,
+              help="The pid file `serve --pid-file` wrote: send that process SIGHUP.")
+@click.option("--admin", "admin", envvar="SKILL_ROUTER_ADMIN", show_envvar=True,
+              help="HOST:PORT (or http://HOST:PORT) of the admin endpoint: POST /api/reload and print its result.")
+@click.option("--token", envvar="SKILL_ROUTER_ADMIN_TOKEN", show_envvar=True,
+              help="The admin endpoint's API token, when it has one.")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the admin endpoint (a reload warms the new backends first).")
+@click.option("--json", "as_json", is_flag=True, help="Print the admin endpoint's JSON result.")
+@click.option("--config", "config_path", type=click.Path(),
+              help="Without --admin or --pid-file: ask the admin endpoint at server.admin_listen of this config "
+                   "(default $SKILL_ROUTER_CONFIG, else the bundled one).")
+def reload(pid_file: str | None, admin: str | None, token: str | None, timeout: float, as_json: bool,
+           config_path: str | None) -> None:
+    """Make a running sidecar read its config file again (hot reload).
+
+    With --admin (default: server.admin_listen of the config), asks the admin
+    endpoint and waits for the result (exit 1 when the new file is bad: the
+    old config keeps serving). With --pid-file, sends SIGHUP; the sidecar's
+    log and `skill-router stats` say which config generation serves."""
+    if pid_file and not admin:
+        return _reload_signal(pid_file)
+    if not admin:
+        listen = _load(config_path).server.admin_listen
+        if not listen:
+            raise click.UsageError("the config has no admin endpoint (server.admin_listen): give --admin HOST:PORT "
+                                   "or --pid-file PATH (or set SKILL_ROUTER_ADMIN / SKILL_ROUTER_PID_FILE)")
+        admin = probe_target(listen)
+    _reload_admin(admin, token, timeout, as_json)
+
+
+def _reload_signal(pid_file: str) -> None:
+    import signal
+    try:
+        with open(pid_file, encoding="ascii") as f:
+            text = f.read().strip()
+    except OSError as exc:
+        raise click.ClickException(f"--pid-file: cannot read {pid_file}: {exc.strerror or exc}") from None
+    if not text.isdigit() or int(text) <= 1:
+        raise click.ClickException(f"--pid-file: {pid_file} does not hold a process id (got {text[:40]!r})")
+    pid = int(text)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise click.ClickException(f"--pid-file: no process {pid} (from {pid_file}): is the sidecar running?") \
+            from None
+    except PermissionError:
+        raise click.ClickException(f"--pid-file: not allowed to signal process {pid} (from {pid_file})") from None
+    click.echo(f"sent SIGHUP to skill-router (pid {pid}); `skill-router stats` shows the config generation serving")
+
+
+def _reload_admin(admin: str, token: str | None, timeout: float, as_json: bool) -> None:
+    import urllib.error
+    import urllib.request
+    base = admin if admin.startswith(("http://", "https://")) else f"http://{admin}"
+    req = urllib.request.Request(base.rstrip("/") + "/api/reload", data=b"", method="POST",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        # No proxy: the admin endpoint is the sidecar's own, next to the caller.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise click.ClickException(f"--admin: cannot reach {base}: {reason}") from None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise click.ClickException(f"--admin: {base} answered {status} without JSON") from None
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+    if status != 200:
+        raise click.ClickException(f"reload failed ({status}): {body.get('error', body)}")
+    if not as_json:
+        click.echo(f"config generation {body['generation']} serving ({body['source']}): "
+                   f"added {body['added'] or '-'}, removed {body['removed'] or '-'}, changed {body['changed'] or '-'}; "
+                   f"{len(body['warmed'])} backend(s) warmed, {len(body['reused'])} kept warm")
+        for key, why in body.get("warm_failures", {}).items():
+            click.echo(f"warning: backend {key} did not warm: {why}", err=True)
+        for key in body.get("needs_restart", []):
+            click.echo(f"warning: {key} changed; it takes effect on the next restart", err=True)
 
 
 def _connection_options(f):  # type: ignore[no-untyped-def]
@@ -189,6 +308,7 @@ def _client(target: str, timeout: float, conn: dict):  # type: ignore[no-untyped
         raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
     tls = TlsConfig(ca_file=ca, cert_file=cert, key_file=key) if (ca or cert) else None
     return RouterClient(target, timeout=timeout, tls=tls, token=token)
+
 
 
 def _query_options(f):  # type: ignore[no-untyped-def]
@@ -297,8 +417,20 @@ def health(target: str | None, config_path: str | None, timeout: float) -> None:
             click.echo(f"{target}: {why}", err=True)
             sys.exit(1)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-    click.echo(f"{target}: {status}")
+    click.echo(f"{target}: {status}{_generation(target, timeout)}")
     sys.exit(0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1)
+
+
+def _generation(target: str, timeout: float) -> str:
+    """The config generation serving, as Stats says, for the health line;
+    empty when Stats does not answer (the exit status never depends on it)."""
+    from router.v1 import router_pb2, router_pb2_grpc
+    with grpc.insecure_channel(target) as ch:
+        try:
+            resp = router_pb2_grpc.RouterServiceStub(ch).Stats(router_pb2.StatsRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return ""
+    return f" (config generation {resp.config_generation})" if resp.config_generation else ""
 
 
 @main.command("check-config")

@@ -68,7 +68,8 @@ _BREAKER = {pb.BREAKER_STATE_CLOSED: "closed", pb.BREAKER_STATE_OPEN: "OPEN", pb
 
 def render_stats(resp: pb.StatsResponse) -> None:
     # The live view (the seed's /api/brain/load-balancing) ...
-    t = Table(title=f"live load (up {resp.uptime_seconds:.0f}s, MoE {'on' if resp.moe_enabled else 'off'})")
+    t = Table(title=f"live load (up {resp.uptime_seconds:.0f}s, MoE {'on' if resp.moe_enabled else 'off'}, "
+                    f"config generation {resp.config_generation})")
     for col in ("skill", "in-flight", "util", "queued (low/normal/high)", "queue wait ms", "rejected", "shed",
                 "timed out", "breakers"):
         t.add_column(col)

@@ -78,6 +78,8 @@ def dashboard(snapshot: Snapshot, *, now: float, window_s: float, window: Window
         "generated_at": now,
         "uptime_s": snapshot.uptime_s,
         "moe_enabled": snapshot.moe_enabled,
+        "config": {"generation": snapshot.config_generation, "loaded_at": snapshot.config_loaded_at,
+                   "source": snapshot.config_source},
         "totals": {
             "queries": t.queries, "routes": t.routes, "failed_queries": t.failed_queries,
             "skills_selected": t.skills_selected, "avg_skills_per_query": t.avg_skills_per_query,

@@ -111,3 +111,8 @@ def _totals(snap: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily(PREFIX + "uptime_seconds", "Seconds since the sidecar started.", value=snap.uptime_s)
     yield GaugeMetricFamily(PREFIX + "moe_enabled", "1 when top-k routing is on, 0 when every skill fires.",
                             value=1.0 if snap.moe_enabled else 0.0)
+    gen = GaugeMetricFamily(PREFIX + "config_generation",
+                            "The config generation serving (1 at start, one more per reload that took effect).",
+                            labels=["source"])
+    gen.add_metric([snap.config_source], float(snap.config_generation))
+    yield gen

@@ -3,6 +3,10 @@
     GET /                the dashboard (one self-contained HTML file, no build step)
     GET /api/dashboard   the same figures as JSON (?window=SECONDS, default 86400)
     GET /metrics         Prometheus exposition, read from the live snapshot
+    POST /api/reload     read the config file again and serve it (hot reload); the
+                         JSON result names the new generation, or the bad key path
+                         (422, the old config keeps serving). Without a token set,
+                         only a loopback peer may ask (403 otherwise).
 
 When a token is set, every path needs it: ``Authorization: Bearer <token>``,
 or ``?token=<token>`` (a browser cannot add a header to a page it opens; the
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import logging
 import math
 import time
@@ -62,6 +67,7 @@ class AdminServer:
     def __init__(self, listen: str, *, snapshot: Callable[[], Snapshot],
                  window: Callable[[float], Awaitable[WindowResult]],
                  token: Callable[[], str | None] = lambda: None,
+                 reload: Callable[[], Awaitable[dict[str, object]]] | None = None,
                  clock: Callable[[], float] = time.time,
                  sample_interval_s: float = 2.0, history_points: int = 300, window_ttl_s: float = 5.0) -> None:
         if not sample_interval_s > 0:
@@ -71,6 +77,7 @@ class AdminServer:
         self._snapshot = snapshot
         self._window = window
         self._token = token
+        self._reload = reload
         self._clock = clock
         self.sample_interval_s = sample_interval_s
         # Several open pages refresh every few seconds; they share one store
@@ -106,6 +113,7 @@ class AdminServer:
         app.router.add_get("/", self._index)
         app.router.add_get("/api/dashboard", self._dashboard)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/api/reload", self._reload_config)
         return app
 
     async def start(self) -> None:
@@ -122,7 +130,8 @@ class AdminServer:
         self._bound = (str(sock[0]), int(sock[1])) if sock else (self._host, self._port)
         self.sample()
         self._sampler = asyncio.create_task(self._sample_loop(), name="admin-sampler")
-        log.info("admin endpoint on %s (dashboard /, /api/dashboard, /metrics)", self.url)
+        log.info("admin endpoint on %s (dashboard /, /api/dashboard, /metrics%s)", self.url,
+                 ", POST /api/reload" if self._reload is not None else "")
 
     async def stop(self) -> None:
         if self._sampler is not None:
@@ -208,3 +217,21 @@ class AdminServer:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = encoder(self.registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _reload_config(self, request: web.Request) -> web.Response:
+        if self._reload is None:
+            return web.json_response({"error": "reload: not available on this admin endpoint"}, status=404)
+        if not self._token() and not _loopback(request.remote):
+            return web.json_response(
+                {"error": "reload: set an API token to allow it from another host (without one, only a "
+                          "loopback client may reload)"}, status=403)
+        result = await self._reload()
+        return web.json_response(result, status=200 if result.get("ok") else 422,
+                                 headers={"Cache-Control": "no-store"})
+
+
+def _loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False

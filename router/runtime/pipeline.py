@@ -194,7 +194,8 @@ class Pipeline:
         skills with a breaker that is not closed are looked at."""
         out = {}
         for name in list(self.registry.impaired):
-            down = self.runtimes[name].unavailable(now)
+            rt = self.runtimes.get(name)  # None: a skill of a newer config generation
+            down = rt.unavailable(now) if rt is not None else None
             if down:
                 out[name] = down
         return out

@@ -96,6 +96,7 @@ class Totals:
 class LiveRegistry:
     def __init__(self, skill_names: Iterable[str], *, success_window: int = 50,
                  latency_window: int = 1000, default_success_rate: float = 1.0) -> None:
+        self._success_window, self._latency_window = success_window, latency_window
         self.skills = {n: SkillLive(n, success_window, latency_window) for n in skill_names}
         self.totals = Totals()
         self.default_success_rate = default_success_rate
@@ -109,8 +110,24 @@ class LiveRegistry:
     def success_rates(self) -> dict[str, float]:
         return {n: s.success_rate(self.default_success_rate) for n, s in self.skills.items()}
 
+    def set_skills(self, skill_names: Iterable[str], *, fresh: Iterable[str] = ()) -> None:
+        """A config reload: the skills are now ``skill_names`` (in this
+        order). Kept skills keep their record (calls, success rate,
+        latencies); removed ones are forgotten; ``fresh`` skills have new
+        breakers (all closed), so none of them is impaired any more. The
+        totals carry over."""
+        old = self.skills
+        self.skills = {n: old.get(n) or SkillLive(n, self._success_window, self._latency_window)
+                       for n in skill_names}
+        for name in [*(n for n in old if n not in self.skills), *fresh]:
+            self._impaired.pop(name, None)
+            if name not in self.skills:
+                self.rates.pop(name, None)
+
     def record_call(self, skill: str, ok: bool, latency_ms: float) -> None:
-        self.rates[skill] = self.skills[skill].record(ok, latency_ms)
+        live = self.skills.get(skill)
+        if live is not None:  # None: a call of a query in flight on a retired config, for a removed skill
+            self.rates[skill] = live.record(ok, latency_ms)
 
     def breaker_moved(self, skill: str, implementation: str, transition: Transition) -> None:
         log.info("breaker %s: %s → %s (%s)", transition.breaker, transition.from_state, transition.to_state,

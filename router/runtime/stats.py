@@ -57,6 +57,9 @@ class Snapshot:
     totals: Totals
     uptime_s: float
     moe_enabled: bool
+    config_generation: int = 1  # 1 at start, one more per reload that took effect
+    config_loaded_at: float = 0.0  # unix seconds: when that generation started serving
+    config_source: str = ""  # the file it was read from
 
 
 def skill_snapshots(registry: LiveRegistry, runtimes: Mapping[str, SkillRuntime], now: float) -> tuple[SkillSnapshot, ...]:

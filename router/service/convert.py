@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from router.core.admission import RejectReason
 from router.core.breaker import BreakerState
 from router.core.errors import InvalidArgument
@@ -168,6 +170,12 @@ def skill_stats_pb(s: SkillSnapshot, wall_now: float) -> pb.SkillStats:
         if i.half_open_in_s is not None:
             m.half_open_at.FromNanoseconds(int((wall_now + i.half_open_in_s) * 1e9))
     return msg
+
+
+def timestamp_pb(unix_s: float) -> Timestamp:
+    t = Timestamp()
+    t.FromNanoseconds(int(unix_s * 1e9))
+    return t
 
 
 def window_pb(agg: WindowAggregate | None, store: str, dropped: int) -> pb.WindowStats:

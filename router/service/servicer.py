@@ -18,7 +18,16 @@ from router.v1 import router_pb2_grpc as pb_grpc
 if TYPE_CHECKING:  # plain data from the metrics store; no import at run time
     from router.storage import WindowAggregate
 
-from .convert import outcome_pb, plan_parts, query_from_request, result_pb, shed_pb, skill_stats_pb, window_pb
+from .convert import (
+    outcome_pb,
+    plan_parts,
+    query_from_request,
+    result_pb,
+    shed_pb,
+    skill_stats_pb,
+    timestamp_pb,
+    window_pb,
+)
 
 DEFAULT_WINDOW_S = 24 * 3600.0
 MAX_WINDOW_S = 90 * 24 * 3600.0
@@ -88,4 +97,6 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                              failed_queries=t.failed_queries, outcomes=dict(t.outcomes), answered=t.answered,
                              avg_quality=t.avg_quality, avg_cost_per_query_usd=t.avg_cost_per_query),
             uptime_seconds=snap.uptime_s, moe_enabled=snap.moe_enabled, window=window_pb(agg, store, dropped),
+            config_generation=snap.config_generation, config_source=snap.config_source,
+            config_loaded_at=timestamp_pb(snap.config_loaded_at) if snap.config_loaded_at else None,
         )

@@ -479,18 +479,24 @@ class Totals(_message.Message):
     def __init__(self, queries: _Optional[int] = ..., avg_skills_per_query: _Optional[float] = ..., cost_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., routes: _Optional[int] = ..., failed_queries: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ..., avg_quality: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("skills", "totals", "uptime_seconds", "moe_enabled", "window")
+    __slots__ = ("skills", "totals", "uptime_seconds", "moe_enabled", "window", "config_generation", "config_loaded_at", "config_source")
     SKILLS_FIELD_NUMBER: _ClassVar[int]
     TOTALS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MOE_ENABLED_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_LOADED_AT_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_SOURCE_FIELD_NUMBER: _ClassVar[int]
     skills: _containers.RepeatedCompositeFieldContainer[SkillStats]
     totals: Totals
     uptime_seconds: float
     moe_enabled: bool
     window: WindowStats
-    def __init__(self, skills: _Optional[_Iterable[_Union[SkillStats, _Mapping]]] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., uptime_seconds: _Optional[float] = ..., moe_enabled: _Optional[bool] = ..., window: _Optional[_Union[WindowStats, _Mapping]] = ...) -> None: ...
+    config_generation: int
+    config_loaded_at: _timestamp_pb2.Timestamp
+    config_source: str
+    def __init__(self, skills: _Optional[_Iterable[_Union[SkillStats, _Mapping]]] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., uptime_seconds: _Optional[float] = ..., moe_enabled: _Optional[bool] = ..., window: _Optional[_Union[WindowStats, _Mapping]] = ..., config_generation: _Optional[int] = ..., config_loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., config_source: _Optional[str] = ...) -> None: ...
 
 class HourlyTrend(_message.Message):
     __slots__ = ("hour", "queries", "avg_cost_usd", "avg_response_ms", "avg_quality")
