@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .implementations import ImplementationChoice, choose_implementation
 from .scoring import score_skills
 from .selection import Chosen, RejectionReason, SelectionResult, SkillRejection, select
+from .signals import Signals
 from .synthesis import baseline_cost
 from .types import Query, RoutingPolicy, SkillSpec
 
@@ -41,6 +42,7 @@ class RoutePlan:
     baseline_cost: float
     baseline_skills: int
     moe_enabled: bool
+    signals: Signals | None = None  # what the query was routed on (None: the text was not read)
 
 
 def plan_route(
@@ -52,13 +54,15 @@ def plan_route(
     *,
     utilization: Mapping[str, float] | None = None,
     load_bias: float = 0.0,
+    signals: Signals | None = None,
 ) -> RoutePlan:
     """``unavailable`` maps skill → implementation → why it cannot be used now
     (an open circuit breaker); ``utilization`` and ``load_bias`` feed the
-    optional load bias of the ranking."""
+    optional load bias of the ranking; ``signals`` (from query understanding)
+    add the text-relevance term and the out-of-scope rule to scoring."""
     unavailable = unavailable or {}
     scores = score_skills(skills, query, success_rates, policy.default_success_rate,
-                          utilization=utilization, load_bias=load_bias)
+                          utilization=utilization, load_bias=load_bias, signals=signals)
     sel: SelectionResult = select(scores, query, policy)
     dynamic = policy.moe_enabled and policy.dynamic_routing_enabled
 
@@ -96,6 +100,7 @@ def plan_route(
         if nch.implementation is not None:
             standby.append(PlannedSkill(Chosen(r.score), nch))
     base, n = baseline_cost(s.skill for s in sel.activated)
-    return RoutePlan(query, sel.k, tuple(planned), tuple(rejected), tuple(standby), base, n, policy.moe_enabled)
+    return RoutePlan(query, sel.k, tuple(planned), tuple(rejected), tuple(standby), base, n, policy.moe_enabled,
+                     signals)
 
 
