@@ -18,14 +18,16 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from router.backends import BackendPool
+from router.backends import BackendPool, EmbeddingsClient
 from router.config import RouterConfig
 from router.core.batching import BatchKeyMode
 from router.core.breaker import BreakerConfig
 from router.core.limits import AIMDLimit, Gradient2Limit
 from router.core.retry import RetryPolicy
-from router.core.types import SkillSpec
+from router.core.signals import DEFAULT_OUT_OF_SCOPE_THRESHOLD
+from router.core.types import ImplementationSpec, SkillSpec
 from router.runtime.pipeline import Pipeline
 from router.runtime.registry import LiveRegistry
 from router.runtime.skills import AdmissionOptions, BatchingOptions, SkillRuntime, build_skill_runtimes
@@ -34,6 +36,7 @@ from router.service.server import RouterServer
 from router.service.servicer import RouterServicer
 from router.storage import MetricsStore, StoreSettings, open_store
 from router.telemetry import Telemetry, TelemetrySettings, setup_telemetry
+from router.understanding import EmbeddingsEncoder, LocalEncoder, TextUnderstanding
 
 log = logging.getLogger("router")
 
@@ -51,6 +54,7 @@ class App:
     started_at: float = field(default_factory=time.monotonic)
     _stopped: bool = False
     warm_failures: dict = field(default_factory=dict)
+    understanding: TextUnderstanding | None = None
 
     @property
     def address(self) -> str:
@@ -70,6 +74,8 @@ class App:
         return await self.store.aggregate(window_s), self.store.backend, self.store.stats.dropped
 
     async def start(self) -> None:
+        if self.understanding is not None:
+            await self.understanding.start()  # fit on the examples before serving
         settings = _store_settings(self.config)
         if settings is not None:
             self.store = await open_store(settings)
@@ -94,6 +100,8 @@ class App:
         await self.server.stop(grace)
         await self.pipeline.aclose()
         await self.pool.aclose()
+        if self.understanding is not None:
+            await self.understanding.aclose()
         if self.store is not None:
             await self.store.aclose()
         await self.telemetry.aclose()
@@ -157,6 +165,28 @@ def _store_settings(config: RouterConfig) -> StoreSettings | None:
                          flush_interval_s=st.flush_interval_s, buffer_size=st.buffer_size)
 
 
+def build_understanding(config: RouterConfig) -> TextUnderstanding | None:
+    """Query understanding as configured (None: the text is not read)."""
+    u = config.understanding
+    encoder: LocalEncoder | EmbeddingsEncoder | None = None
+    if u.encoder == "local":
+        encoder = LocalEncoder()
+    elif u.encoder == "embeddings":
+        e = u.embeddings
+        assert e is not None  # the schema requires it
+        client = EmbeddingsClient(ImplementationSpec(
+            name="embeddings", backend="openai", url=e.url, model=e.model, quality=1.0, cost_per_query=0.0,
+            expected_latency_ms=e.timeout_s * 100, optimal_complexity=5.0, api_key_env=e.api_key_env,
+            timeout_s=e.timeout_s, max_connections=e.max_connections))
+        cache = None if e.cache_dir is None else Path(config.base_dir) / Path(e.cache_dir).expanduser()
+        encoder = EmbeddingsEncoder(client, cache_dir=cache, timeout_s=e.timeout_s, batch_size=e.batch_size)
+    if encoder is None and not u.estimate_complexity:
+        return None
+    threshold = DEFAULT_OUT_OF_SCOPE_THRESHOLD if u.out_of_scope_threshold is None else u.out_of_scope_threshold
+    return TextUnderstanding(encoder, config.skill_examples, config.domain_examples, threshold=threshold,
+                             fallback_skill=config.routing.fallback_skill or "", complexity=u.estimate_complexity)
+
+
 def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[str, str] | None = None) -> App:
     """Wire the sidecar from ``config``; ``env`` (default os.environ) holds the
     ``OTEL_*`` telemetry settings."""
@@ -170,12 +200,14 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
     runtimes = _runtimes(config)
+    understanding = build_understanding(config)
     pipeline = Pipeline(config.skills, config.policy, pool, registry, runtimes, admission=_admission(config),
-                        observer=telemetry.observer, default_deadline_s=config.server.default_deadline_s)
+                        observer=telemetry.observer, default_deadline_s=config.server.default_deadline_s,
+                        understanding=understanding)
     servicer = RouterServicer(pipeline, lambda: app_ref[0].snapshot(), lambda w: app_ref[0].window(w))
     server = RouterServer(servicer, listen or config.server.listen, interceptors=[telemetry.server_interceptor()],
                           max_concurrent_rpcs=config.server.max_concurrent_rpcs)
-    app = App(config, pool, registry, runtimes, pipeline, server, telemetry)
+    app = App(config, pool, registry, runtimes, pipeline, server, telemetry, understanding=understanding)
     app_ref.append(app)
     return app
 

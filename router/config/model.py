@@ -27,6 +27,7 @@ from .schema import (
     ServerSettings,
     StorageSettings,
     TelemetrySettings,
+    UnderstandingSettings,
     check_url,
 )
 
@@ -80,10 +81,18 @@ class RouterConfig:
     env_overrides: tuple[EnvOverride, ...] = ()
     skill_opts: Mapping[str, SkillOptions] = field(default_factory=dict, repr=False)
     implementation_opts: Mapping[tuple[str, str], ImplementationOptions] = field(default_factory=dict, repr=False)
+    # Query understanding: its settings and the examples (inline and from
+    # examples_file, read at load time) by skill and by domain.
+    understanding: UnderstandingSettings = UnderstandingSettings()
+    skill_examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    domain_examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    base_dir: str = "."  # the config file's directory: relative paths (examples, cache) start here
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skill_opts", MappingProxyType(dict(self.skill_opts)))
         object.__setattr__(self, "implementation_opts", MappingProxyType(dict(self.implementation_opts)))
+        object.__setattr__(self, "skill_examples", MappingProxyType(dict(self.skill_examples)))
+        object.__setattr__(self, "domain_examples", MappingProxyType(dict(self.domain_examples)))
 
     def __repr__(self) -> str:
         k = "dynamic" if self.policy.top_k is None else self.policy.top_k

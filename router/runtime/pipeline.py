@@ -39,12 +39,13 @@ from router.core.errors import (
 from router.core.implementations import ImplementationChoice
 from router.core.routing import PlannedSkill, RoutePlan, plan_route
 from router.core.selection import RejectionReason
+from router.core.signals import apply_signals
 from router.core.synthesis import SkillOutcome, Status, Synthesis, synthesize
 from router.core.types import ImplementationSpec, Priority, Query, RoutingPolicy, SkillSpec
 
 from .batcher import Batch, Batcher, BatcherGroup
 from .observer import NullObserver, NullSink, Observer, QueryObservation, QueryRecord, RecordSink, SkillObservation
-from .ports import Backend, SkillCall, SkillReply
+from .ports import Backend, SkillCall, SkillReply, Understanding
 from .registry import LiveRegistry
 from .retry import RetryResult, call_with_retries
 from .skills import AdmissionOptions, SkillRuntime
@@ -135,6 +136,7 @@ class Pipeline:
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        understanding: Understanding | None = None,
     ) -> None:
         self.skills = skills
         self.policy = policy
@@ -149,6 +151,7 @@ class Pipeline:
         self._wall = wall
         self._rng = rng or random.Random()
         self._new_id = new_id
+        self.understanding = understanding
         self._draining = False
         self.in_flight = 0  # queries being executed now
         for rt in self.runtimes.values():
@@ -178,21 +181,25 @@ class Pipeline:
 
     # ---- plan ------------------------------------------------------------
 
-    def _plan(self, query: Query) -> tuple[RoutePlan, int, int]:
+    async def _plan(self, query: Query) -> tuple[RoutePlan, int, int]:
         t0 = time.monotonic_ns()
+        # Query understanding: signals from the text where the caller left a gap.
+        signals = None if self.understanding is None else await self.understanding.understand(query)
+        if signals is not None:
+            query = apply_signals(query, signals)
         now = self._clock()
         unavailable = {n: u for n, rt in self.runtimes.items() if (u := rt.unavailable(now))}
         utilization = {n: rt.gate.utilization for n, rt in self.runtimes.items()} if self.admission.load_bias else None
         plan = plan_route(self.skills, query, self.policy, self.registry.success_rates(), unavailable,
-                          utilization=utilization, load_bias=self.admission.load_bias)
+                          utilization=utilization, load_bias=self.admission.load_bias, signals=signals)
         return plan, t0, time.monotonic_ns()
 
-    def route(self, query: Query) -> RouteOutcome:
+    async def route(self, query: Query) -> RouteOutcome:
         self._admit()
         qid = self._new_id()
         obs = self.observer.start_query("route", qid)
         try:
-            plan, t0, t1 = self._plan(query)
+            plan, t0, t1 = await self._plan(query)
             obs.selection(plan, t0, t1)
             self.registry.record_route()
         except BaseException as exc:
@@ -221,7 +228,8 @@ class Pipeline:
         obs = self.observer.start_query("execute", qid)
         record: QueryRecord | None = None
         try:
-            plan, t0, t1 = self._plan(query)
+            plan, t0, t1 = await self._plan(query)
+            query = plan.query  # with the signals' domain and complexity
             obs.selection(plan, t0, t1)
             if not plan.planned:
                 self._raise_if_breakers_block(plan)
@@ -518,6 +526,15 @@ class Pipeline:
             max_utilization=run.max_utilization, avg_queue_depth=run.avg_queue_depth,
             skills=tuple(p.name for p in ran), skills_ok=tuple(o.skill for o in outcomes if o.ok),
             trace_id=run.obs.trace_id,
+            **_signal_columns(plan),
         )
+
+
+def _signal_columns(plan: RoutePlan) -> dict[str, str]:
+    sig = plan.signals
+    if sig is None:
+        return {}
+    return {"domain_source": sig.domain_source.value, "complexity_source": sig.complexity_source.value,
+            "signal_method": sig.method}
 
 __all__ = ["ExecuteOutcome", "ImplementationChoice", "Pipeline", "RouteOutcome", "ShedSkill"]

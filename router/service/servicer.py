@@ -38,7 +38,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteResponse:
         p = self._pipeline
         query = query_from_request(request, p.policy, p.skill_names)
-        out = p.route(query)
+        out = await p.route(query)
         selections, rejections = plan_parts(out.plan)
         return pb.RouteResponse(query_id=out.query_id, selections=selections, rejections=rejections,
                                 k=out.plan.k, selection_time_us=out.selection_us, moe_enabled=out.plan.moe_enabled)
