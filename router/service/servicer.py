@@ -15,7 +15,7 @@ from router.runtime.stats import Snapshot
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
 
-from .convert import plan_parts, query_from_request, result_pb, shed_pb, skill_stats_pb, window_pb
+from .convert import plan_parts, query_from_request, result_pb, shed_pb, signals_pb, skill_stats_pb, window_pb
 
 DEFAULT_WINDOW_S = 24 * 3600.0
 MAX_WINDOW_S = 90 * 24 * 3600.0
@@ -41,7 +41,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         out = await p.route(query)
         selections, rejections = plan_parts(out.plan)
         return pb.RouteResponse(query_id=out.query_id, selections=selections, rejections=rejections,
-                                k=out.plan.k, selection_time_us=out.selection_us, moe_enabled=out.plan.moe_enabled)
+                                k=out.plan.k, selection_time_us=out.selection_us, moe_enabled=out.plan.moe_enabled,
+                                signals=signals_pb(out.plan.signals))
 
     async def Execute(self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext) -> pb.ExecuteResponse:
         p = self._pipeline
@@ -58,6 +59,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             timing=pb.Timing(selection_us=out.selection_us, execution_us=out.execution_us, total_us=out.total_us),
             quality=out.synthesis.quality, k=out.plan.k, moe_enabled=out.plan.moe_enabled,
             shed=[shed_pb(s) for s in out.shed],
+            signals=signals_pb(out.plan.signals),
         )
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:

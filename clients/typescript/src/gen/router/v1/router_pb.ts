@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file router/v1/router.proto.
  */
 export const file_router_v1_router: GenFile = /*@__PURE__*/
-  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEi6wIKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUINCgtfY29tcGxleGl0eUITChFfcmVxdWlyZWRfcXVhbGl0eUIICgZfdG9wX2siRwoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0IrABCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgivQEKClNjb3JlUGFydHMSEQoJYWN0aXZhdGVkGAEgASgIEhQKDGRvbWFpbl9ib251cxgCIAEoARIWCg5jb21wbGV4aXR5X2ZpdBgDIAEoARIUCgxzdWNjZXNzX3JhdGUYBCABKAESFgoOc3VjY2Vzc19mYWN0b3IYBSABKAESFwoPcHJpb3JpdHlfd2VpZ2h0GAYgASgBEhIKCnJhbmtfc2NvcmUYByABKAESEwoLbG9hZF9mYWN0b3IYCCABKAEipAEKDkltcGxlbWVudGF0aW9uEgwKBG5hbWUYASABKAkSDQoFbW9kZWwYAiABKAkSDwoHYmFja2VuZBgDIAEoCRIPCgdxdWFsaXR5GAQgASgBEhoKEmNvc3RfcGVyX3F1ZXJ5X3VzZBgFIAEoARIbChNleHBlY3RlZF9sYXRlbmN5X21zGAYgASgBEhoKEm9wdGltYWxfY29tcGxleGl0eRgHIAEoASLBAQoUSW1wbGVtZW50YXRpb25DaG9pY2USMQoOaW1wbGVtZW50YXRpb24YASABKAsyGS5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb24SEQoJZml0X3Njb3JlGAIgASgBEhsKE21lZXRzX3F1YWxpdHlfZmxvb3IYAyABKAgSDgoGcmVhc29uGAQgASgJEjYKCnJlamVjdGlvbnMYBSADKAsyIi5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25SZWplY3Rpb24iSgoXSW1wbGVtZW50YXRpb25SZWplY3Rpb24SDAoEbmFtZRgBIAEoCRIOCgZyZWFzb24YAiABKAkSEQoJZml0X3Njb3JlGAMgASgBIpgBCglTZWxlY3Rpb24SDQoFc2tpbGwYASABKAkSDQoFc2NvcmUYAiABKAESJAoFcGFydHMYAyABKAsyFS5yb3V0ZXIudjEuU2NvcmVQYXJ0cxI3Cg5pbXBsZW1lbnRhdGlvbhgEIAEoCzIfLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvbkNob2ljZRIOCgZmb3JjZWQYBSABKAgieQoJUmVqZWN0aW9uEg0KBXNraWxsGAEgASgJEioKBnJlYXNvbhgCIAEoDjIaLnJvdXRlci52MS5SZWplY3Rpb25SZWFzb24SDgoGZGV0YWlsGAMgASgJEg0KBXNjb3JlGAQgASgBEhIKCnJhbmtfc2NvcmUYBSABKAEiSQoORXhlY3V0ZVJlcXVlc3QSDQoFcXVlcnkYASABKAkSKAoHY29udGV4dBgCIAEoCzIXLnJvdXRlci52MS5RdWVyeUNvbnRleHQizgIKC1NraWxsUmVzdWx0Eg0KBXNraWxsGAEgASgJEhYKDmltcGxlbWVudGF0aW9uGAIgASgJEg0KBW1vZGVsGAMgASgJEg4KBndlaWdodBgEIAEoARImCgZzdGF0dXMYBSABKA4yFi5yb3V0ZXIudjEuU2tpbGxTdGF0dXMSDgoGb3V0cHV0GAYgASgJEg0KBWVycm9yGAcgASgJEhAKCGNvc3RfdXNkGAggASgBEhIKCmxhdGVuY3lfbXMYCSABKAESFAoMaW5wdXRfdG9rZW5zGAogASgDEhUKDW91dHB1dF90b2tlbnMYCyABKAMSDwoHcXVhbGl0eRgMIAEoARIVCg1xdWV1ZV93YWl0X21zGA0gASgBEhAKCGF0dGVtcHRzGA4gASgFEhIKCmJhdGNoX3NpemUYDyABKAUSEQoJc2hhcmVkX2J5GBAgASgFImYKCVNoZWRTa2lsbBINCgVza2lsbBgBIAEoCRIlCgZyZWFzb24YAiABKA4yFS5yb3V0ZXIudjEuU2hlZFJlYXNvbhIOCgZkZXRhaWwYAyABKAkSEwoLcmVwbGFjZWRfYnkYBCABKAkiegoKQ29zdExlZGdlchISCgphY3R1YWxfdXNkGAEgASgBEhQKDGJhc2VsaW5lX3VzZBgCIAEoARIRCglzYXZlZF91c2QYAyABKAESFgoOc2F2ZWRfZnJhY3Rpb24YBCABKAESFwoPYmFzZWxpbmVfc2tpbGxzGAUgASgFIkYKBlRpbWluZxIUCgxzZWxlY3Rpb25fdXMYASABKAMSFAoMZXhlY3V0aW9uX3VzGAIgASgDEhAKCHRvdGFsX3VzGAMgASgDIt0CCg9FeGVjdXRlUmVzcG9uc2USEAoIcXVlcnlfaWQYASABKAkSEAoIdHJhY2VfaWQYAiABKAkSDAoEdGV4dBgDIAEoCRIoCgpzZWxlY3Rpb25zGAQgAygLMhQucm91dGVyLnYxLlNlbGVjdGlvbhInCgdyZXN1bHRzGAUgAygLMhYucm91dGVyLnYxLlNraWxsUmVzdWx0EigKCnJlamVjdGlvbnMYBiADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEiMKBGNvc3QYByABKAsyFS5yb3V0ZXIudjEuQ29zdExlZGdlchIhCgZ0aW1pbmcYCCABKAsyES5yb3V0ZXIudjEuVGltaW5nEg8KB3F1YWxpdHkYCSABKAESCQoBaxgKIAEoBRITCgttb2VfZW5hYmxlZBgLIAEoCBIiCgRzaGVkGAwgAygLMhQucm91dGVyLnYxLlNoZWRTa2lsbCI5CgxTdGF0c1JlcXVlc3QSKQoGd2luZG93GAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIugECgpTa2lsbFN0YXRzEg0KBXNraWxsGAEgASgJEhEKCWluX2ZsaWdodBgCIAEoBRIZChFjb25jdXJyZW5jeV9saW1pdBgDIAEoBRITCgt1dGlsaXphdGlvbhgEIAEoARITCgtxdWV1ZV9kZXB0aBgFIAEoBRINCgVjYWxscxgGIAEoAxIQCghmYWlsdXJlcxgHIAEoAxIUCgxzdWNjZXNzX3JhdGUYCCABKAESFgoObGF0ZW5jeV9wNTBfbXMYCSABKAESFgoObGF0ZW5jeV9wOTlfbXMYCiABKAESEAoIcmVqZWN0ZWQYCyABKAMSDAoEc2hlZBgMIAEoAxIRCgl0aW1lZF9vdXQYDSABKAMSUAoXcXVldWVfZGVwdGhfYnlfcHJpb3JpdHkYDiADKAsyLy5yb3V0ZXIudjEuU2tpbGxTdGF0cy5RdWV1ZURlcHRoQnlQcmlvcml0eUVudHJ5EhYKDnF1ZXVlX2NhcGFjaXR5GA8gASgFEhoKEm1lYW5fcXVldWVfd2FpdF9tcxgQIAEoARI3Cg9pbXBsZW1lbnRhdGlvbnMYESADKAsyHi5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25TdGF0cxIPCgdiYXRjaGVzGBIgASgDEhcKD21lYW5fYmF0Y2hfc2l6ZRgTIAEoARIaChJtZWFuX2JhdGNoX3dhaXRfbXMYFCABKAESFwoPY29hbGVzY2VkX2NhbGxzGBUgASgDGjsKGVF1ZXVlRGVwdGhCeVByaW9yaXR5RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASLPAQoTSW1wbGVtZW50YXRpb25TdGF0cxIMCgRuYW1lGAEgASgJEi4KDWJyZWFrZXJfc3RhdGUYAiABKA4yFy5yb3V0ZXIudjEuQnJlYWtlclN0YXRlEjAKDGhhbGZfb3Blbl9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASHAoUY29uc2VjdXRpdmVfZmFpbHVyZXMYBCABKAUSFAoMZmFpbHVyZV9yYXRlGAUgASgBEhQKDHRpbWVzX29wZW5lZBgGIAEoAyKkAQoGVG90YWxzEg8KB3F1ZXJpZXMYASABKAMSHAoUYXZnX3NraWxsc19wZXJfcXVlcnkYAiABKAESEAoIY29zdF91c2QYAyABKAESFgoOY29zdF9zYXZlZF91c2QYBCABKAESGQoRYmFzZWxpbmVfY29zdF91c2QYBSABKAESDgoGcm91dGVzGAYgASgDEhYKDmZhaWxlZF9xdWVyaWVzGAcgASgDIq4BCg1TdGF0c1Jlc3BvbnNlEiUKBnNraWxscxgBIAMoCzIVLnJvdXRlci52MS5Ta2lsbFN0YXRzEiEKBnRvdGFscxgCIAEoCzIRLnJvdXRlci52MS5Ub3RhbHMSFgoOdXB0aW1lX3NlY29uZHMYAyABKAESEwoLbW9lX2VuYWJsZWQYBCABKAgSJgoGd2luZG93GAUgASgLMhYucm91dGVyLnYxLldpbmRvd1N0YXRzIowBCgtIb3VybHlUcmVuZBIoCgRob3VyGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdxdWVyaWVzGAIgASgDEhQKDGF2Z19jb3N0X3VzZBgDIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYBCABKAESEwoLYXZnX3F1YWxpdHkYBSABKAEioQQKC1dpbmRvd1N0YXRzEhEKCWF2YWlsYWJsZRgBIAEoCBINCgVzdG9yZRgCIAEoCRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYBSABKAMSDgoGZXJyb3JzGAYgASgDEhsKE2F2Z19za2lsbHNfc2VsZWN0ZWQYByABKAESHgoWYXZnX2Nvc3RfcGVyX3F1ZXJ5X3VzZBgIIAEoARIWCg5jb3N0X3NhdmVkX3VzZBgJIAEoARIaChJhdmdfY29zdF9zYXZlZF91c2QYCiABKAESFwoPYXZnX3Jlc3BvbnNlX21zGAsgASgBEhcKD3A5OV9yZXNwb25zZV9tcxgMIAEoARITCgthdmdfcXVhbGl0eRgNIAEoARJJChJza2lsbF9kaXN0cmlidXRpb24YDiADKAsyLS5yb3V0ZXIudjEuV2luZG93U3RhdHMuU2tpbGxEaXN0cmlidXRpb25FbnRyeRImCgZob3VybHkYDyADKAsyFi5yb3V0ZXIudjEuSG91cmx5VHJlbmQSFAoMcm93c19kcm9wcGVkGBAgASgDGjgKFlNraWxsRGlzdHJpYnV0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASpeCghQcmlvcml0eRIYChRQUklPUklUWV9VTlNQRUNJRklFRBAAEhAKDFBSSU9SSVRZX0xPVxABEhMKD1BSSU9SSVRZX05PUk1BTBACEhEKDVBSSU9SSVRZX0hJR0gQAyrfAQoPUmVqZWN0aW9uUmVhc29uEiAKHFJFSkVDVElPTl9SRUFTT05fVU5TUEVDSUZJRUQQABIiCh5SRUpFQ1RJT05fUkVBU09OX05PVF9BQ1RJVkFURUQQARIgChxSRUpFQ1RJT05fUkVBU09OX0JFTE9XX1RPUF9LEAISHQoZUkVKRUNUSU9OX1JFQVNPTl9FWENMVURFRBADEiYKIlJFSkVDVElPTl9SRUFTT05fTk9fSU1QTEVNRU5UQVRJT04QBBIdChlSRUpFQ1RJT05fUkVBU09OX0RJU0FCTEVEEAUqdQoLU2tpbGxTdGF0dXMSHAoYU0tJTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASEwoPU0tJTExfU1RBVFVTX09LEAESFwoTU0tJTExfU1RBVFVTX0ZBSUxFRBACEhoKFlNLSUxMX1NUQVRVU19USU1FRF9PVVQQAyrWAQoKU2hlZFJlYXNvbhIbChdTSEVEX1JFQVNPTl9VTlNQRUNJRklFRBAAEhoKFlNIRURfUkVBU09OX1FVRVVFX0ZVTEwQARIcChhTSEVEX1JFQVNPTl9CUkVBS0VSX09QRU4QAhIdChlTSEVEX1JFQVNPTl9FWFBFQ1RFRF9XQUlUEAMSHQoZU0hFRF9SRUFTT05fUVVFVUVfVElNRU9VVBAEEhgKFFNIRURfUkVBU09OX0RFQURMSU5FEAUSGQoVU0hFRF9SRUFTT05fRElTUExBQ0VEEAYqfAoMQnJlYWtlclN0YXRlEh0KGUJSRUFLRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRCUkVBS0VSX1NUQVRFX0NMT1NFRBABEhYKEkJSRUFLRVJfU1RBVEVfT1BFThACEhsKF0JSRUFLRVJfU1RBVEVfSEFMRl9PUEVOEAMyyQEKDVJvdXRlclNlcnZpY2USOgoFUm91dGUSFy5yb3V0ZXIudjEuUm91dGVSZXF1ZXN0Ghgucm91dGVyLnYxLlJvdXRlUmVzcG9uc2USQAoHRXhlY3V0ZRIZLnJvdXRlci52MS5FeGVjdXRlUmVxdWVzdBoaLnJvdXRlci52MS5FeGVjdXRlUmVzcG9uc2USOgoFU3RhdHMSFy5yb3V0ZXIudjEuU3RhdHNSZXF1ZXN0Ghgucm91dGVyLnYxLlN0YXRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEi6wIKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUINCgtfY29tcGxleGl0eUITChFfcmVxdWlyZWRfcXVhbGl0eUIICgZfdG9wX2siRwoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0ItUBCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgSIwoHc2lnbmFscxgUIAEoCzISLnJvdXRlci52MS5TaWduYWxzIiwKC0RvbWFpblNjb3JlEg4KBmRvbWFpbhgBIAEoCRINCgVzY29yZRgCIAEoASKwAgoHU2lnbmFscxIOCgZkb21haW4YASABKAkSLgoNZG9tYWluX3NvdXJjZRgCIAEoDjIXLnJvdXRlci52MS5TaWduYWxTb3VyY2USJwoHZG9tYWlucxgDIAMoCzIWLnJvdXRlci52MS5Eb21haW5TY29yZRISCgpjb21wbGV4aXR5GAQgASgBEjIKEWNvbXBsZXhpdHlfc291cmNlGAUgASgOMhcucm91dGVyLnYxLlNpZ25hbFNvdXJjZRIOCgZtZXRob2QYBiABKAkSFAoMb3V0X29mX3Njb3BlGAcgASgIEhYKDmJlc3RfcmVsZXZhbmNlGAggASgBEh4KFm91dF9vZl9zY29wZV90aHJlc2hvbGQYCSABKAESFgoOZmFsbGJhY2tfc2tpbGwYCiABKAki6AEKClNjb3JlUGFydHMSEQoJYWN0aXZhdGVkGAEgASgIEhQKDGRvbWFpbl9ib251cxgCIAEoARIWCg5jb21wbGV4aXR5X2ZpdBgDIAEoARIUCgxzdWNjZXNzX3JhdGUYBCABKAESFgoOc3VjY2Vzc19mYWN0b3IYBSABKAESFwoPcHJpb3JpdHlfd2VpZ2h0GAYgASgBEhIKCnJhbmtfc2NvcmUYByABKAESEwoLbG9hZF9mYWN0b3IYCCABKAESFgoOdGV4dF9yZWxldmFuY2UYFCABKAESEQoJdGV4dF90ZXJtGBUgASgBIqQBCg5JbXBsZW1lbnRhdGlvbhIMCgRuYW1lGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2JhY2tlbmQYAyABKAkSDwoHcXVhbGl0eRgEIAEoARIaChJjb3N0X3Blcl9xdWVyeV91c2QYBSABKAESGwoTZXhwZWN0ZWRfbGF0ZW5jeV9tcxgGIAEoARIaChJvcHRpbWFsX2NvbXBsZXhpdHkYByABKAEiwQEKFEltcGxlbWVudGF0aW9uQ2hvaWNlEjEKDmltcGxlbWVudGF0aW9uGAEgASgLMhkucm91dGVyLnYxLkltcGxlbWVudGF0aW9uEhEKCWZpdF9zY29yZRgCIAEoARIbChNtZWV0c19xdWFsaXR5X2Zsb29yGAMgASgIEg4KBnJlYXNvbhgEIAEoCRI2CgpyZWplY3Rpb25zGAUgAygLMiIucm91dGVyLnYxLkltcGxlbWVudGF0aW9uUmVqZWN0aW9uIkoKF0ltcGxlbWVudGF0aW9uUmVqZWN0aW9uEgwKBG5hbWUYASABKAkSDgoGcmVhc29uGAIgASgJEhEKCWZpdF9zY29yZRgDIAEoASKYAQoJU2VsZWN0aW9uEg0KBXNraWxsGAEgASgJEg0KBXNjb3JlGAIgASgBEiQKBXBhcnRzGAMgASgLMhUucm91dGVyLnYxLlNjb3JlUGFydHMSNwoOaW1wbGVtZW50YXRpb24YBCABKAsyHy5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25DaG9pY2USDgoGZm9yY2VkGAUgASgIInkKCVJlamVjdGlvbhINCgVza2lsbBgBIAEoCRIqCgZyZWFzb24YAiABKA4yGi5yb3V0ZXIudjEuUmVqZWN0aW9uUmVhc29uEg4KBmRldGFpbBgDIAEoCRINCgVzY29yZRgEIAEoARISCgpyYW5rX3Njb3JlGAUgASgBIkkKDkV4ZWN1dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0Is4CCgtTa2lsbFJlc3VsdBINCgVza2lsbBgBIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgCIAEoCRINCgVtb2RlbBgDIAEoCRIOCgZ3ZWlnaHQYBCABKAESJgoGc3RhdHVzGAUgASgOMhYucm91dGVyLnYxLlNraWxsU3RhdHVzEg4KBm91dHB1dBgGIAEoCRINCgVlcnJvchgHIAEoCRIQCghjb3N0X3VzZBgIIAEoARISCgpsYXRlbmN5X21zGAkgASgBEhQKDGlucHV0X3Rva2VucxgKIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAsgASgDEg8KB3F1YWxpdHkYDCABKAESFQoNcXVldWVfd2FpdF9tcxgNIAEoARIQCghhdHRlbXB0cxgOIAEoBRISCgpiYXRjaF9zaXplGA8gASgFEhEKCXNoYXJlZF9ieRgQIAEoBSJmCglTaGVkU2tpbGwSDQoFc2tpbGwYASABKAkSJQoGcmVhc29uGAIgASgOMhUucm91dGVyLnYxLlNoZWRSZWFzb24SDgoGZGV0YWlsGAMgASgJEhMKC3JlcGxhY2VkX2J5GAQgASgJInoKCkNvc3RMZWRnZXISEgoKYWN0dWFsX3VzZBgBIAEoARIUCgxiYXNlbGluZV91c2QYAiABKAESEQoJc2F2ZWRfdXNkGAMgASgBEhYKDnNhdmVkX2ZyYWN0aW9uGAQgASgBEhcKD2Jhc2VsaW5lX3NraWxscxgFIAEoBSJGCgZUaW1pbmcSFAoMc2VsZWN0aW9uX3VzGAEgASgDEhQKDGV4ZWN1dGlvbl91cxgCIAEoAxIQCgh0b3RhbF91cxgDIAEoAyKCAwoPRXhlY3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEgwKBHRleHQYAyABKAkSKAoKc2VsZWN0aW9ucxgEIAMoCzIULnJvdXRlci52MS5TZWxlY3Rpb24SJwoHcmVzdWx0cxgFIAMoCzIWLnJvdXRlci52MS5Ta2lsbFJlc3VsdBIoCgpyZWplY3Rpb25zGAYgAygLMhQucm91dGVyLnYxLlJlamVjdGlvbhIjCgRjb3N0GAcgASgLMhUucm91dGVyLnYxLkNvc3RMZWRnZXISIQoGdGltaW5nGAggASgLMhEucm91dGVyLnYxLlRpbWluZxIPCgdxdWFsaXR5GAkgASgBEgkKAWsYCiABKAUSEwoLbW9lX2VuYWJsZWQYCyABKAgSIgoEc2hlZBgMIAMoCzIULnJvdXRlci52MS5TaGVkU2tpbGwSIwoHc2lnbmFscxgUIAEoCzISLnJvdXRlci52MS5TaWduYWxzIjkKDFN0YXRzUmVxdWVzdBIpCgZ3aW5kb3cYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i6AQKClNraWxsU3RhdHMSDQoFc2tpbGwYASABKAkSEQoJaW5fZmxpZ2h0GAIgASgFEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAMgASgFEhMKC3V0aWxpemF0aW9uGAQgASgBEhMKC3F1ZXVlX2RlcHRoGAUgASgFEg0KBWNhbGxzGAYgASgDEhAKCGZhaWx1cmVzGAcgASgDEhQKDHN1Y2Nlc3NfcmF0ZRgIIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgJIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgKIAEoARIQCghyZWplY3RlZBgLIAEoAxIMCgRzaGVkGAwgASgDEhEKCXRpbWVkX291dBgNIAEoAxJQChdxdWV1ZV9kZXB0aF9ieV9wcmlvcml0eRgOIAMoCzIvLnJvdXRlci52MS5Ta2lsbFN0YXRzLlF1ZXVlRGVwdGhCeVByaW9yaXR5RW50cnkSFgoOcXVldWVfY2FwYWNpdHkYDyABKAUSGgoSbWVhbl9xdWV1ZV93YWl0X21zGBAgASgBEjcKD2ltcGxlbWVudGF0aW9ucxgRIAMoCzIeLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvblN0YXRzEg8KB2JhdGNoZXMYEiABKAMSFwoPbWVhbl9iYXRjaF9zaXplGBMgASgBEhoKEm1lYW5fYmF0Y2hfd2FpdF9tcxgUIAEoARIXCg9jb2FsZXNjZWRfY2FsbHMYFSABKAMaOwoZUXVldWVEZXB0aEJ5UHJpb3JpdHlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBIs8BChNJbXBsZW1lbnRhdGlvblN0YXRzEgwKBG5hbWUYASABKAkSLgoNYnJlYWtlcl9zdGF0ZRgCIAEoDjIXLnJvdXRlci52MS5CcmVha2VyU3RhdGUSMAoMaGFsZl9vcGVuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgEIAEoBRIUCgxmYWlsdXJlX3JhdGUYBSABKAESFAoMdGltZXNfb3BlbmVkGAYgASgDIqQBCgZUb3RhbHMSDwoHcXVlcmllcxgBIAEoAxIcChRhdmdfc2tpbGxzX3Blcl9xdWVyeRgCIAEoARIQCghjb3N0X3VzZBgDIAEoARIWCg5jb3N0X3NhdmVkX3VzZBgEIAEoARIZChFiYXNlbGluZV9jb3N0X3VzZBgFIAEoARIOCgZyb3V0ZXMYBiABKAMSFgoOZmFpbGVkX3F1ZXJpZXMYByABKAMirgEKDVN0YXRzUmVzcG9uc2USJQoGc2tpbGxzGAEgAygLMhUucm91dGVyLnYxLlNraWxsU3RhdHMSIQoGdG90YWxzGAIgASgLMhEucm91dGVyLnYxLlRvdGFscxIWCg51cHRpbWVfc2Vjb25kcxgDIAEoARITCgttb2VfZW5hYmxlZBgEIAEoCBImCgZ3aW5kb3cYBSABKAsyFi5yb3V0ZXIudjEuV2luZG93U3RhdHMijAEKC0hvdXJseVRyZW5kEigKBGhvdXIYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYAiABKAMSFAoMYXZnX2Nvc3RfdXNkGAMgASgBEhcKD2F2Z19yZXNwb25zZV9tcxgEIAEoARITCgthdmdfcXVhbGl0eRgFIAEoASKhBAoLV2luZG93U3RhdHMSEQoJYXZhaWxhYmxlGAEgASgIEg0KBXN0b3JlGAIgASgJEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgV1bnRpbBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcXVlcmllcxgFIAEoAxIOCgZlcnJvcnMYBiABKAMSGwoTYXZnX3NraWxsc19zZWxlY3RlZBgHIAEoARIeChZhdmdfY29zdF9wZXJfcXVlcnlfdXNkGAggASgBEhYKDmNvc3Rfc2F2ZWRfdXNkGAkgASgBEhoKEmF2Z19jb3N0X3NhdmVkX3VzZBgKIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYCyABKAESFwoPcDk5X3Jlc3BvbnNlX21zGAwgASgBEhMKC2F2Z19xdWFsaXR5GA0gASgBEkkKEnNraWxsX2Rpc3RyaWJ1dGlvbhgOIAMoCzItLnJvdXRlci52MS5XaW5kb3dTdGF0cy5Ta2lsbERpc3RyaWJ1dGlvbkVudHJ5EiYKBmhvdXJseRgPIAMoCzIWLnJvdXRlci52MS5Ib3VybHlUcmVuZBIUCgxyb3dzX2Ryb3BwZWQYECABKAMaOAoWU2tpbGxEaXN0cmlidXRpb25FbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBKl4KCFByaW9yaXR5EhgKFFBSSU9SSVRZX1VOU1BFQ0lGSUVEEAASEAoMUFJJT1JJVFlfTE9XEAESEwoPUFJJT1JJVFlfTk9STUFMEAISEQoNUFJJT1JJVFlfSElHSBADKn4KDFNpZ25hbFNvdXJjZRIdChlTSUdOQUxfU09VUkNFX1VOU1BFQ0lGSUVEEAASGAoUU0lHTkFMX1NPVVJDRV9DQUxMRVIQARIaChZTSUdOQUxfU09VUkNFX0lORkVSUkVEEAISGQoVU0lHTkFMX1NPVVJDRV9ERUZBVUxUEAMq3wEKD1JlamVjdGlvblJlYXNvbhIgChxSRUpFQ1RJT05fUkVBU09OX1VOU1BFQ0lGSUVEEAASIgoeUkVKRUNUSU9OX1JFQVNPTl9OT1RfQUNUSVZBVEVEEAESIAocUkVKRUNUSU9OX1JFQVNPTl9CRUxPV19UT1BfSxACEh0KGVJFSkVDVElPTl9SRUFTT05fRVhDTFVERUQQAxImCiJSRUpFQ1RJT05fUkVBU09OX05PX0lNUExFTUVOVEFUSU9OEAQSHQoZUkVKRUNUSU9OX1JFQVNPTl9ESVNBQkxFRBAFKnUKC1NraWxsU3RhdHVzEhwKGFNLSUxMX1NUQVRVU19VTlNQRUNJRklFRBAAEhMKD1NLSUxMX1NUQVRVU19PSxABEhcKE1NLSUxMX1NUQVRVU19GQUlMRUQQAhIaChZTS0lMTF9TVEFUVVNfVElNRURfT1VUEAMq1gEKClNoZWRSZWFzb24SGwoXU0hFRF9SRUFTT05fVU5TUEVDSUZJRUQQABIaChZTSEVEX1JFQVNPTl9RVUVVRV9GVUxMEAESHAoYU0hFRF9SRUFTT05fQlJFQUtFUl9PUEVOEAISHQoZU0hFRF9SRUFTT05fRVhQRUNURURfV0FJVBADEh0KGVNIRURfUkVBU09OX1FVRVVFX1RJTUVPVVQQBBIYChRTSEVEX1JFQVNPTl9ERUFETElORRAFEhkKFVNIRURfUkVBU09OX0RJU1BMQUNFRBAGKnwKDEJyZWFrZXJTdGF0ZRIdChlCUkVBS0VSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQlJFQUtFUl9TVEFURV9DTE9TRUQQARIWChJCUkVBS0VSX1NUQVRFX09QRU4QAhIbChdCUkVBS0VSX1NUQVRFX0hBTEZfT1BFThADMskBCg1Sb3V0ZXJTZXJ2aWNlEjoKBVJvdXRlEhcucm91dGVyLnYxLlJvdXRlUmVxdWVzdBoYLnJvdXRlci52MS5Sb3V0ZVJlc3BvbnNlEkAKB0V4ZWN1dGUSGS5yb3V0ZXIudjEuRXhlY3V0ZVJlcXVlc3QaGi5yb3V0ZXIudjEuRXhlY3V0ZVJlc3BvbnNlEjoKBVN0YXRzEhcucm91dGVyLnYxLlN0YXRzUmVxdWVzdBoYLnJvdXRlci52MS5TdGF0c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * QueryContext is what the web app knows about a query, plus per-request
@@ -185,6 +185,14 @@ export type RouteResponse = Message<"router.v1.RouteResponse"> & {
    * @generated from field: bool moe_enabled = 6;
    */
   moeEnabled: boolean;
+
+  /**
+   * What the query was routed on: domain and complexity with their sources,
+   * the inferred domains, out of scope, and the method that read the text.
+   *
+   * @generated from field: router.v1.Signals signals = 20;
+   */
+  signals?: Signals | undefined;
 };
 
 /**
@@ -195,9 +203,127 @@ export const RouteResponseSchema: GenMessage<RouteResponse> = /*@__PURE__*/
   messageDesc(file_router_v1_router, 2);
 
 /**
- * ScoreParts are the terms of a skill's relevance score, as the seed defines
- * it: relevance = (1 + domain_bonus + complexity_fit) * success_factor, and
- * the ranking score is relevance * priority_weight.
+ * DomainScore is one inferred domain and how closely the query resembles
+ * the domain's example queries.
+ *
+ * @generated from message router.v1.DomainScore
+ */
+export type DomainScore = Message<"router.v1.DomainScore"> & {
+  /**
+   * Domain name, as configured under `domains`.
+   *
+   * @generated from field: string domain = 1;
+   */
+  domain: string;
+
+  /**
+   * Relevance, 0 to 1; 0.5 is the boundary calibrated on the examples.
+   *
+   * @generated from field: double score = 2;
+   */
+  score: number;
+};
+
+/**
+ * Describes the message router.v1.DomainScore.
+ * Use `create(DomainScoreSchema)` to create a new message.
+ */
+export const DomainScoreSchema: GenMessage<DomainScore> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 3);
+
+/**
+ * Signals are what a query is routed on, each value with its source.
+ *
+ * @generated from message router.v1.Signals
+ */
+export type Signals = Message<"router.v1.Signals"> & {
+  /**
+   * The domain the query was routed with.
+   *
+   * @generated from field: string domain = 1;
+   */
+  domain: string;
+
+  /**
+   * Where `domain` came from.
+   *
+   * @generated from field: router.v1.SignalSource domain_source = 2;
+   */
+  domainSource: SignalSource;
+
+  /**
+   * Domains inferred from the text, best first (also when the caller's
+   * domain won); empty when no domain has examples.
+   *
+   * @generated from field: repeated router.v1.DomainScore domains = 3;
+   */
+  domains: DomainScore[];
+
+  /**
+   * The complexity (0 to 10) the query was routed with.
+   *
+   * @generated from field: double complexity = 4;
+   */
+  complexity: number;
+
+  /**
+   * Where `complexity` came from.
+   *
+   * @generated from field: router.v1.SignalSource complexity_source = 5;
+   */
+  complexitySource: SignalSource;
+
+  /**
+   * How the text was read: "tfidf-linear", "embeddings:<model>",
+   * "complexity-estimate" or "none".
+   *
+   * @generated from field: string method = 6;
+   */
+  method: string;
+
+  /**
+   * True when no skill's examples resemble the query enough: skills with
+   * examples are not activated (the fallback skill is, when configured).
+   *
+   * @generated from field: bool out_of_scope = 7;
+   */
+  outOfScope: boolean;
+
+  /**
+   * The highest text relevance among the skills with examples, 0 to 1.
+   *
+   * @generated from field: double best_relevance = 8;
+   */
+  bestRelevance: number;
+
+  /**
+   * The text relevance a skill must reach for the query to be in scope.
+   *
+   * @generated from field: double out_of_scope_threshold = 9;
+   */
+  outOfScopeThreshold: number;
+
+  /**
+   * The skill activated when the query is out of scope ("" none).
+   *
+   * @generated from field: string fallback_skill = 10;
+   */
+  fallbackSkill: string;
+};
+
+/**
+ * Describes the message router.v1.Signals.
+ * Use `create(SignalsSchema)` to create a new message.
+ */
+export const SignalsSchema: GenMessage<Signals> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 4);
+
+/**
+ * ScoreParts are the terms of a skill's relevance score, the seed's plus the
+ * text term: relevance = (1 + domain_bonus + complexity_fit + text_term) *
+ * success_factor, and the ranking score is relevance * priority_weight.
+ * text_term is 0 for a skill without examples, so with no examples
+ * configured the formula is exactly the seed's.
  *
  * @generated from message router.v1.ScoreParts
  */
@@ -259,6 +385,21 @@ export type ScoreParts = Message<"router.v1.ScoreParts"> & {
    * @generated from field: double load_factor = 8;
    */
   loadFactor: number;
+
+  /**
+   * How closely the query resembles the skill's example queries, 0 to 1
+   * (0 when the skill has none); 0.5 is the calibrated boundary.
+   *
+   * @generated from field: double text_relevance = 20;
+   */
+  textRelevance: number;
+
+  /**
+   * text_weight (1) * text_relevance: the term it adds to the sum.
+   *
+   * @generated from field: double text_term = 21;
+   */
+  textTerm: number;
 };
 
 /**
@@ -266,7 +407,7 @@ export type ScoreParts = Message<"router.v1.ScoreParts"> & {
  * Use `create(ScorePartsSchema)` to create a new message.
  */
 export const ScorePartsSchema: GenMessage<ScoreParts> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 3);
+  messageDesc(file_router_v1_router, 5);
 
 /**
  * Implementation describes one backend of a skill as configured.
@@ -329,7 +470,7 @@ export type Implementation = Message<"router.v1.Implementation"> & {
  * Use `create(ImplementationSchema)` to create a new message.
  */
 export const ImplementationSchema: GenMessage<Implementation> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 4);
+  messageDesc(file_router_v1_router, 6);
 
 /**
  * ImplementationChoice is the implementation chosen for a selected skill and
@@ -380,7 +521,7 @@ export type ImplementationChoice = Message<"router.v1.ImplementationChoice"> & {
  * Use `create(ImplementationChoiceSchema)` to create a new message.
  */
 export const ImplementationChoiceSchema: GenMessage<ImplementationChoice> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 5);
+  messageDesc(file_router_v1_router, 7);
 
 /**
  * ImplementationRejection says why one implementation was not chosen.
@@ -415,7 +556,7 @@ export type ImplementationRejection = Message<"router.v1.ImplementationRejection
  * Use `create(ImplementationRejectionSchema)` to create a new message.
  */
 export const ImplementationRejectionSchema: GenMessage<ImplementationRejection> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 6);
+  messageDesc(file_router_v1_router, 8);
 
 /**
  * Selection is one chosen skill.
@@ -465,7 +606,7 @@ export type Selection = Message<"router.v1.Selection"> & {
  * Use `create(SelectionSchema)` to create a new message.
  */
 export const SelectionSchema: GenMessage<Selection> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 7);
+  messageDesc(file_router_v1_router, 9);
 
 /**
  * Rejection is a skill that was considered but not chosen.
@@ -514,7 +655,7 @@ export type Rejection = Message<"router.v1.Rejection"> & {
  * Use `create(RejectionSchema)` to create a new message.
  */
 export const RejectionSchema: GenMessage<Rejection> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 8);
+  messageDesc(file_router_v1_router, 10);
 
 /**
  * ExecuteRequest asks the chosen skills to answer a query.
@@ -542,7 +683,7 @@ export type ExecuteRequest = Message<"router.v1.ExecuteRequest"> & {
  * Use `create(ExecuteRequestSchema)` to create a new message.
  */
 export const ExecuteRequestSchema: GenMessage<ExecuteRequest> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 9);
+  messageDesc(file_router_v1_router, 11);
 
 /**
  * SkillResult is what one chosen skill returned.
@@ -672,7 +813,7 @@ export type SkillResult = Message<"router.v1.SkillResult"> & {
  * Use `create(SkillResultSchema)` to create a new message.
  */
 export const SkillResultSchema: GenMessage<SkillResult> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 10);
+  messageDesc(file_router_v1_router, 12);
 
 /**
  * ShedSkill is a chosen skill that was dropped because it could not take the
@@ -715,7 +856,7 @@ export type ShedSkill = Message<"router.v1.ShedSkill"> & {
  * Use `create(ShedSkillSchema)` to create a new message.
  */
 export const ShedSkillSchema: GenMessage<ShedSkill> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 11);
+  messageDesc(file_router_v1_router, 13);
 
 /**
  * CostLedger compares what the query cost with what firing every activated
@@ -766,7 +907,7 @@ export type CostLedger = Message<"router.v1.CostLedger"> & {
  * Use `create(CostLedgerSchema)` to create a new message.
  */
 export const CostLedgerSchema: GenMessage<CostLedger> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 12);
+  messageDesc(file_router_v1_router, 14);
 
 /**
  * Timing of one query's stages.
@@ -802,7 +943,7 @@ export type Timing = Message<"router.v1.Timing"> & {
  * Use `create(TimingSchema)` to create a new message.
  */
 export const TimingSchema: GenMessage<Timing> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 13);
+  messageDesc(file_router_v1_router, 15);
 
 /**
  * ExecuteResponse is the synthesized answer and how it was made.
@@ -894,6 +1035,13 @@ export type ExecuteResponse = Message<"router.v1.ExecuteResponse"> & {
    * @generated from field: repeated router.v1.ShedSkill shed = 12;
    */
   shed: ShedSkill[];
+
+  /**
+   * What the query was routed on (see RouteResponse.signals).
+   *
+   * @generated from field: router.v1.Signals signals = 20;
+   */
+  signals?: Signals | undefined;
 };
 
 /**
@@ -901,7 +1049,7 @@ export type ExecuteResponse = Message<"router.v1.ExecuteResponse"> & {
  * Use `create(ExecuteResponseSchema)` to create a new message.
  */
 export const ExecuteResponseSchema: GenMessage<ExecuteResponse> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 14);
+  messageDesc(file_router_v1_router, 16);
 
 /**
  * StatsRequest asks for the sidecar's state.
@@ -923,7 +1071,7 @@ export type StatsRequest = Message<"router.v1.StatsRequest"> & {
  * Use `create(StatsRequestSchema)` to create a new message.
  */
 export const StatsRequestSchema: GenMessage<StatsRequest> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 15);
+  messageDesc(file_router_v1_router, 17);
 
 /**
  * SkillStats is the live state of one skill.
@@ -1088,7 +1236,7 @@ export type SkillStats = Message<"router.v1.SkillStats"> & {
  * Use `create(SkillStatsSchema)` to create a new message.
  */
 export const SkillStatsSchema: GenMessage<SkillStats> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 16);
+  messageDesc(file_router_v1_router, 18);
 
 /**
  * ImplementationStats is the live state of one implementation of a skill.
@@ -1144,7 +1292,7 @@ export type ImplementationStats = Message<"router.v1.ImplementationStats"> & {
  * Use `create(ImplementationStatsSchema)` to create a new message.
  */
 export const ImplementationStatsSchema: GenMessage<ImplementationStats> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 17);
+  messageDesc(file_router_v1_router, 19);
 
 /**
  * Totals since the sidecar started.
@@ -1207,7 +1355,7 @@ export type Totals = Message<"router.v1.Totals"> & {
  * Use `create(TotalsSchema)` to create a new message.
  */
 export const TotalsSchema: GenMessage<Totals> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 18);
+  messageDesc(file_router_v1_router, 20);
 
 /**
  * StatsResponse is the sidecar's state.
@@ -1256,7 +1404,7 @@ export type StatsResponse = Message<"router.v1.StatsResponse"> & {
  * Use `create(StatsResponseSchema)` to create a new message.
  */
 export const StatsResponseSchema: GenMessage<StatsResponse> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 19);
+  messageDesc(file_router_v1_router, 21);
 
 /**
  * HourlyTrend is one hour of the window.
@@ -1305,7 +1453,7 @@ export type HourlyTrend = Message<"router.v1.HourlyTrend"> & {
  * Use `create(HourlyTrendSchema)` to create a new message.
  */
 export const HourlyTrendSchema: GenMessage<HourlyTrend> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 20);
+  messageDesc(file_router_v1_router, 22);
 
 /**
  * WindowStats are the seed's dashboard figures over a window of time.
@@ -1432,7 +1580,7 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
  * Use `create(WindowStatsSchema)` to create a new message.
  */
 export const WindowStatsSchema: GenMessage<WindowStats> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 21);
+  messageDesc(file_router_v1_router, 23);
 
 /**
  * Priority of a query. Higher-priority queries are admitted first.
@@ -1474,6 +1622,45 @@ export enum Priority {
  */
 export const PrioritySchema: GenEnum<Priority> = /*@__PURE__*/
   enumDesc(file_router_v1_router, 0);
+
+/**
+ * SignalSource says where a signal's value came from.
+ *
+ * @generated from enum router.v1.SignalSource
+ */
+export enum SignalSource {
+  /**
+   * @generated from enum value: SIGNAL_SOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Set by the caller in QueryContext; always wins.
+   *
+   * @generated from enum value: SIGNAL_SOURCE_CALLER = 1;
+   */
+  CALLER = 1,
+
+  /**
+   * Read from the query text (query understanding).
+   *
+   * @generated from enum value: SIGNAL_SOURCE_INFERRED = 2;
+   */
+  INFERRED = 2,
+
+  /**
+   * The configured default: neither the caller nor the text gave one.
+   *
+   * @generated from enum value: SIGNAL_SOURCE_DEFAULT = 3;
+   */
+  DEFAULT = 3,
+}
+
+/**
+ * Describes the enum router.v1.SignalSource.
+ */
+export const SignalSourceSchema: GenEnum<SignalSource> = /*@__PURE__*/
+  enumDesc(file_router_v1_router, 1);
 
 /**
  * Reason a skill was not chosen.
@@ -1529,7 +1716,7 @@ export enum RejectionReason {
  * Describes the enum router.v1.RejectionReason.
  */
 export const RejectionReasonSchema: GenEnum<RejectionReason> = /*@__PURE__*/
-  enumDesc(file_router_v1_router, 1);
+  enumDesc(file_router_v1_router, 2);
 
 /**
  * Outcome of one skill's call.
@@ -1571,7 +1758,7 @@ export enum SkillStatus {
  * Describes the enum router.v1.SkillStatus.
  */
 export const SkillStatusSchema: GenEnum<SkillStatus> = /*@__PURE__*/
-  enumDesc(file_router_v1_router, 2);
+  enumDesc(file_router_v1_router, 3);
 
 /**
  * Why a chosen skill could not take a query.
@@ -1634,7 +1821,7 @@ export enum ShedReason {
  * Describes the enum router.v1.ShedReason.
  */
 export const ShedReasonSchema: GenEnum<ShedReason> = /*@__PURE__*/
-  enumDesc(file_router_v1_router, 3);
+  enumDesc(file_router_v1_router, 4);
 
 /**
  * State of a circuit breaker.
@@ -1675,7 +1862,7 @@ export enum BreakerState {
  * Describes the enum router.v1.BreakerState.
  */
 export const BreakerStateSchema: GenEnum<BreakerState> = /*@__PURE__*/
-  enumDesc(file_router_v1_router, 4);
+  enumDesc(file_router_v1_router, 5);
 
 /**
  * RouterService routes queries to skills.
