@@ -11,7 +11,8 @@ The text term is this project's addition to the seed: ``text relevance``
 skill's configured examples. A skill without examples has no text term
 (0), so with no examples configured the formula is exactly the seed's.
 With signals, a query out of scope (no skill with examples resembles it
-enough) activates no skill with examples; ``routing.fallback_skill``, when
+enough) activates no skill with examples (a skill whose keywords matched
+stays: keywords are an explicit rule); ``routing.fallback_skill``, when
 set, is activated instead, whatever its own activation rule says.
 
 Scoring reads no load probe: selection ranks, admission decides capacity.
@@ -75,7 +76,7 @@ def score_skill(skill: SkillSpec, query: Query, success_rate: float, query_lower
     if signals is not None and signals.out_of_scope:
         if skill.name == signals.fallback_skill:
             activated, reason = True, ""
-        elif text_relevance is not None and activated:
+        elif text_relevance is not None and activated and not skill.activation.keywords:
             activated, reason = False, (
                 f"out of scope: no skill's text relevance reaches {signals.threshold:.2f} "
                 f"(best {signals.best_relevance:.2f}, this skill {text_relevance:.2f})")

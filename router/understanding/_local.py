@@ -43,6 +43,7 @@ MEDIAN_RELEVANCE = 0.95  # relevance of the median held-out example
 MAX_FOLDS = 5
 FOLDS_UP_TO = 3000  # examples; beyond, one 20 % fold
 SVM_C = 1.0
+STOP_WORDS: str | None = None  # English stop words cost ~1 point of BANKING77 top-1
 
 
 def calibrate(held_out_best: Sequence[float]) -> Calibration | None:
@@ -64,7 +65,8 @@ class _Featurizer:
     concatenated, normalized again)."""
 
     def __init__(self, texts: Sequence[str]) -> None:
-        self.word = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True, dtype=np.float32)
+        self.word = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True, dtype=np.float32,
+                                    stop_words=STOP_WORDS)
         self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, lowercase=True,
                                     min_df=2 if len(texts) >= 200 else 1, dtype=np.float32)
         self.word.fit(texts)
