@@ -418,3 +418,27 @@ def test_bundled_config_routes_the_nda_question_to_legal_by_text() -> None:
     skills, domains = fitted.read("Is this NDA clause enforceable?")
     assert max(domains, key=domains.get) == "legal" and domains["legal"] >= 0.5
     assert max(skills, key=skills.get) == "legal"
+
+
+# --------------------------------------------------------------- spans
+
+async def test_query_span_records_signal_sources_never_the_text() -> None:
+    from support.otlp_receiver import OtlpGrpcReceiver
+    from test_telemetry import TRACEPARENT, by_name, drive, grpc_env, legal_plan
+
+    from router.core.signals import DomainScore
+    from router.telemetry import TelemetrySettings, setup_telemetry
+
+    plan = legal_plan()
+    sig = Signals(domain="legal", domain_source=SignalSource.INFERRED, complexity=6,
+                  complexity_source=SignalSource.CALLER, domains=(DomainScore("legal", 0.9),),
+                  relevance={"legal": 0.9}, best_relevance=0.9, method="tfidf-linear")
+    async with OtlpGrpcReceiver() as rx:
+        tel = setup_telemetry(TelemetrySettings(), env=grpc_env(rx))
+        await drive(tel, replace(plan, signals=sig), [("traceparent", TRACEPARENT)])
+        await tel.aclose()
+        spans = await rx.wait_for_spans(8)
+    a = by_name(spans, "router.execute").attributes
+    assert a["router.signals.domain_source"] == "inferred" and a["router.signals.complexity_source"] == "caller"
+    assert a["router.signals.method"] == "tfidf-linear" and a["router.signals.domains"] == ["legal"]
+    assert not any(plan.query.text in str(v) for v in a.values())
