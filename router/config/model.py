@@ -168,6 +168,16 @@ class RouterConfig:
 
     # --- human summary -------------------------------------------------------
 
+    def _understanding_line(self) -> str:
+        u = self.understanding
+        enc = u.encoder if u.encoder != "embeddings" or u.embeddings is None else f"embeddings ({u.embeddings.model})"
+        n_sk = sum(len(v) for v in self.skill_examples.values())
+        n_dom = sum(len(v) for v in self.domain_examples.values())
+        thr = "calibrated (0.5)" if u.out_of_scope_threshold is None else f"{u.out_of_scope_threshold:g}"
+        return (f"understanding: encoder {enc}; {n_sk} examples for {len(self.skill_examples)} skills, "
+                f"{n_dom} for {len(self.domain_examples)} domains; out-of-scope threshold {thr}; fallback "
+                f"{self.routing.fallback_skill or 'none'}; complexity {'estimated' if u.estimate_complexity else 'default'}")
+
     def summary(self, env: Mapping[str, str] | None = None) -> str:
         """What ``skill-router check-config`` prints. ``env`` (when given) is
         used to say whether each api_key_env variable is set; no value is shown."""
@@ -191,6 +201,7 @@ class RouterConfig:
                 f"defaults: complexity {p.default_complexity:g}, success rate {p.default_success_rate:g} "
                 f"over the last {r.success_window} calls"
             ),
+            self._understanding_line(),
             (
                 f"server: listen {self.server.listen}; default deadline {self.server.default_deadline_s:g}s; "
                 f"grace {self.server.grace_period_s:g}s; max concurrent RPCs "
