@@ -442,3 +442,19 @@ async def test_query_span_records_signal_sources_never_the_text() -> None:
     assert a["router.signals.domain_source"] == "inferred" and a["router.signals.complexity_source"] == "caller"
     assert a["router.signals.method"] == "tfidf-linear" and a["router.signals.domains"] == ["legal"]
     assert not any(plan.query.text in str(v) for v in a.values())
+
+
+async def test_embeddings_down_at_start_up_serves_without_text_signals(tmp_path: Path) -> None:
+    data = understanding_config("http://127.0.0.1:9", encoder="embeddings",
+                                embeddings={"url": "http://127.0.0.1:9", "model": "m", "cache_dir": None,
+                                            "timeout_s": 1})
+    app = build_app(parse_config(data, "<tests>", {}, base_dir=tmp_path), "127.0.0.1:0")
+    await app.start()
+    try:
+        async with AsyncRouterClient(app.address, timeout=10) as c:
+            resp = await c.route("Is this NDA clause enforceable?", force_skills=["legal"])
+        assert resp.signals.method.startswith("none (embeddings unavailable at start-up")
+        assert resp.signals.complexity_source == pb.SIGNAL_SOURCE_INFERRED  # the estimate needs no encoder
+        assert resp.selections[0].skill == "legal" and not resp.signals.out_of_scope
+    finally:
+        await app.stop(0)

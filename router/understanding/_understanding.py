@@ -50,11 +50,14 @@ class TextUnderstanding:
         self.complexity = complexity
         self.fitted: FittedLocal | FittedEmbeddings | None = None
         self.fit_s = 0.0
+        self.start_error = ""  # why the encoder could not be fitted at start-up
 
     @property
     def method(self) -> str:
         if self.fitted is not None:
             return self.fitted.method
+        if self.start_error:
+            return f"none ({self.start_error})"
         return "complexity-estimate" if self.complexity else "none"
 
     @property
@@ -69,7 +72,15 @@ class TextUnderstanding:
             fitted: FittedLocal | FittedEmbeddings = await asyncio.to_thread(
                 self.encoder.fit, self.skill_examples, self.domain_examples)
         else:
-            fitted = await self.encoder.fit(self.skill_examples, self.domain_examples)
+            try:
+                fitted = await self.encoder.fit(self.skill_examples, self.domain_examples)
+            except BackendError as exc:
+                # Like a backend that does not warm: logged, not fatal. The
+                # router serves on the callers' values and the rules, and
+                # every response's signals.method says why.
+                self.start_error = f"embeddings unavailable at start-up: {type(exc).__name__}"
+                log.error("query understanding: cannot embed the examples (%s); serving without text signals", exc)
+                return
         self.fit_s = time.perf_counter() - t0
         self.fitted = fitted
         log.info("query understanding: %s fitted on %d examples (%d skills, %d domains) in %.2fs",
