@@ -33,11 +33,11 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.svm import LinearSVC
 
 from router.core.signals import Calibration
+
+# scikit-learn is imported where a model is fitted (about 1.5 s of CPU at
+# import): a process that fits nothing never loads it.
 
 __all__ = ["FittedLabels", "FittedLocal", "LocalEncoder", "calibrate"]
 
@@ -78,6 +78,8 @@ class _Featurizer:
     concatenated, normalized again)."""
 
     def __init__(self, texts: Sequence[str]) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         self.word = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True, dtype=np.float32,
                                     stop_words=STOP_WORDS)
         self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=CHAR_NGRAMS, sublinear_tf=True, lowercase=True,
@@ -182,6 +184,9 @@ def _fit_weights(x, y: np.ndarray, n_labels: int, svm: bool = True) -> tuple[Any
     """(W (labels × features), b, kind) for CSR ``x`` and label indices ``y``."""
     present = np.unique(y)
     if svm and len(present) >= 2:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.svm import LinearSVC
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             svm = LinearSVC(C=SVM_C, max_iter=2000).fit(x, y)
