@@ -87,6 +87,9 @@ class Embedder(Protocol):
 
     model: str
 
+    async def warm(self) -> None:
+        """Open the pool's connections; raise if the endpoint is unreachable."""
+
     async def embed(self, texts: Sequence[str], timeout_s: float) -> list[list[float]]:
         """One vector per text, in order. Raises a ``BackendError`` on failure."""
 

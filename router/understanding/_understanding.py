@@ -73,6 +73,13 @@ class TextUnderstanding:
                 self.encoder.fit, self.skill_examples, self.domain_examples)
         else:
             try:
+                # Warm the pool first, so the first query finds an open
+                # connection even when every example vector is cached. Some
+                # servers (TEI) have no /v1/models: only the fit decides.
+                await self.encoder.embedder.warm()
+            except BackendError as exc:
+                log.warning("query understanding: embeddings endpoint did not warm: %s", exc)
+            try:
                 fitted = await self.encoder.fit(self.skill_examples, self.domain_examples)
             except BackendError as exc:
                 # Like a backend that does not warm: logged, not fatal. The
