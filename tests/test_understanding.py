@@ -458,3 +458,17 @@ async def test_embeddings_down_at_start_up_serves_without_text_signals(tmp_path:
         assert resp.selections[0].skill == "legal" and not resp.signals.out_of_scope
     finally:
         await app.stop(0)
+
+
+async def test_bundled_config_served_routes_the_nda_question_to_legal(emulator_u) -> None:
+    cfg = load_config(None, {}).with_urls(emulator_u.url)
+    cfg = replace(cfg, storage=cfg.storage.model_copy(update={"sqlite_path": None}))
+    app = build_app(cfg, "127.0.0.1:0")
+    await app.start()
+    try:
+        async with AsyncRouterClient(app.address, timeout=10) as c:
+            resp = await c.route("Is this NDA clause enforceable?")
+    finally:
+        await app.stop(0)
+    assert resp.selections[0].skill == "legal"
+    assert resp.signals.domain == "legal" and resp.signals.domain_source == pb.SIGNAL_SOURCE_INFERRED
