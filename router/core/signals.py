@@ -99,17 +99,6 @@ class Signals:
         return self.relevance.get(skill)
 
 
-def caller_signals(query: Query) -> Signals:
-    """The signals of a query when the text is not read (no understanding
-    configured): the query's own values, sources as given."""
-    return Signals(
-        domain=query.domain,
-        domain_source=SignalSource.CALLER if query.domain_given else SignalSource.DEFAULT,
-        complexity=query.complexity,
-        complexity_source=SignalSource.CALLER if query.complexity_given else SignalSource.DEFAULT,
-    )
-
-
 def resolve_signals(
     query: Query,
     reading: TextReading,
