@@ -21,6 +21,7 @@ Variants, in the same run:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import random
@@ -53,7 +54,7 @@ def skills_for(n: int, *, domains: bool) -> list[SkillSpec]:
     return out
 
 
-def measure(n: int, variant: str, samples: int, rng: random.Random) -> dict[str, Any]:
+async def measure(n: int, variant: str, samples: int, rng: random.Random) -> dict[str, Any]:
     skills = skills_for(n, domains=variant != "no_domains")
     backends = {(s.name, i.name): FakeBackend(i) for s in skills for i in s.implementations}
     p = make_pipeline(skills, backends)
@@ -62,13 +63,13 @@ def measure(n: int, variant: str, samples: int, rng: random.Random) -> dict[str,
     queries = [Query(text="a question", domain=f"d{rng.randrange(n_domains)}", complexity=float(rng.randrange(11)))
                for _ in range(samples)]
     for q in queries[: max(5, samples // 10)]:  # warm-up
-        p.route(q, explain_all=explain)
+        await p.route(q, explain_all=explain)
     times_us: list[float] = []
     sizes: list[int] = []
     gc.collect()
     for q in queries:
         t0 = time.perf_counter_ns()
-        out = p.route(q, explain_all=explain)
+        out = await p.route(q, explain_all=explain)
         times_us.append((time.perf_counter_ns() - t0) / 1000)
         sel, rej = plan_parts(out.plan)
         sizes.append(pb.RouteResponse(query_id=out.query_id, selections=sel, rejections=rej, k=out.plan.k,
@@ -85,7 +86,7 @@ def run(quick: bool) -> dict[str, Any]:
     for n in SIZES:
         samples = (50 if quick else 400) if n <= 1_000 else (10 if quick else 60)
         for variant in ("bounded", "explain_all", "no_domains"):
-            row = measure(n, variant, samples, rng)
+            row = asyncio.run(measure(n, variant, samples, rng))
             rows.append(row)
             print(f"  {n:>6} skills  {variant:<11}  p50 {row['p50_us']:9.1f} µs  p99 {row['p99_us']:9.1f} µs  "
                   f"{row['response_bytes']:9.0f} B", flush=True)

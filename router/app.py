@@ -31,9 +31,10 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from router.admin import AdminError, AdminServer
-from router.backends import BackendPool, build_backend
+from router.backends import BackendPool, EmbeddingsClient, build_backend
 from router.config import RouterConfig
 from router.core.batching import BatchKeyMode
 from router.core.breaker import BreakerConfig, Transition
@@ -42,10 +43,11 @@ from router.core.limits import AIMDLimit, Gradient2Limit, LimitAlgorithm
 from router.core.redact import Redactor
 from router.core.retry import RetryPolicy
 from router.core.routing import SkillIndex
-from router.core.types import SkillSpec
+from router.core.signals import DEFAULT_OUT_OF_SCOPE_THRESHOLD
+from router.core.types import ImplementationSpec, SkillSpec
 from router.runtime.calls import BatchingOptions
 from router.runtime.pipeline import Pipeline
-from router.runtime.ports import Backend
+from router.runtime.ports import Backend, Understanding
 from router.runtime.registry import LiveRegistry
 from router.runtime.skills import SkillRuntime, SkillSettings, build_gate
 from router.runtime.stats import Snapshot, skill_snapshots
@@ -53,6 +55,7 @@ from router.service.server import RouterServer, TlsFiles
 from router.service.servicer import RouterServicer
 from router.storage import MetricsStore, StoreSettings, WindowAggregate, make_store, query_hasher
 from router.telemetry import Telemetry, TelemetrySettings, setup_telemetry
+from router.understanding import EmbeddingsEncoder, LocalEncoder, TextUnderstanding
 
 log = logging.getLogger("router")
 
@@ -196,6 +199,10 @@ class App:
         return self._generation.pipeline
 
     @property
+    def understanding(self) -> Understanding | None:
+        return self._generation.pipeline.understanding
+
+    @property
     def address(self) -> str:
         return self.server.address
 
@@ -214,6 +221,8 @@ class App:
 
     async def start(self) -> None:
         async with self._reload_lock:  # a reload asked for during start-up waits for it
+            if self.pipeline.understanding is not None:
+                await self.pipeline.understanding.start()  # fit on the examples before serving
             if self.store is not None:
                 await self.store.start()
             await self.server.start()
@@ -252,6 +261,8 @@ class App:
                 await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.pipeline.aclose()
         await self.pool.aclose()
+        if self.pipeline.understanding is not None:
+            await self.pipeline.understanding.aclose()
         if self.store is not None:
             await self.store.aclose()
         # The exporters flush in what is left of the grace, keeping half a
@@ -330,10 +341,15 @@ class App:
             for name in rebuild:
                 runtimes[name] = _runtime(settings[name], lookup, self.telemetry, self.registry,
                                           lambda: self._generation.runtimes)
+            # Query understanding is fitted on the new file's examples before the swap.
+            understanding = build_understanding(config)
+            if understanding is not None:
+                await understanding.start()
             pipeline = Pipeline(SkillIndex(config.skills), config.policy, runtimes, self.registry,
                                 observer=old.pipeline.observer, sink=self.store,
                                 load_bias=config.admission.load_bias,
-                                default_deadline_s=config.server.default_deadline_s, hash_query=self._hash_query)
+                                default_deadline_s=config.server.default_deadline_s, hash_query=self._hash_query,
+                                understanding=understanding)
         except BaseException:
             await asyncio.shield(BackendPool(fresh).aclose())  # nothing of the failed generation stays open
             raise
@@ -378,6 +394,8 @@ class App:
         for rt in runtimes:
             await rt.aclose()
         await BackendPool(backends).aclose()
+        if old.pipeline.understanding is not None:
+            await old.pipeline.understanding.aclose()
         log.info("config generation %d retired: %d skill runtime(s) and %d backend(s) closed", old.number,
                  len(runtimes), len(backends))
 
@@ -505,6 +523,28 @@ def _runtime(settings: SkillSettings, backends: BackendPool, telemetry: Telemetr
     return rt
 
 
+def build_understanding(config: RouterConfig) -> TextUnderstanding | None:
+    """Query understanding as configured (None: the text is not read)."""
+    u = config.understanding
+    encoder: LocalEncoder | EmbeddingsEncoder | None = None
+    if u.encoder == "local":
+        encoder = LocalEncoder()
+    elif u.encoder == "embeddings":
+        e = u.embeddings
+        assert e is not None  # the schema requires it
+        client = EmbeddingsClient(ImplementationSpec(
+            name="embeddings", backend="openai", url=e.url, model=e.model, quality=1.0, cost_per_query=0.0,
+            expected_latency_ms=e.timeout_s * 100, optimal_complexity=5.0, api_key_env=e.api_key_env,
+            timeout_s=e.timeout_s, max_connections=e.max_connections))
+        cache = None if e.cache_dir is None else Path(config.base_dir) / Path(e.cache_dir).expanduser()
+        encoder = EmbeddingsEncoder(client, cache_dir=cache, timeout_s=e.timeout_s, batch_size=e.batch_size)
+    if encoder is None and not u.estimate_complexity:
+        return None
+    threshold = DEFAULT_OUT_OF_SCOPE_THRESHOLD if u.out_of_scope_threshold is None else u.out_of_scope_threshold
+    return TextUnderstanding(encoder, config.skill_examples, config.domain_examples, threshold=threshold,
+                             fallback_skill=config.routing.fallback_skill or "", complexity=u.estimate_complexity)
+
+
 def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[str, str] | None = None,
               loader: Callable[[], RouterConfig] | None = None) -> App:
     """Wire the sidecar from ``config``; ``env`` (default os.environ) holds the
@@ -541,7 +581,8 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
     hash_query = query_hasher(config.storage.sqlite_path, config.storage.postgres_dsn, environ)
     pipeline = Pipeline(SkillIndex(config.skills), config.policy, runtimes, registry, observer=telemetry.observer,
                         sink=store, load_bias=config.admission.load_bias,
-                        default_deadline_s=config.server.default_deadline_s, hash_query=hash_query)
+                        default_deadline_s=config.server.default_deadline_s, hash_query=hash_query,
+                        understanding=build_understanding(config))
     front = FrontDoor(listen or config.server.listen, redact=redact, tls=_tls(config), token=token)
     app = App(config, pool, registry, runtimes, pipeline, telemetry, store, front, loader=loader,
               hash_query=hash_query)

@@ -145,7 +145,8 @@ async def _run_mode(config: RouterConfig, queries: list[tuple[str, str, float]],
                 async with sem:
                     t0 = time.perf_counter()
                     try:
-                        resp = await client.execute(q[0], domain=q[1], complexity=q[2], all_skills=all_skills)
+                        # Text only: the sidecar infers domain and complexity.
+                        resp = await client.execute(q[0], all_skills=all_skills)
                     except Exception:
                         failed += 1
                     else:

@@ -19,14 +19,30 @@ def _reason(r: pb.Rejection) -> str:
 
 def _selection_table(resp: pb.RouteResponse | pb.ExecuteResponse) -> Table:
     t = Table(title=f"top-{resp.k} skills" if resp.moe_enabled else "every activated skill (MoE off)")
-    for col in ("#", "skill", "score", "rank", "domain", "complexity", "success", "implementation", "why"):
+    for col in ("#", "skill", "score", "rank", "domain", "complexity", "text", "success", "implementation", "why"):
         t.add_column(col)
     for i, s in enumerate(resp.selections, 1):
         impl = s.implementation.implementation
         t.add_row(str(i), s.skill + (" (forced)" if s.forced else ""), f"{s.score:.3f}", f"{s.parts.rank_score:.3f}",
-                  f"+{s.parts.domain_bonus:.1f}", f"+{s.parts.complexity_fit:.2f}", f"×{s.parts.success_factor:.2f}",
-                  f"{impl.name} ({impl.model})", s.implementation.reason)
+                  f"+{s.parts.domain_bonus:.1f}", f"+{s.parts.complexity_fit:.2f}", f"+{s.parts.text_term:.2f}",
+                  f"×{s.parts.success_factor:.2f}", f"{impl.name} ({impl.model})", s.implementation.reason)
     return t
+
+
+def _source(v: int) -> str:
+    return pb.SignalSource.Name(v).removeprefix("SIGNAL_SOURCE_").lower()
+
+
+def _signals(resp: pb.RouteResponse | pb.ExecuteResponse) -> None:
+    if not resp.HasField("signals"):
+        return
+    s = resp.signals
+    inferred = ", ".join(f"{d.domain} {d.score:.2f}" for d in s.domains[:3])
+    console.print(f"signals ({s.method}): domain {s.domain or '-'} ({_source(s.domain_source)})"
+                  + (f" (inferred: {inferred})" if inferred else "")
+                  + f" · complexity {s.complexity:.1f} ({_source(s.complexity_source)})"
+                  + (f" · [yellow]out of scope[/yellow] (best {s.best_relevance:.2f} < {s.out_of_scope_threshold:.2f})"
+                     + (f" → {s.fallback_skill}" if s.fallback_skill else "") if s.out_of_scope else ""))
 
 
 def _rejections(resp: pb.RouteResponse | pb.ExecuteResponse) -> None:
@@ -35,12 +51,14 @@ def _rejections(resp: pb.RouteResponse | pb.ExecuteResponse) -> None:
 
 
 def render_route(resp: pb.RouteResponse) -> None:
+    _signals(resp)
     console.print(_selection_table(resp))
     _rejections(resp)
     console.print(f"selection took {resp.selection_time_us} µs · query {resp.query_id}")
 
 
 def render_execute(resp: pb.ExecuteResponse) -> None:
+    _signals(resp)
     console.print(_selection_table(resp))
     _rejections(resp)
     t = Table(title="results")

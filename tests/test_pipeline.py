@@ -204,10 +204,10 @@ async def test_coalesced_and_batched_callers_look_the_same_to_the_orchestrator()
 async def test_route_bounds_the_rejections_unless_asked_to_explain_all():
     skills = [skill(f"s{i:03d}", domains=(f"d{i % 10}",)) for i in range(120)]
     p = make_pipeline(skills, backends_for(*skills), policy=RoutingPolicy())
-    out = p.route(query(domain="d3"))
+    out = await p.route(query(domain="d3"))
     assert len(out.plan.planned) == 3
     assert len(out.plan.rejected) == 20 and out.plan.rejections_omitted == 120 - 3 - 20
     # the best-ranked of those not chosen come first
     assert {r.reason.value for r in out.plan.rejected[:9]} == {"below_top_k"}
-    full = p.route(query(domain="d3"), explain_all=True)
+    full = await p.route(query(domain="d3"), explain_all=True)
     assert len(full.plan.rejected) == 117 and full.plan.rejections_omitted == 0

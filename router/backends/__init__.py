@@ -9,6 +9,7 @@ non-2xx answer becomes a ``router.core.errors.BackendError`` here (see
 """
 
 from router.backends._base import PooledBackend
+from router.backends._embeddings import EmbeddingsClient
 from router.backends._errors import map_httpx_exceptions, parse_retry_after
 from router.backends._http import HttpBackend
 from router.backends._openai import OpenAIBackend, render_prompt
@@ -16,6 +17,7 @@ from router.backends._pool import BackendPool, build_backend
 
 __all__ = [
     "BackendPool",
+    "EmbeddingsClient",
     "HttpBackend",
     "OpenAIBackend",
     "PooledBackend",

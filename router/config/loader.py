@@ -53,12 +53,15 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     except OSError as exc:
         raise InvalidConfig([ConfigIssue(source, "", f"cannot be read: {exc.strerror or exc}")]) from None
     data, root = _parse_yaml(text, source)
-    return _build(data, source, env, _Locator(root))
+    return _build(data, source, env, _Locator(root), file.resolve().parent)
 
 
-def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None) -> RouterConfig:
-    """Validate already-parsed config data (``source`` names it in errors)."""
-    return _build(data, source, env, _Locator(None))
+def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None,
+                 base_dir: str | os.PathLike[str] | None = None) -> RouterConfig:
+    """Validate already-parsed config data (``source`` names it in errors;
+    ``examples_file`` paths are relative to ``base_dir``, default the
+    working directory)."""
+    return _build(data, source, env, _Locator(None), Path(base_dir) if base_dir is not None else Path.cwd())
 
 
 def check_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> str:
@@ -194,7 +197,7 @@ def _apply_env(data: dict[str, Any], overrides: list[EnvOverride]) -> tuple[dict
     return applied, out
 
 
-def _build(data: Any, source: str, env: Mapping[str, str] | None, locator: _Locator) -> RouterConfig:
+def _build(data: Any, source: str, env: Mapping[str, str] | None, locator: _Locator, base_dir: Path) -> RouterConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -223,7 +226,54 @@ def _build(data: Any, source: str, env: Mapping[str, str] | None, locator: _Loca
         cfg = None
     if issues or cfg is None:
         raise InvalidConfig(issues)
-    return _router_config(cfg, source, tuple(overrides))
+    skill_examples, domain_examples = _examples(cfg, source, locator, base_dir)
+    out = _router_config(cfg, source, tuple(overrides))
+    return dataclasses.replace(out, understanding=cfg.understanding, skill_examples=skill_examples,
+                               domain_examples=domain_examples, base_dir=str(base_dir))
+
+
+def _read_examples(path: Path) -> tuple[list[str] | None, str]:
+    """(examples, problem): one example per line; blank lines and lines
+    starting with '#' are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, f"file not found: {path}"
+    except IsADirectoryError:
+        return None, f"is a directory, not an examples file: {path}"
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 text ({exc.reason} at byte {exc.start}): {path}"
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc}): {path}"
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    examples = [line for line in lines if line and not line.startswith("#")]
+    if not examples:
+        return None, f"has no examples (one per line; blank and '#' lines are skipped): {path}"
+    return examples, ""
+
+
+def _examples(cfg: ConfigFile, source: str, locator: _Locator,
+              base_dir: Path) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """Every skill's and domain's examples (inline first, then the file's)."""
+    issues: list[ConfigIssue] = []
+    out: tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]] = ({}, {})
+    groups = (("skills", cfg.skills, out[0]), ("domains", cfg.domains, out[1]))
+    for section, entries, into in groups:
+        for name, entry in entries.items():
+            examples = list(entry.examples)
+            if entry.examples_file is not None:
+                loc: Loc = (section, name, "examples_file")
+                path = Path(entry.examples_file).expanduser()
+                found, problem = _read_examples(path if path.is_absolute() else base_dir / path)
+                if found is None:
+                    issues.append(ConfigIssue(source, format_path(loc), problem, locator.line(loc)))
+                    continue
+                examples.extend(found)
+            if examples:
+                into[name.lower() if section == "domains" else name] = tuple(dict.fromkeys(examples))
+    if issues:
+        raise InvalidConfig(issues)
+    return out
 
 
 def _router_config(cfg: ConfigFile, source: str, overrides: tuple[EnvOverride, ...]) -> RouterConfig:

@@ -27,6 +27,7 @@ from .schema import (
     ServerSettings,
     StorageSettings,
     TelemetrySettings,
+    UnderstandingSettings,
     check_url,
 )
 
@@ -84,10 +85,18 @@ class RouterConfig:
     env_overrides: tuple[EnvOverride, ...] = ()
     skill_opts: Mapping[str, SkillOptions] = field(default_factory=dict, repr=False)
     implementation_opts: Mapping[tuple[str, str], ImplementationOptions] = field(default_factory=dict, repr=False)
+    # Query understanding: its settings and the examples (inline and from
+    # examples_file, read at load time) by skill and by domain.
+    understanding: UnderstandingSettings = UnderstandingSettings()
+    skill_examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    domain_examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    base_dir: str = "."  # the config file's directory: relative paths (examples, cache) start here
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skill_opts", MappingProxyType(dict(self.skill_opts)))
         object.__setattr__(self, "implementation_opts", MappingProxyType(dict(self.implementation_opts)))
+        object.__setattr__(self, "skill_examples", MappingProxyType(dict(self.skill_examples)))
+        object.__setattr__(self, "domain_examples", MappingProxyType(dict(self.domain_examples)))
 
     def __repr__(self) -> str:
         k = "dynamic" if self.policy.top_k is None else self.policy.top_k
@@ -182,6 +191,16 @@ class RouterConfig:
         reflection = {None: "on loopback only", True: "on", False: "off"}[sv.reflection]
         return f"TLS {tls}; token {token}; reflection {reflection}"
 
+    def _understanding_line(self) -> str:
+        u = self.understanding
+        enc = u.encoder if u.encoder != "embeddings" or u.embeddings is None else f"embeddings ({u.embeddings.model})"
+        n_sk = sum(len(v) for v in self.skill_examples.values())
+        n_dom = sum(len(v) for v in self.domain_examples.values())
+        thr = "calibrated (0.5)" if u.out_of_scope_threshold is None else f"{u.out_of_scope_threshold:g}"
+        return (f"understanding: encoder {enc}; {n_sk} examples for {len(self.skill_examples)} skills, "
+                f"{n_dom} for {len(self.domain_examples)} domains; out-of-scope threshold {thr}; fallback "
+                f"{self.routing.fallback_skill or 'none'}; complexity {'estimated' if u.estimate_complexity else 'default'}")
+
     def summary(self, env: Mapping[str, str] | None = None) -> str:
         """What ``skill-router check-config`` prints. ``env`` (when given) is
         used to say whether each api_key_env variable is set; no value is shown."""
@@ -205,6 +224,7 @@ class RouterConfig:
                 f"defaults: complexity {p.default_complexity:g}, success rate {p.default_success_rate:g} "
                 f"over the last {r.success_window} calls"
             ),
+            self._understanding_line(),
             (
                 f"server: listen {self.server.listen}; default deadline {self.server.default_deadline_s:g}s; "
                 f"grace {self.server.grace_period_s:g}s; max concurrent RPCs "

@@ -33,7 +33,9 @@ __all__ = [
     "BatchingSettings",
     "BreakerSettings",
     "ConfigFile",
+    "DomainEntry",
     "DynamicKSettings",
+    "EmbeddingsSettings",
     "FieldProblem",
     "ImplementationEntry",
     "RetrySettings",
@@ -44,6 +46,7 @@ __all__ = [
     "StorageSettings",
     "TelemetrySettings",
     "TlsSettings",
+    "UnderstandingSettings",
 ]
 
 
@@ -196,6 +199,9 @@ class RoutingSettings(Section):
     default_success_rate: Unit = 1.0
     success_window: PositiveInt = 50
     implementation_weights: ImplementationWeights = ImplementationWeights()
+    # Activated when query understanding finds a query out of scope (no
+    # skill's examples resemble it enough); None: no skill is activated then.
+    fallback_skill: str | None = None
 
     def to_policy(self) -> RoutingPolicy:
         return RoutingPolicy(
@@ -381,6 +387,69 @@ class StorageSettings(Section):
         return self
 
 
+# --- query understanding ---------------------------------------------------------
+
+
+class EmbeddingsSettings(Section):
+    """The OpenAI-compatible ``/v1/embeddings`` endpoint of the ``embeddings`` encoder."""
+
+    url: Annotated[str, AfterValidator(lambda v: check_url(v))]
+    model: NonEmptyStr
+    api_key_env: str | None = None
+    timeout_s: PositiveFloat = 10.0
+    max_connections: PositiveInt = 4
+    batch_size: PositiveInt = 64  # examples per request at start-up
+    cache_dir: NonEmptyStr | None = ".skill-router-cache"  # relative to the config file; None: no disk cache
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        return ImplementationEntry._env_name(v)
+
+
+class UnderstandingSettings(Section):
+    """Signals from the query text (see docs/config.md#query-understanding)."""
+
+    encoder: Literal["local", "embeddings", "none"] = "local"
+    # Relevance (0-1) a skill's examples must reach for a query to be in
+    # scope; None: 0.5, the boundary calibrated on the examples.
+    out_of_scope_threshold: Annotated[float, _range(0.0, 1.0, lo_open=True, hi_open=True)] | None = None
+    estimate_complexity: bool = True  # estimate 0-10 from the text when the caller sets none
+    embeddings: EmbeddingsSettings | None = None
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> UnderstandingSettings:
+        if self.encoder == "embeddings" and self.embeddings is None:
+            raise FieldProblem(("embeddings",), "is required when encoder is 'embeddings' (url and model)")
+        return self
+
+
+def _examples(values: list[str]) -> list[str]:
+    out = []
+    for i, v in enumerate(values):
+        v = " ".join(v.split())
+        if not v:
+            raise ValueError(f"entry {i} is empty")
+        out.append(v)
+    return list(dict.fromkeys(out))
+
+
+Examples = Annotated[list[str], AfterValidator(_examples)]
+
+
+class DomainEntry(Section):
+    """Example queries of a domain, for inferring a query's domain from its text."""
+
+    examples: Examples = []
+    examples_file: NonEmptyStr | None = None  # one example per line, relative to the config file
+
+    @model_validator(mode="after")
+    def _some(self) -> DomainEntry:
+        if not self.examples and self.examples_file is None:
+            raise FieldProblem(("examples",), "a domain needs examples or examples_file")
+        return self
+
+
 # --- skills --------------------------------------------------------------------
 
 
@@ -522,6 +591,8 @@ class SkillEntry(Section):
     system_prompt: str = ""
     implementations: Annotated[list[ImplementationEntry], Field(min_length=1)]
     default_implementation: str | None = None  # None: the first
+    examples: Examples = []  # example queries: text relevance and out of scope
+    examples_file: NonEmptyStr | None = None  # one example per line, relative to the config file
 
     @model_validator(mode="after")
     def _pins_what_it_sets(self) -> SkillEntry:
@@ -567,6 +638,8 @@ class ConfigFile(Section):
     batching: BatchingSettings = BatchingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     storage: StorageSettings = StorageSettings()
+    understanding: UnderstandingSettings = UnderstandingSettings()
+    domains: dict[Annotated[str, _name("domain")], DomainEntry] = {}
     skills: dict[SkillName, SkillEntry] = {}
 
     @model_validator(mode="after")
@@ -575,4 +648,8 @@ class ConfigFile(Section):
             raise FieldProblem(("skills",), "at least one skill must be configured")
         if not any(s.enabled for s in self.skills.values()):
             raise FieldProblem(("skills",), "every skill is disabled; enable at least one")
+        fb = self.routing.fallback_skill
+        if fb is not None and fb not in self.skills:
+            raise FieldProblem(("routing", "fallback_skill"),
+                               f"{fb!r} names no configured skill (have: {', '.join(self.skills)})")
         return self

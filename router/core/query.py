@@ -100,4 +100,6 @@ def make_query(
         exclude_skills=frozenset(excluded),
         all_skills=all_skills,
         metadata=MappingProxyType(meta),
+        domain_given=bool(domain.strip()),
+        complexity_given=complexity is not None,
     )

@@ -30,6 +30,7 @@ from .selection import (
     SkillRejection,
     select,
 )
+from .signals import Signals
 from .synthesis import baseline_cost
 from .types import Query, RoutingPolicy, SkillSpec
 
@@ -99,6 +100,7 @@ class RoutePlan:
     policy: RoutingPolicy = RoutingPolicy()
     # What was unavailable when the plan was made (skill → implementation → why).
     unavailable: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    signals: Signals | None = None  # what the query was routed on (None: the text was not read)
 
     @property
     def standby(self) -> tuple[PlannedSkill, ...]:
@@ -159,20 +161,24 @@ def plan_route(
     load_bias: float = 0.0,
     explain_all: bool = False,
     max_rejections: int = MAX_REJECTIONS,
+    signals: Signals | None = None,
 ) -> RoutePlan:
     """``unavailable`` maps skill → implementation → why it cannot be used now
     (an open circuit breaker); ``utilization`` and ``load_bias`` feed the
-    optional load bias of the ranking. Rejections are spelled out up to
-    ``max_rejections`` unless ``explain_all``."""
+    optional load bias of the ranking; ``signals`` (from query understanding)
+    add the text-relevance term and the out-of-scope rule to scoring.
+    Rejections are spelled out up to ``max_rejections`` unless ``explain_all``."""
     unavailable = unavailable or {}
     index = skills if isinstance(skills, SkillIndex) else SkillIndex(skills)
     every = index.skills
     positions = index.candidates(query.domain)
-    if query.force_skills:  # a forced skill is scored whatever its domain
-        extra = {p for n in query.force_skills if (p := index.position(n)) is not None}
+    # A forced skill, and the out-of-scope fallback, are scored whatever their domain.
+    wanted = [*query.force_skills, *([signals.fallback_skill] if signals is not None and signals.fallback_skill else [])]
+    if wanted:
+        extra = {p for n in wanted if (p := index.position(n)) is not None}
         positions = tuple(sorted(set(positions) | extra))
     scores = score_skills(tuple(every[i] for i in positions), query, success_rates, policy.default_success_rate,
-                          utilization=utilization, load_bias=load_bias)
+                          utilization=utilization, load_bias=load_bias, signals=signals)
     bound = None if explain_all else max_rejections
     not_scored = len(every) - len(positions)
     sel: SelectionResult = select(scores, query, policy, max_rejections=bound, not_scored=not_scored)
@@ -187,7 +193,7 @@ def plan_route(
                 break
             if i in scored:
                 continue
-            sc = score_skill(s, query, success_rates.get(s.name, policy.default_success_rate), ql)
+            sc = score_skill(s, query, success_rates.get(s.name, policy.default_success_rate), ql, signals=signals)
             if not s.enabled:
                 rejected.append(SkillRejection(sc, RejectionReason.DISABLED, "disabled in the configuration"))
             elif s.name in query.exclude_skills:
@@ -223,4 +229,4 @@ def plan_route(
         rejected = rejected[:max_rejections]
     base, n = baseline_cost(s.skill for s in sel.activated)
     return RoutePlan(query, sel.k, tuple(planned), tuple(rejected), tuple(reserve), base, n, policy.moe_enabled,
-                     max(0, omitted), policy, unavailable)
+                     max(0, omitted), policy, unavailable, signals)

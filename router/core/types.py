@@ -162,3 +162,7 @@ class Query:
     exclude_skills: frozenset[str] = frozenset()
     all_skills: bool = False
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Whether the caller set the domain / complexity (else they are defaults
+    # that query understanding may replace with values read from the text).
+    domain_given: bool = False
+    complexity_given: bool = False

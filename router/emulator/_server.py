@@ -8,6 +8,11 @@ as ``x-received-traceparent``/``x-received-tracestate``):
 - ``POST /v1/completions``  OpenAI/vLLM completions: ``prompt`` is a string
   or a list of strings (a batch: one choice per prompt, with ``index``).
   A batch fails or succeeds as a whole.
+- ``POST /v1/embeddings``  OpenAI embeddings: ``input`` is a string or a
+  list of strings → ``{data:[{index, embedding}], model, usage}``. The
+  vectors are deterministic (a hashed bag of words and character trigrams,
+  ``dimensions`` long, default 256, unit length), so texts that share words
+  are near.
 - ``GET /v1/models``, ``GET /healthz``.
 - ``POST /skill``  the ``http`` skill contract (see ``router.backends``):
   ``{query, context:{domain, complexity, metadata}, skill, model}`` →
@@ -345,6 +350,7 @@ class Emulator:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_post("/skill", self._skill)
@@ -413,6 +419,25 @@ class Emulator:
             raise self._bad("'model' must be a non-empty string")
         request[_MODEL_KEY] = model
         return model
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await self._json_object(request)
+        model = self._model_of(request, body, required=True)
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise self._bad("'input' must be a string or a non-empty list of strings")
+        dims = body.get("dimensions", 256)
+        if not isinstance(dims, int) or not 8 <= dims <= 4096:
+            raise self._bad("'dimensions' must be an integer between 8 and 4096")
+        self._counter(model).requests += 1
+        tokens = sum(len(t.split()) for t in texts)
+        return web.json_response({
+            "object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": hashed_embedding(t, dims)}
+                     for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await self._json_object(request)
@@ -583,3 +608,21 @@ class Emulator:
     async def _reset(self, request: web.Request) -> web.Response:
         self.reset_stats()
         return web.json_response({"status": "reset"})
+
+
+def hashed_embedding(text: str, dims: int) -> list[float]:
+    """A deterministic unit vector: words (weight 1) and character trigrams
+    (weight 0.5) hashed into ``dims`` buckets with a hashed sign."""
+    import hashlib
+
+    vec = [0.0] * dims
+    words = "".join(c.lower() if c.isalnum() else " " for c in text).split()
+    feats = [(w, 1.0) for w in words]
+    for w in words:
+        padded = f" {w} "
+        feats.extend((padded[i:i + 3], 0.5) for i in range(len(padded) - 2))
+    for feat, weight in feats:
+        h = int.from_bytes(hashlib.blake2b(feat.encode(), digest_size=8).digest(), "little")
+        vec[h % dims] += weight if (h >> 32) & 1 else -weight
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]

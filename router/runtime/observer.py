@@ -45,6 +45,11 @@ class QueryRecord:
     skills: tuple[str, ...] = ()
     skills_ok: tuple[str, ...] = ()
     trace_id: str = ""
+    # Query understanding: where the domain and complexity came from
+    # (caller | inferred | default) and the method; never the text.
+    domain_source: str = ""
+    complexity_source: str = ""
+    signal_method: str = ""
 
 
 class SkillObservation(Protocol):

@@ -39,12 +39,13 @@ from router.core.errors import (
 from router.core.implementations import choose_implementation
 from router.core.routing import PlannedSkill, RoutePlan, SkillIndex, StandbyQueue, plan_route
 from router.core.selection import RejectionReason
+from router.core.signals import apply_signals
 from router.core.synthesis import QueryOutcome, SkillOutcome, Status, Synthesis, account, synthesize
 from router.core.types import ImplementationSpec, Query, RoutingPolicy
 
 from .calls import CallOutcome, CallRequest, CallResult
 from .observer import NullObserver, NullSink, Observer, QueryObservation, QueryRecord, RecordSink
-from .ports import SkillCall
+from .ports import SkillCall, Understanding
 from .registry import LiveRegistry
 from .skills import SkillRuntime
 
@@ -147,6 +148,7 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        understanding: Understanding | None = None,
     ) -> None:
         self.index = index
         self.policy = policy
@@ -163,6 +165,7 @@ class Pipeline:
         self._wall = wall
         self._new_id = new_id
         self._utilization = _Utilization(runtimes)
+        self.understanding = understanding
         self._draining = False
         self.in_flight = 0  # queries being executed now
 
@@ -200,20 +203,24 @@ class Pipeline:
                 out[name] = down
         return out
 
-    def _plan(self, query: Query, explain_all: bool) -> tuple[RoutePlan, int, int]:
+    async def _plan(self, query: Query, explain_all: bool) -> tuple[RoutePlan, int, int]:
         t0 = time.monotonic_ns()
+        # Query understanding: signals from the text where the caller left a gap.
+        signals = None if self.understanding is None else await self.understanding.understand(query)
+        if signals is not None:
+            query = apply_signals(query, signals)
         plan = plan_route(self.index, query, self.policy, self.registry.rates, self.unavailable(self._clock()),
                           utilization=self._utilization if self.load_bias else None, load_bias=self.load_bias,
-                          explain_all=explain_all)
+                          explain_all=explain_all, signals=signals)
         return plan, t0, time.monotonic_ns()
 
-    def route(self, query: Query, *, explain_all: bool = False) -> RouteOutcome:
+    async def route(self, query: Query, *, explain_all: bool = False) -> RouteOutcome:
         if self._draining:
             raise ShuttingDown()
         qid = self._new_id()
         obs = self.observer.start_query("route", qid)
         try:
-            plan, t0, t1 = self._plan(query, explain_all)
+            plan, t0, t1 = await self._plan(query, explain_all)
             obs.selection(plan, t0, t1)
             self.registry.record_route()
         except BaseException as exc:
@@ -265,8 +272,8 @@ class Pipeline:
             run.obs.finish(record, error)
 
     async def _execute(self, run: _QueryRun, explain_all: bool) -> QueryOutcome:
-        query = run.query
-        plan, t0, t1 = self._plan(query, explain_all)
+        plan, t0, t1 = await self._plan(run.query, explain_all)
+        query = run.query = plan.query  # with the signals' domain and complexity
         run.plan, run.t_select = plan, (t0, t1)
         run.obs.selection(plan, t0, t1)
         if not plan.planned:
@@ -439,6 +446,7 @@ class Pipeline:
             max_utilization=run.max_utilization, avg_queue_depth=run.avg_queue_depth,
             skills=tuple(p.name for p in run.ran), skills_ok=tuple(o.skill for o in run.outcomes if o.ok),
             trace_id=run.obs.trace_id,
+            **_signal_columns(plan),
         )
 
 
@@ -451,3 +459,11 @@ def _process_keyed_hash() -> Callable[[str], str]:
 
 
 __all__ = ["ExecuteOutcome", "Pipeline", "RouteOutcome", "ShedSkill"]
+
+
+def _signal_columns(plan: RoutePlan | None) -> dict[str, str]:
+    sig = plan.signals if plan is not None else None
+    if sig is None:
+        return {}
+    return {"domain_source": sig.domain_source.value, "complexity_source": sig.complexity_source.value,
+            "signal_method": sig.method}

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from router.core.errors import BackendError
-from router.core.types import ImplementationSpec
+from router.core.signals import Signals
+from router.core.types import ImplementationSpec, Query
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +64,33 @@ class Backend(Protocol):
 
 class BackendFactory(Protocol):
     def __call__(self, implementation: ImplementationSpec) -> Backend: ...
+
+
+class Understanding(Protocol):
+    """Query understanding (``router.understanding``): the signals a query is
+    routed on, read from its text where the caller left a gap. Called once
+    per query before planning; never blocks the event loop."""
+
+    method: str
+
+    async def start(self) -> None:
+        """Fit the encoder on the configured examples (at start-up, before serving)."""
+
+    async def understand(self, query: Query) -> Signals: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Embedder(Protocol):
+    """An OpenAI-compatible ``/v1/embeddings`` endpoint behind a warm pooled
+    client (``router.backends.EmbeddingsClient``)."""
+
+    model: str
+
+    async def warm(self) -> None:
+        """Open the pool's connections; raise if the endpoint is unreachable."""
+
+    async def embed(self, texts: Sequence[str], timeout_s: float) -> list[list[float]]:
+        """One vector per text, in order. Raises a ``BackendError`` on failure."""
+
+    async def aclose(self) -> None: ...

@@ -15,6 +15,7 @@ from router.core.implementations import ImplementationChoice
 from router.core.query import make_query
 from router.core.routing import PlannedSkill, RoutePlan
 from router.core.selection import RejectionReason
+from router.core.signals import Signals, SignalSource
 from router.core.synthesis import QueryOutcome, SkillOutcome, Status
 from router.core.types import ImplementationSpec, Priority, Query, RoutingPolicy
 from router.runtime.pipeline import ShedSkill
@@ -104,7 +105,8 @@ def selection_pb(p: PlannedSkill) -> pb.Selection:
         skill=p.name, score=s.score, forced=p.chosen.forced,
         parts=pb.ScoreParts(activated=s.activated, domain_bonus=s.domain_bonus, complexity_fit=s.complexity_fit,
                             success_rate=s.success_rate, success_factor=s.success_factor,
-                            priority_weight=s.priority_weight, rank_score=s.rank_score, load_factor=s.load_factor),
+                            priority_weight=s.priority_weight, rank_score=s.rank_score, load_factor=s.load_factor,
+                            text_relevance=s.text_relevance, text_term=s.text_term),
         implementation=choice_pb(p.choice),
     )
 
@@ -116,6 +118,21 @@ def plan_parts(plan: RoutePlan, ran: Sequence[PlannedSkill] | None = None) -> tu
     rejections = [pb.Rejection(skill=r.name, reason=_REJECTION[r.reason], detail=r.detail,
                                score=r.score.score, rank_score=r.score.rank_score) for r in plan.rejected]
     return selections, rejections
+
+
+_SOURCE = {SignalSource.CALLER: pb.SIGNAL_SOURCE_CALLER, SignalSource.INFERRED: pb.SIGNAL_SOURCE_INFERRED,
+           SignalSource.DEFAULT: pb.SIGNAL_SOURCE_DEFAULT}
+
+
+def signals_pb(sig: Signals | None) -> pb.Signals | None:
+    if sig is None:
+        return None
+    return pb.Signals(
+        domain=sig.domain, domain_source=_SOURCE[sig.domain_source],
+        domains=[pb.DomainScore(domain=d.domain, score=d.score) for d in sig.domains],
+        complexity=sig.complexity, complexity_source=_SOURCE[sig.complexity_source], method=sig.method,
+        out_of_scope=sig.out_of_scope, best_relevance=sig.best_relevance, out_of_scope_threshold=sig.threshold,
+        fallback_skill=sig.fallback_skill)
 
 
 def result_pb(o: SkillOutcome, weight: float, redact: Callable[[str], str] | None = None) -> pb.SkillResult:

@@ -24,6 +24,7 @@ from .convert import (
     query_from_request,
     result_pb,
     shed_pb,
+    signals_pb,
     skill_stats_pb,
     timestamp_pb,
     window_pb,
@@ -56,11 +57,11 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteResponse:
         p = self._app.pipeline
         query = query_from_request(request, p.policy, p.skill_names)
-        out = p.route(query, explain_all=request.explain_all)
+        out = await p.route(query, explain_all=request.explain_all)
         selections, rejections = plan_parts(out.plan)
         return pb.RouteResponse(query_id=out.query_id, selections=selections, rejections=rejections,
                                 k=out.plan.k, selection_time_us=out.selection_us, moe_enabled=out.plan.moe_enabled,
-                                rejections_omitted=out.plan.rejections_omitted)
+                                rejections_omitted=out.plan.rejections_omitted, signals=signals_pb(out.plan.signals))
 
     async def Execute(self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext) -> pb.ExecuteResponse:
         p = self._app.pipeline
@@ -78,6 +79,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             quality=out.synthesis.quality, k=out.plan.k, moe_enabled=out.plan.moe_enabled,
             shed=[shed_pb(s, self._redact) for s in out.shed], outcome=outcome_pb(out.outcome),
             rejections_omitted=out.plan.rejections_omitted,
+            signals=signals_pb(out.plan.signals),
         )
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:

@@ -27,6 +27,7 @@ _TYPES = {
     "quality_score": "DOUBLE PRECISION",
     "max_utilization": "DOUBLE PRECISION", "avg_queue_depth": "DOUBLE PRECISION",
     "skills": "TEXT[] NOT NULL DEFAULT '{}'", "skills_ok": "TEXT[] NOT NULL DEFAULT '{}'", "trace_id": "TEXT",
+    "domain_source": "TEXT", "complexity_source": "TEXT", "signal_method": "TEXT",
 }
 assert set(_TYPES) == set(COLUMNS)
 

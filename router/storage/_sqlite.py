@@ -40,6 +40,7 @@ _TYPES = {
     "total_cost": "REAL", "cost_saved": "REAL", "baseline_cost": "REAL",
     "quality_score": "REAL", "max_utilization": "REAL", "avg_queue_depth": "REAL",
     "skills": "TEXT NOT NULL DEFAULT '[]'", "skills_ok": "TEXT NOT NULL DEFAULT '[]'", "trace_id": "TEXT",
+    "domain_source": "TEXT", "complexity_source": "TEXT", "signal_method": "TEXT",
 }
 assert set(_TYPES) == set(COLUMNS)
 

@@ -170,6 +170,16 @@ class QueryObservationSpan:
             "router.query.priority": q.priority.name.lower(),
             "router.selection.k": plan.k,
         })
+        sig = plan.signals
+        if sig is not None:  # where each signal came from; never the text
+            span.set_attributes({
+                "router.signals.method": sig.method,
+                "router.signals.domain_source": sig.domain_source.value,
+                "router.signals.complexity_source": sig.complexity_source.value,
+                "router.signals.out_of_scope": sig.out_of_scope,
+                "router.signals.best_relevance": sig.best_relevance,
+                "router.signals.domains": [d.domain for d in sig.domains],
+            })
         if self._o._record_text:
             span.set_attribute(QUERY_TEXT, q.text[: self._o._max_text])
 

@@ -18,6 +18,13 @@ class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRIORITY_NORMAL: _ClassVar[Priority]
     PRIORITY_HIGH: _ClassVar[Priority]
 
+class SignalSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIGNAL_SOURCE_UNSPECIFIED: _ClassVar[SignalSource]
+    SIGNAL_SOURCE_CALLER: _ClassVar[SignalSource]
+    SIGNAL_SOURCE_INFERRED: _ClassVar[SignalSource]
+    SIGNAL_SOURCE_DEFAULT: _ClassVar[SignalSource]
+
 class RejectionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REJECTION_REASON_UNSPECIFIED: _ClassVar[RejectionReason]
@@ -68,6 +75,10 @@ PRIORITY_UNSPECIFIED: Priority
 PRIORITY_LOW: Priority
 PRIORITY_NORMAL: Priority
 PRIORITY_HIGH: Priority
+SIGNAL_SOURCE_UNSPECIFIED: SignalSource
+SIGNAL_SOURCE_CALLER: SignalSource
+SIGNAL_SOURCE_INFERRED: SignalSource
+SIGNAL_SOURCE_DEFAULT: SignalSource
 REJECTION_REASON_UNSPECIFIED: RejectionReason
 REJECTION_REASON_NOT_ACTIVATED: RejectionReason
 REJECTION_REASON_BELOW_TOP_K: RejectionReason
@@ -141,7 +152,7 @@ class RouteRequest(_message.Message):
     def __init__(self, query: _Optional[str] = ..., context: _Optional[_Union[QueryContext, _Mapping]] = ..., explain_all: _Optional[bool] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("query_id", "selections", "rejections", "k", "selection_time_us", "moe_enabled", "rejections_omitted")
+    __slots__ = ("query_id", "selections", "rejections", "k", "selection_time_us", "moe_enabled", "rejections_omitted", "signals")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     SELECTIONS_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +160,7 @@ class RouteResponse(_message.Message):
     SELECTION_TIME_US_FIELD_NUMBER: _ClassVar[int]
     MOE_ENABLED_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     selections: _containers.RepeatedCompositeFieldContainer[Selection]
     rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
@@ -156,10 +168,43 @@ class RouteResponse(_message.Message):
     selection_time_us: int
     moe_enabled: bool
     rejections_omitted: int
-    def __init__(self, query_id: _Optional[str] = ..., selections: _Optional[_Iterable[_Union[Selection, _Mapping]]] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., k: _Optional[int] = ..., selection_time_us: _Optional[int] = ..., moe_enabled: _Optional[bool] = ..., rejections_omitted: _Optional[int] = ...) -> None: ...
+    signals: Signals
+    def __init__(self, query_id: _Optional[str] = ..., selections: _Optional[_Iterable[_Union[Selection, _Mapping]]] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., k: _Optional[int] = ..., selection_time_us: _Optional[int] = ..., moe_enabled: _Optional[bool] = ..., rejections_omitted: _Optional[int] = ..., signals: _Optional[_Union[Signals, _Mapping]] = ...) -> None: ...
+
+class DomainScore(_message.Message):
+    __slots__ = ("domain", "score")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    score: float
+    def __init__(self, domain: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class Signals(_message.Message):
+    __slots__ = ("domain", "domain_source", "domains", "complexity", "complexity_source", "method", "out_of_scope", "best_relevance", "out_of_scope_threshold", "fallback_skill")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    COMPLEXITY_FIELD_NUMBER: _ClassVar[int]
+    COMPLEXITY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    BEST_RELEVANCE_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_SCOPE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_SKILL_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    domain_source: SignalSource
+    domains: _containers.RepeatedCompositeFieldContainer[DomainScore]
+    complexity: float
+    complexity_source: SignalSource
+    method: str
+    out_of_scope: bool
+    best_relevance: float
+    out_of_scope_threshold: float
+    fallback_skill: str
+    def __init__(self, domain: _Optional[str] = ..., domain_source: _Optional[_Union[SignalSource, str]] = ..., domains: _Optional[_Iterable[_Union[DomainScore, _Mapping]]] = ..., complexity: _Optional[float] = ..., complexity_source: _Optional[_Union[SignalSource, str]] = ..., method: _Optional[str] = ..., out_of_scope: _Optional[bool] = ..., best_relevance: _Optional[float] = ..., out_of_scope_threshold: _Optional[float] = ..., fallback_skill: _Optional[str] = ...) -> None: ...
 
 class ScoreParts(_message.Message):
-    __slots__ = ("activated", "domain_bonus", "complexity_fit", "success_rate", "success_factor", "priority_weight", "rank_score", "load_factor")
+    __slots__ = ("activated", "domain_bonus", "complexity_fit", "success_rate", "success_factor", "priority_weight", "rank_score", "load_factor", "text_relevance", "text_term")
     ACTIVATED_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_BONUS_FIELD_NUMBER: _ClassVar[int]
     COMPLEXITY_FIT_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +213,8 @@ class ScoreParts(_message.Message):
     PRIORITY_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     RANK_SCORE_FIELD_NUMBER: _ClassVar[int]
     LOAD_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    TEXT_RELEVANCE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_TERM_FIELD_NUMBER: _ClassVar[int]
     activated: bool
     domain_bonus: float
     complexity_fit: float
@@ -176,7 +223,9 @@ class ScoreParts(_message.Message):
     priority_weight: float
     rank_score: float
     load_factor: float
-    def __init__(self, activated: _Optional[bool] = ..., domain_bonus: _Optional[float] = ..., complexity_fit: _Optional[float] = ..., success_rate: _Optional[float] = ..., success_factor: _Optional[float] = ..., priority_weight: _Optional[float] = ..., rank_score: _Optional[float] = ..., load_factor: _Optional[float] = ...) -> None: ...
+    text_relevance: float
+    text_term: float
+    def __init__(self, activated: _Optional[bool] = ..., domain_bonus: _Optional[float] = ..., complexity_fit: _Optional[float] = ..., success_rate: _Optional[float] = ..., success_factor: _Optional[float] = ..., priority_weight: _Optional[float] = ..., rank_score: _Optional[float] = ..., load_factor: _Optional[float] = ..., text_relevance: _Optional[float] = ..., text_term: _Optional[float] = ...) -> None: ...
 
 class Implementation(_message.Message):
     __slots__ = ("name", "model", "backend", "quality", "cost_per_query_usd", "expected_latency_ms", "optimal_complexity")
@@ -339,7 +388,7 @@ class Timing(_message.Message):
     def __init__(self, selection_us: _Optional[int] = ..., execution_us: _Optional[int] = ..., total_us: _Optional[int] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
-    __slots__ = ("query_id", "trace_id", "text", "selections", "results", "rejections", "cost", "timing", "quality", "k", "moe_enabled", "shed", "outcome", "rejections_omitted")
+    __slots__ = ("query_id", "trace_id", "text", "selections", "results", "rejections", "cost", "timing", "quality", "k", "moe_enabled", "shed", "outcome", "rejections_omitted", "signals")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -354,6 +403,7 @@ class ExecuteResponse(_message.Message):
     SHED_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     trace_id: str
     text: str
@@ -368,7 +418,8 @@ class ExecuteResponse(_message.Message):
     shed: _containers.RepeatedCompositeFieldContainer[ShedSkill]
     outcome: QueryOutcome
     rejections_omitted: int
-    def __init__(self, query_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., text: _Optional[str] = ..., selections: _Optional[_Iterable[_Union[Selection, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[SkillResult, _Mapping]]] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., cost: _Optional[_Union[CostLedger, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., quality: _Optional[float] = ..., k: _Optional[int] = ..., moe_enabled: _Optional[bool] = ..., shed: _Optional[_Iterable[_Union[ShedSkill, _Mapping]]] = ..., outcome: _Optional[_Union[QueryOutcome, str]] = ..., rejections_omitted: _Optional[int] = ...) -> None: ...
+    signals: Signals
+    def __init__(self, query_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., text: _Optional[str] = ..., selections: _Optional[_Iterable[_Union[Selection, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[SkillResult, _Mapping]]] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., cost: _Optional[_Union[CostLedger, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., quality: _Optional[float] = ..., k: _Optional[int] = ..., moe_enabled: _Optional[bool] = ..., shed: _Optional[_Iterable[_Union[ShedSkill, _Mapping]]] = ..., outcome: _Optional[_Union[QueryOutcome, str]] = ..., rejections_omitted: _Optional[int] = ..., signals: _Optional[_Union[Signals, _Mapping]] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ("window",)

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file router/v1/router.proto.
  */
 export const file_router_v1_router: GenFile = /*@__PURE__*/
-  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEi6wIKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUINCgtfY29tcGxleGl0eUITChFfcmVxdWlyZWRfcXVhbGl0eUIICgZfdG9wX2siXAoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIswBCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFIr0BCgpTY29yZVBhcnRzEhEKCWFjdGl2YXRlZBgBIAEoCBIUCgxkb21haW5fYm9udXMYAiABKAESFgoOY29tcGxleGl0eV9maXQYAyABKAESFAoMc3VjY2Vzc19yYXRlGAQgASgBEhYKDnN1Y2Nlc3NfZmFjdG9yGAUgASgBEhcKD3ByaW9yaXR5X3dlaWdodBgGIAEoARISCgpyYW5rX3Njb3JlGAcgASgBEhMKC2xvYWRfZmFjdG9yGAggASgBIqQBCg5JbXBsZW1lbnRhdGlvbhIMCgRuYW1lGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2JhY2tlbmQYAyABKAkSDwoHcXVhbGl0eRgEIAEoARIaChJjb3N0X3Blcl9xdWVyeV91c2QYBSABKAESGwoTZXhwZWN0ZWRfbGF0ZW5jeV9tcxgGIAEoARIaChJvcHRpbWFsX2NvbXBsZXhpdHkYByABKAEiwQEKFEltcGxlbWVudGF0aW9uQ2hvaWNlEjEKDmltcGxlbWVudGF0aW9uGAEgASgLMhkucm91dGVyLnYxLkltcGxlbWVudGF0aW9uEhEKCWZpdF9zY29yZRgCIAEoARIbChNtZWV0c19xdWFsaXR5X2Zsb29yGAMgASgIEg4KBnJlYXNvbhgEIAEoCRI2CgpyZWplY3Rpb25zGAUgAygLMiIucm91dGVyLnYxLkltcGxlbWVudGF0aW9uUmVqZWN0aW9uIkoKF0ltcGxlbWVudGF0aW9uUmVqZWN0aW9uEgwKBG5hbWUYASABKAkSDgoGcmVhc29uGAIgASgJEhEKCWZpdF9zY29yZRgDIAEoASKYAQoJU2VsZWN0aW9uEg0KBXNraWxsGAEgASgJEg0KBXNjb3JlGAIgASgBEiQKBXBhcnRzGAMgASgLMhUucm91dGVyLnYxLlNjb3JlUGFydHMSNwoOaW1wbGVtZW50YXRpb24YBCABKAsyHy5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25DaG9pY2USDgoGZm9yY2VkGAUgASgIInkKCVJlamVjdGlvbhINCgVza2lsbBgBIAEoCRIqCgZyZWFzb24YAiABKA4yGi5yb3V0ZXIudjEuUmVqZWN0aW9uUmVhc29uEg4KBmRldGFpbBgDIAEoCRINCgVzY29yZRgEIAEoARISCgpyYW5rX3Njb3JlGAUgASgBIl4KDkV4ZWN1dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIpUDCgtTa2lsbFJlc3VsdBINCgVza2lsbBgBIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgCIAEoCRINCgVtb2RlbBgDIAEoCRIOCgZ3ZWlnaHQYBCABKAESJgoGc3RhdHVzGAUgASgOMhYucm91dGVyLnYxLlNraWxsU3RhdHVzEg4KBm91dHB1dBgGIAEoCRINCgVlcnJvchgHIAEoCRIQCghjb3N0X3VzZBgIIAEoARISCgpsYXRlbmN5X21zGAkgASgBEhQKDGlucHV0X3Rva2VucxgKIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAsgASgDEg8KB3F1YWxpdHkYDCABKAESFQoNcXVldWVfd2FpdF9tcxgNIAEoARIQCghhdHRlbXB0cxgOIAEoBRISCgpiYXRjaF9zaXplGA8gASgFEhEKCXNoYXJlZF9ieRgQIAEoBRIWCg5zdGVwcGVkX2luX2ZvchgRIAEoCRItCg5zdGVwX2luX3JlYXNvbhgSIAEoDjIVLnJvdXRlci52MS5TaGVkUmVhc29uIqIBCglTaGVkU2tpbGwSDQoFc2tpbGwYASABKAkSJQoGcmVhc29uGAIgASgOMhUucm91dGVyLnYxLlNoZWRSZWFzb24SDgoGZGV0YWlsGAMgASgJEhMKC3JlcGxhY2VkX2J5GAQgASgJEhYKDmltcGxlbWVudGF0aW9uGAUgASgJEiIKGnJlcGxhY2VkX2J5X2ltcGxlbWVudGF0aW9uGAYgASgJInoKCkNvc3RMZWRnZXISEgoKYWN0dWFsX3VzZBgBIAEoARIUCgxiYXNlbGluZV91c2QYAiABKAESEQoJc2F2ZWRfdXNkGAMgASgBEhYKDnNhdmVkX2ZyYWN0aW9uGAQgASgBEhcKD2Jhc2VsaW5lX3NraWxscxgFIAEoBSJGCgZUaW1pbmcSFAoMc2VsZWN0aW9uX3VzGAEgASgDEhQKDGV4ZWN1dGlvbl91cxgCIAEoAxIQCgh0b3RhbF91cxgDIAEoAyKjAwoPRXhlY3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEgwKBHRleHQYAyABKAkSKAoKc2VsZWN0aW9ucxgEIAMoCzIULnJvdXRlci52MS5TZWxlY3Rpb24SJwoHcmVzdWx0cxgFIAMoCzIWLnJvdXRlci52MS5Ta2lsbFJlc3VsdBIoCgpyZWplY3Rpb25zGAYgAygLMhQucm91dGVyLnYxLlJlamVjdGlvbhIjCgRjb3N0GAcgASgLMhUucm91dGVyLnYxLkNvc3RMZWRnZXISIQoGdGltaW5nGAggASgLMhEucm91dGVyLnYxLlRpbWluZxIPCgdxdWFsaXR5GAkgASgBEgkKAWsYCiABKAUSEwoLbW9lX2VuYWJsZWQYCyABKAgSIgoEc2hlZBgMIAMoCzIULnJvdXRlci52MS5TaGVkU2tpbGwSKAoHb3V0Y29tZRgNIAEoDjIXLnJvdXRlci52MS5RdWVyeU91dGNvbWUSGgoScmVqZWN0aW9uc19vbWl0dGVkGA4gASgFIjkKDFN0YXRzUmVxdWVzdBIpCgZ3aW5kb3cYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i6AQKClNraWxsU3RhdHMSDQoFc2tpbGwYASABKAkSEQoJaW5fZmxpZ2h0GAIgASgFEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAMgASgFEhMKC3V0aWxpemF0aW9uGAQgASgBEhMKC3F1ZXVlX2RlcHRoGAUgASgFEg0KBWNhbGxzGAYgASgDEhAKCGZhaWx1cmVzGAcgASgDEhQKDHN1Y2Nlc3NfcmF0ZRgIIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgJIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgKIAEoARIQCghyZWplY3RlZBgLIAEoAxIMCgRzaGVkGAwgASgDEhEKCXRpbWVkX291dBgNIAEoAxJQChdxdWV1ZV9kZXB0aF9ieV9wcmlvcml0eRgOIAMoCzIvLnJvdXRlci52MS5Ta2lsbFN0YXRzLlF1ZXVlRGVwdGhCeVByaW9yaXR5RW50cnkSFgoOcXVldWVfY2FwYWNpdHkYDyABKAUSGgoSbWVhbl9xdWV1ZV93YWl0X21zGBAgASgBEjcKD2ltcGxlbWVudGF0aW9ucxgRIAMoCzIeLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvblN0YXRzEg8KB2JhdGNoZXMYEiABKAMSFwoPbWVhbl9iYXRjaF9zaXplGBMgASgBEhoKEm1lYW5fYmF0Y2hfd2FpdF9tcxgUIAEoARIXCg9jb2FsZXNjZWRfY2FsbHMYFSABKAMaOwoZUXVldWVEZXB0aEJ5UHJpb3JpdHlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBIs8BChNJbXBsZW1lbnRhdGlvblN0YXRzEgwKBG5hbWUYASABKAkSLgoNYnJlYWtlcl9zdGF0ZRgCIAEoDjIXLnJvdXRlci52MS5CcmVha2VyU3RhdGUSMAoMaGFsZl9vcGVuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgEIAEoBRIUCgxmYWlsdXJlX3JhdGUYBSABKAESFAoMdGltZXNfb3BlbmVkGAYgASgDIs8CCgZUb3RhbHMSDwoHcXVlcmllcxgBIAEoAxIcChRhdmdfc2tpbGxzX3Blcl9xdWVyeRgCIAEoARIQCghjb3N0X3VzZBgDIAEoARIWCg5jb3N0X3NhdmVkX3VzZBgEIAEoARIZChFiYXNlbGluZV9jb3N0X3VzZBgFIAEoARIOCgZyb3V0ZXMYBiABKAMSFgoOZmFpbGVkX3F1ZXJpZXMYByABKAMSMQoIb3V0Y29tZXMYCCADKAsyHy5yb3V0ZXIudjEuVG90YWxzLk91dGNvbWVzRW50cnkSEAoIYW5zd2VyZWQYCSABKAMSEwoLYXZnX3F1YWxpdHkYCiABKAESHgoWYXZnX2Nvc3RfcGVyX3F1ZXJ5X3VzZBgLIAEoARovCg1PdXRjb21lc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEilgIKDVN0YXRzUmVzcG9uc2USJQoGc2tpbGxzGAEgAygLMhUucm91dGVyLnYxLlNraWxsU3RhdHMSIQoGdG90YWxzGAIgASgLMhEucm91dGVyLnYxLlRvdGFscxIWCg51cHRpbWVfc2Vjb25kcxgDIAEoARITCgttb2VfZW5hYmxlZBgEIAEoCBImCgZ3aW5kb3cYBSABKAsyFi5yb3V0ZXIudjEuV2luZG93U3RhdHMSGQoRY29uZmlnX2dlbmVyYXRpb24YKCABKAMSNAoQY29uZmlnX2xvYWRlZF9hdBgpIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNY29uZmlnX3NvdXJjZRgqIAEoCSKMAQoLSG91cmx5VHJlbmQSKAoEaG91chgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcXVlcmllcxgCIAEoAxIUCgxhdmdfY29zdF91c2QYAyABKAESFwoPYXZnX3Jlc3BvbnNlX21zGAQgASgBEhMKC2F2Z19xdWFsaXR5GAUgASgBIpwFCgtXaW5kb3dTdGF0cxIRCglhdmFpbGFibGUYASABKAgSDQoFc3RvcmUYAiABKAkSKQoFc2luY2UYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBXVudGlsGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdxdWVyaWVzGAUgASgDEg4KBmVycm9ycxgGIAEoAxIbChNhdmdfc2tpbGxzX3NlbGVjdGVkGAcgASgBEh4KFmF2Z19jb3N0X3Blcl9xdWVyeV91c2QYCCABKAESFgoOY29zdF9zYXZlZF91c2QYCSABKAESGgoSYXZnX2Nvc3Rfc2F2ZWRfdXNkGAogASgBEhcKD2F2Z19yZXNwb25zZV9tcxgLIAEoARIXCg9wOTlfcmVzcG9uc2VfbXMYDCABKAESEwoLYXZnX3F1YWxpdHkYDSABKAESSQoSc2tpbGxfZGlzdHJpYnV0aW9uGA4gAygLMi0ucm91dGVyLnYxLldpbmRvd1N0YXRzLlNraWxsRGlzdHJpYnV0aW9uRW50cnkSJgoGaG91cmx5GA8gAygLMhYucm91dGVyLnYxLkhvdXJseVRyZW5kEhQKDHJvd3NfZHJvcHBlZBgQIAEoAxI2CghvdXRjb21lcxgRIAMoCzIkLnJvdXRlci52MS5XaW5kb3dTdGF0cy5PdXRjb21lc0VudHJ5EhAKCGFuc3dlcmVkGBIgASgDGjgKFlNraWxsRGlzdHJpYnV0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ARovCg1PdXRjb21lc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEqXgoIUHJpb3JpdHkSGAoUUFJJT1JJVFlfVU5TUEVDSUZJRUQQABIQCgxQUklPUklUWV9MT1cQARITCg9QUklPUklUWV9OT1JNQUwQAhIRCg1QUklPUklUWV9ISUdIEAMq3wEKD1JlamVjdGlvblJlYXNvbhIgChxSRUpFQ1RJT05fUkVBU09OX1VOU1BFQ0lGSUVEEAASIgoeUkVKRUNUSU9OX1JFQVNPTl9OT1RfQUNUSVZBVEVEEAESIAocUkVKRUNUSU9OX1JFQVNPTl9CRUxPV19UT1BfSxACEh0KGVJFSkVDVElPTl9SRUFTT05fRVhDTFVERUQQAxImCiJSRUpFQ1RJT05fUkVBU09OX05PX0lNUExFTUVOVEFUSU9OEAQSHQoZUkVKRUNUSU9OX1JFQVNPTl9ESVNBQkxFRBAFKrMBCgtTa2lsbFN0YXR1cxIcChhTS0lMTF9TVEFUVVNfVU5TUEVDSUZJRUQQABITCg9TS0lMTF9TVEFUVVNfT0sQARIXChNTS0lMTF9TVEFUVVNfRkFJTEVEEAISGgoWU0tJTExfU1RBVFVTX1RJTUVEX09VVBADEiIKHlNLSUxMX1NUQVRVU19ERUFETElORV9FWENFRURFRBAEEhgKFFNLSUxMX1NUQVRVU19SRUZVU0VEEAUq8wEKClNoZWRSZWFzb24SGwoXU0hFRF9SRUFTT05fVU5TUEVDSUZJRUQQABIaChZTSEVEX1JFQVNPTl9RVUVVRV9GVUxMEAESHAoYU0hFRF9SRUFTT05fQlJFQUtFUl9PUEVOEAISHQoZU0hFRF9SRUFTT05fRVhQRUNURURfV0FJVBADEh0KGVNIRURfUkVBU09OX1FVRVVFX1RJTUVPVVQQBBIYChRTSEVEX1JFQVNPTl9ERUFETElORRAFEhkKFVNIRURfUkVBU09OX0RJU1BMQUNFRBAGEhsKF1NIRURfUkVBU09OX0NBTExfRkFJTEVEEAcq6AEKDFF1ZXJ5T3V0Y29tZRIdChlRVUVSWV9PVVRDT01FX1VOU1BFQ0lGSUVEEAASFAoQUVVFUllfT1VUQ09NRV9PSxABEhkKFVFVRVJZX09VVENPTUVfUEFSVElBTBACEhgKFFFVRVJZX09VVENPTUVfRkFJTEVEEAMSGQoVUVVFUllfT1VUQ09NRV9SRUZVU0VEEAQSGgoWUVVFUllfT1VUQ09NRV9VTlJPVVRFRBAFEhoKFlFVRVJZX09VVENPTUVfREVBRExJTkUQBhIbChdRVUVSWV9PVVRDT01FX0NBTkNFTExFRBAHKnwKDEJyZWFrZXJTdGF0ZRIdChlCUkVBS0VSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQlJFQUtFUl9TVEFURV9DTE9TRUQQARIWChJCUkVBS0VSX1NUQVRFX09QRU4QAhIbChdCUkVBS0VSX1NUQVRFX0hBTEZfT1BFThADMskBCg1Sb3V0ZXJTZXJ2aWNlEjoKBVJvdXRlEhcucm91dGVyLnYxLlJvdXRlUmVxdWVzdBoYLnJvdXRlci52MS5Sb3V0ZVJlc3BvbnNlEkAKB0V4ZWN1dGUSGS5yb3V0ZXIudjEuRXhlY3V0ZVJlcXVlc3QaGi5yb3V0ZXIudjEuRXhlY3V0ZVJlc3BvbnNlEjoKBVN0YXRzEhcucm91dGVyLnYxLlN0YXRzUmVxdWVzdBoYLnJvdXRlci52MS5TdGF0c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEi6wIKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUINCgtfY29tcGxleGl0eUITChFfcmVxdWlyZWRfcXVhbGl0eUIICgZfdG9wX2siXAoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIvEBCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFEiMKB3NpZ25hbHMYFCABKAsyEi5yb3V0ZXIudjEuU2lnbmFscyIsCgtEb21haW5TY29yZRIOCgZkb21haW4YASABKAkSDQoFc2NvcmUYAiABKAEisAIKB1NpZ25hbHMSDgoGZG9tYWluGAEgASgJEi4KDWRvbWFpbl9zb3VyY2UYAiABKA4yFy5yb3V0ZXIudjEuU2lnbmFsU291cmNlEicKB2RvbWFpbnMYAyADKAsyFi5yb3V0ZXIudjEuRG9tYWluU2NvcmUSEgoKY29tcGxleGl0eRgEIAEoARIyChFjb21wbGV4aXR5X3NvdXJjZRgFIAEoDjIXLnJvdXRlci52MS5TaWduYWxTb3VyY2USDgoGbWV0aG9kGAYgASgJEhQKDG91dF9vZl9zY29wZRgHIAEoCBIWCg5iZXN0X3JlbGV2YW5jZRgIIAEoARIeChZvdXRfb2Zfc2NvcGVfdGhyZXNob2xkGAkgASgBEhYKDmZhbGxiYWNrX3NraWxsGAogASgJIugBCgpTY29yZVBhcnRzEhEKCWFjdGl2YXRlZBgBIAEoCBIUCgxkb21haW5fYm9udXMYAiABKAESFgoOY29tcGxleGl0eV9maXQYAyABKAESFAoMc3VjY2Vzc19yYXRlGAQgASgBEhYKDnN1Y2Nlc3NfZmFjdG9yGAUgASgBEhcKD3ByaW9yaXR5X3dlaWdodBgGIAEoARISCgpyYW5rX3Njb3JlGAcgASgBEhMKC2xvYWRfZmFjdG9yGAggASgBEhYKDnRleHRfcmVsZXZhbmNlGBQgASgBEhEKCXRleHRfdGVybRgVIAEoASKkAQoOSW1wbGVtZW50YXRpb24SDAoEbmFtZRgBIAEoCRINCgVtb2RlbBgCIAEoCRIPCgdiYWNrZW5kGAMgASgJEg8KB3F1YWxpdHkYBCABKAESGgoSY29zdF9wZXJfcXVlcnlfdXNkGAUgASgBEhsKE2V4cGVjdGVkX2xhdGVuY3lfbXMYBiABKAESGgoSb3B0aW1hbF9jb21wbGV4aXR5GAcgASgBIsEBChRJbXBsZW1lbnRhdGlvbkNob2ljZRIxCg5pbXBsZW1lbnRhdGlvbhgBIAEoCzIZLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvbhIRCglmaXRfc2NvcmUYAiABKAESGwoTbWVldHNfcXVhbGl0eV9mbG9vchgDIAEoCBIOCgZyZWFzb24YBCABKAkSNgoKcmVqZWN0aW9ucxgFIAMoCzIiLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvblJlamVjdGlvbiJKChdJbXBsZW1lbnRhdGlvblJlamVjdGlvbhIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIRCglmaXRfc2NvcmUYAyABKAEimAEKCVNlbGVjdGlvbhINCgVza2lsbBgBIAEoCRINCgVzY29yZRgCIAEoARIkCgVwYXJ0cxgDIAEoCzIVLnJvdXRlci52MS5TY29yZVBhcnRzEjcKDmltcGxlbWVudGF0aW9uGAQgASgLMh8ucm91dGVyLnYxLkltcGxlbWVudGF0aW9uQ2hvaWNlEg4KBmZvcmNlZBgFIAEoCCJ5CglSZWplY3Rpb24SDQoFc2tpbGwYASABKAkSKgoGcmVhc29uGAIgASgOMhoucm91dGVyLnYxLlJlamVjdGlvblJlYXNvbhIOCgZkZXRhaWwYAyABKAkSDQoFc2NvcmUYBCABKAESEgoKcmFua19zY29yZRgFIAEoASJeCg5FeGVjdXRlUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIoCgdjb250ZXh0GAIgASgLMhcucm91dGVyLnYxLlF1ZXJ5Q29udGV4dBITCgtleHBsYWluX2FsbBgDIAEoCCKVAwoLU2tpbGxSZXN1bHQSDQoFc2tpbGwYASABKAkSFgoOaW1wbGVtZW50YXRpb24YAiABKAkSDQoFbW9kZWwYAyABKAkSDgoGd2VpZ2h0GAQgASgBEiYKBnN0YXR1cxgFIAEoDjIWLnJvdXRlci52MS5Ta2lsbFN0YXR1cxIOCgZvdXRwdXQYBiABKAkSDQoFZXJyb3IYByABKAkSEAoIY29zdF91c2QYCCABKAESEgoKbGF0ZW5jeV9tcxgJIAEoARIUCgxpbnB1dF90b2tlbnMYCiABKAMSFQoNb3V0cHV0X3Rva2VucxgLIAEoAxIPCgdxdWFsaXR5GAwgASgBEhUKDXF1ZXVlX3dhaXRfbXMYDSABKAESEAoIYXR0ZW1wdHMYDiABKAUSEgoKYmF0Y2hfc2l6ZRgPIAEoBRIRCglzaGFyZWRfYnkYECABKAUSFgoOc3RlcHBlZF9pbl9mb3IYESABKAkSLQoOc3RlcF9pbl9yZWFzb24YEiABKA4yFS5yb3V0ZXIudjEuU2hlZFJlYXNvbiKiAQoJU2hlZFNraWxsEg0KBXNraWxsGAEgASgJEiUKBnJlYXNvbhgCIAEoDjIVLnJvdXRlci52MS5TaGVkUmVhc29uEg4KBmRldGFpbBgDIAEoCRITCgtyZXBsYWNlZF9ieRgEIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgFIAEoCRIiChpyZXBsYWNlZF9ieV9pbXBsZW1lbnRhdGlvbhgGIAEoCSJ6CgpDb3N0TGVkZ2VyEhIKCmFjdHVhbF91c2QYASABKAESFAoMYmFzZWxpbmVfdXNkGAIgASgBEhEKCXNhdmVkX3VzZBgDIAEoARIWCg5zYXZlZF9mcmFjdGlvbhgEIAEoARIXCg9iYXNlbGluZV9za2lsbHMYBSABKAUiRgoGVGltaW5nEhQKDHNlbGVjdGlvbl91cxgBIAEoAxIUCgxleGVjdXRpb25fdXMYAiABKAMSEAoIdG90YWxfdXMYAyABKAMiyAMKD0V4ZWN1dGVSZXNwb25zZRIQCghxdWVyeV9pZBgBIAEoCRIQCgh0cmFjZV9pZBgCIAEoCRIMCgR0ZXh0GAMgASgJEigKCnNlbGVjdGlvbnMYBCADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEicKB3Jlc3VsdHMYBSADKAsyFi5yb3V0ZXIudjEuU2tpbGxSZXN1bHQSKAoKcmVqZWN0aW9ucxgGIAMoCzIULnJvdXRlci52MS5SZWplY3Rpb24SIwoEY29zdBgHIAEoCzIVLnJvdXRlci52MS5Db3N0TGVkZ2VyEiEKBnRpbWluZxgIIAEoCzIRLnJvdXRlci52MS5UaW1pbmcSDwoHcXVhbGl0eRgJIAEoARIJCgFrGAogASgFEhMKC21vZV9lbmFibGVkGAsgASgIEiIKBHNoZWQYDCADKAsyFC5yb3V0ZXIudjEuU2hlZFNraWxsEigKB291dGNvbWUYDSABKA4yFy5yb3V0ZXIudjEuUXVlcnlPdXRjb21lEhoKEnJlamVjdGlvbnNfb21pdHRlZBgOIAEoBRIjCgdzaWduYWxzGBQgASgLMhIucm91dGVyLnYxLlNpZ25hbHMiOQoMU3RhdHNSZXF1ZXN0EikKBndpbmRvdxgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLoBAoKU2tpbGxTdGF0cxINCgVza2lsbBgBIAEoCRIRCglpbl9mbGlnaHQYAiABKAUSGQoRY29uY3VycmVuY3lfbGltaXQYAyABKAUSEwoLdXRpbGl6YXRpb24YBCABKAESEwoLcXVldWVfZGVwdGgYBSABKAUSDQoFY2FsbHMYBiABKAMSEAoIZmFpbHVyZXMYByABKAMSFAoMc3VjY2Vzc19yYXRlGAggASgBEhYKDmxhdGVuY3lfcDUwX21zGAkgASgBEhYKDmxhdGVuY3lfcDk5X21zGAogASgBEhAKCHJlamVjdGVkGAsgASgDEgwKBHNoZWQYDCABKAMSEQoJdGltZWRfb3V0GA0gASgDElAKF3F1ZXVlX2RlcHRoX2J5X3ByaW9yaXR5GA4gAygLMi8ucm91dGVyLnYxLlNraWxsU3RhdHMuUXVldWVEZXB0aEJ5UHJpb3JpdHlFbnRyeRIWCg5xdWV1ZV9jYXBhY2l0eRgPIAEoBRIaChJtZWFuX3F1ZXVlX3dhaXRfbXMYECABKAESNwoPaW1wbGVtZW50YXRpb25zGBEgAygLMh4ucm91dGVyLnYxLkltcGxlbWVudGF0aW9uU3RhdHMSDwoHYmF0Y2hlcxgSIAEoAxIXCg9tZWFuX2JhdGNoX3NpemUYEyABKAESGgoSbWVhbl9iYXRjaF93YWl0X21zGBQgASgBEhcKD2NvYWxlc2NlZF9jYWxscxgVIAEoAxo7ChlRdWV1ZURlcHRoQnlQcmlvcml0eUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBToCOAEizwEKE0ltcGxlbWVudGF0aW9uU3RhdHMSDAoEbmFtZRgBIAEoCRIuCg1icmVha2VyX3N0YXRlGAIgASgOMhcucm91dGVyLnYxLkJyZWFrZXJTdGF0ZRIwCgxoYWxmX29wZW5fYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGNvbnNlY3V0aXZlX2ZhaWx1cmVzGAQgASgFEhQKDGZhaWx1cmVfcmF0ZRgFIAEoARIUCgx0aW1lc19vcGVuZWQYBiABKAMizwIKBlRvdGFscxIPCgdxdWVyaWVzGAEgASgDEhwKFGF2Z19za2lsbHNfcGVyX3F1ZXJ5GAIgASgBEhAKCGNvc3RfdXNkGAMgASgBEhYKDmNvc3Rfc2F2ZWRfdXNkGAQgASgBEhkKEWJhc2VsaW5lX2Nvc3RfdXNkGAUgASgBEg4KBnJvdXRlcxgGIAEoAxIWCg5mYWlsZWRfcXVlcmllcxgHIAEoAxIxCghvdXRjb21lcxgIIAMoCzIfLnJvdXRlci52MS5Ub3RhbHMuT3V0Y29tZXNFbnRyeRIQCghhbnN3ZXJlZBgJIAEoAxITCgthdmdfcXVhbGl0eRgKIAEoARIeChZhdmdfY29zdF9wZXJfcXVlcnlfdXNkGAsgASgBGi8KDU91dGNvbWVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASKWAgoNU3RhdHNSZXNwb25zZRIlCgZza2lsbHMYASADKAsyFS5yb3V0ZXIudjEuU2tpbGxTdGF0cxIhCgZ0b3RhbHMYAiABKAsyES5yb3V0ZXIudjEuVG90YWxzEhYKDnVwdGltZV9zZWNvbmRzGAMgASgBEhMKC21vZV9lbmFibGVkGAQgASgIEiYKBndpbmRvdxgFIAEoCzIWLnJvdXRlci52MS5XaW5kb3dTdGF0cxIZChFjb25maWdfZ2VuZXJhdGlvbhgoIAEoAxI0ChBjb25maWdfbG9hZGVkX2F0GCkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1jb25maWdfc291cmNlGCogASgJIowBCgtIb3VybHlUcmVuZBIoCgRob3VyGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdxdWVyaWVzGAIgASgDEhQKDGF2Z19jb3N0X3VzZBgDIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYBCABKAESEwoLYXZnX3F1YWxpdHkYBSABKAEinAUKC1dpbmRvd1N0YXRzEhEKCWF2YWlsYWJsZRgBIAEoCBINCgVzdG9yZRgCIAEoCRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYBSABKAMSDgoGZXJyb3JzGAYgASgDEhsKE2F2Z19za2lsbHNfc2VsZWN0ZWQYByABKAESHgoWYXZnX2Nvc3RfcGVyX3F1ZXJ5X3VzZBgIIAEoARIWCg5jb3N0X3NhdmVkX3VzZBgJIAEoARIaChJhdmdfY29zdF9zYXZlZF91c2QYCiABKAESFwoPYXZnX3Jlc3BvbnNlX21zGAsgASgBEhcKD3A5OV9yZXNwb25zZV9tcxgMIAEoARITCgthdmdfcXVhbGl0eRgNIAEoARJJChJza2lsbF9kaXN0cmlidXRpb24YDiADKAsyLS5yb3V0ZXIudjEuV2luZG93U3RhdHMuU2tpbGxEaXN0cmlidXRpb25FbnRyeRImCgZob3VybHkYDyADKAsyFi5yb3V0ZXIudjEuSG91cmx5VHJlbmQSFAoMcm93c19kcm9wcGVkGBAgASgDEjYKCG91dGNvbWVzGBEgAygLMiQucm91dGVyLnYxLldpbmRvd1N0YXRzLk91dGNvbWVzRW50cnkSEAoIYW5zd2VyZWQYEiABKAMaOAoWU2tpbGxEaXN0cmlidXRpb25FbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBGi8KDU91dGNvbWVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASpeCghQcmlvcml0eRIYChRQUklPUklUWV9VTlNQRUNJRklFRBAAEhAKDFBSSU9SSVRZX0xPVxABEhMKD1BSSU9SSVRZX05PUk1BTBACEhEKDVBSSU9SSVRZX0hJR0gQAyp+CgxTaWduYWxTb3VyY2USHQoZU0lHTkFMX1NPVVJDRV9VTlNQRUNJRklFRBAAEhgKFFNJR05BTF9TT1VSQ0VfQ0FMTEVSEAESGgoWU0lHTkFMX1NPVVJDRV9JTkZFUlJFRBACEhkKFVNJR05BTF9TT1VSQ0VfREVGQVVMVBADKt8BCg9SZWplY3Rpb25SZWFzb24SIAocUkVKRUNUSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEiIKHlJFSkVDVElPTl9SRUFTT05fTk9UX0FDVElWQVRFRBABEiAKHFJFSkVDVElPTl9SRUFTT05fQkVMT1dfVE9QX0sQAhIdChlSRUpFQ1RJT05fUkVBU09OX0VYQ0xVREVEEAMSJgoiUkVKRUNUSU9OX1JFQVNPTl9OT19JTVBMRU1FTlRBVElPThAEEh0KGVJFSkVDVElPTl9SRUFTT05fRElTQUJMRUQQBSqzAQoLU2tpbGxTdGF0dXMSHAoYU0tJTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASEwoPU0tJTExfU1RBVFVTX09LEAESFwoTU0tJTExfU1RBVFVTX0ZBSUxFRBACEhoKFlNLSUxMX1NUQVRVU19USU1FRF9PVVQQAxIiCh5TS0lMTF9TVEFUVVNfREVBRExJTkVfRVhDRUVERUQQBBIYChRTS0lMTF9TVEFUVVNfUkVGVVNFRBAFKvMBCgpTaGVkUmVhc29uEhsKF1NIRURfUkVBU09OX1VOU1BFQ0lGSUVEEAASGgoWU0hFRF9SRUFTT05fUVVFVUVfRlVMTBABEhwKGFNIRURfUkVBU09OX0JSRUFLRVJfT1BFThACEh0KGVNIRURfUkVBU09OX0VYUEVDVEVEX1dBSVQQAxIdChlTSEVEX1JFQVNPTl9RVUVVRV9USU1FT1VUEAQSGAoUU0hFRF9SRUFTT05fREVBRExJTkUQBRIZChVTSEVEX1JFQVNPTl9ESVNQTEFDRUQQBhIbChdTSEVEX1JFQVNPTl9DQUxMX0ZBSUxFRBAHKugBCgxRdWVyeU91dGNvbWUSHQoZUVVFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEFFVRVJZX09VVENPTUVfT0sQARIZChVRVUVSWV9PVVRDT01FX1BBUlRJQUwQAhIYChRRVUVSWV9PVVRDT01FX0ZBSUxFRBADEhkKFVFVRVJZX09VVENPTUVfUkVGVVNFRBAEEhoKFlFVRVJZX09VVENPTUVfVU5ST1VURUQQBRIaChZRVUVSWV9PVVRDT01FX0RFQURMSU5FEAYSGwoXUVVFUllfT1VUQ09NRV9DQU5DRUxMRUQQByp8CgxCcmVha2VyU3RhdGUSHQoZQlJFQUtFUl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFEJSRUFLRVJfU1RBVEVfQ0xPU0VEEAESFgoSQlJFQUtFUl9TVEFURV9PUEVOEAISGwoXQlJFQUtFUl9TVEFURV9IQUxGX09QRU4QAzLJAQoNUm91dGVyU2VydmljZRI6CgVSb3V0ZRIXLnJvdXRlci52MS5Sb3V0ZVJlcXVlc3QaGC5yb3V0ZXIudjEuUm91dGVSZXNwb25zZRJACgdFeGVjdXRlEhkucm91dGVyLnYxLkV4ZWN1dGVSZXF1ZXN0Ghoucm91dGVyLnYxLkV4ZWN1dGVSZXNwb25zZRI6CgVTdGF0cxIXLnJvdXRlci52MS5TdGF0c1JlcXVlc3QaGC5yb3V0ZXIudjEuU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * QueryContext is what the web app knows about a query, plus per-request
@@ -201,6 +201,14 @@ export type RouteResponse = Message<"router.v1.RouteResponse"> & {
    * @generated from field: int32 rejections_omitted = 7;
    */
   rejectionsOmitted: number;
+
+  /**
+   * What the query was routed on: domain and complexity with their sources,
+   * the inferred domains, out of scope, and the method that read the text.
+   *
+   * @generated from field: router.v1.Signals signals = 20;
+   */
+  signals?: Signals | undefined;
 };
 
 /**
@@ -211,9 +219,127 @@ export const RouteResponseSchema: GenMessage<RouteResponse> = /*@__PURE__*/
   messageDesc(file_router_v1_router, 2);
 
 /**
- * ScoreParts are the terms of a skill's relevance score, as the seed defines
- * it: relevance = (1 + domain_bonus + complexity_fit) * success_factor, and
- * the ranking score is relevance * priority_weight.
+ * DomainScore is one inferred domain and how closely the query resembles
+ * the domain's example queries.
+ *
+ * @generated from message router.v1.DomainScore
+ */
+export type DomainScore = Message<"router.v1.DomainScore"> & {
+  /**
+   * Domain name, as configured under `domains`.
+   *
+   * @generated from field: string domain = 1;
+   */
+  domain: string;
+
+  /**
+   * Relevance, 0 to 1; 0.5 is the boundary calibrated on the examples.
+   *
+   * @generated from field: double score = 2;
+   */
+  score: number;
+};
+
+/**
+ * Describes the message router.v1.DomainScore.
+ * Use `create(DomainScoreSchema)` to create a new message.
+ */
+export const DomainScoreSchema: GenMessage<DomainScore> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 3);
+
+/**
+ * Signals are what a query is routed on, each value with its source.
+ *
+ * @generated from message router.v1.Signals
+ */
+export type Signals = Message<"router.v1.Signals"> & {
+  /**
+   * The domain the query was routed with.
+   *
+   * @generated from field: string domain = 1;
+   */
+  domain: string;
+
+  /**
+   * Where `domain` came from.
+   *
+   * @generated from field: router.v1.SignalSource domain_source = 2;
+   */
+  domainSource: SignalSource;
+
+  /**
+   * Domains inferred from the text, best first (also when the caller's
+   * domain won); empty when no domain has examples.
+   *
+   * @generated from field: repeated router.v1.DomainScore domains = 3;
+   */
+  domains: DomainScore[];
+
+  /**
+   * The complexity (0 to 10) the query was routed with.
+   *
+   * @generated from field: double complexity = 4;
+   */
+  complexity: number;
+
+  /**
+   * Where `complexity` came from.
+   *
+   * @generated from field: router.v1.SignalSource complexity_source = 5;
+   */
+  complexitySource: SignalSource;
+
+  /**
+   * How the text was read: "tfidf-linear", "embeddings:<model>",
+   * "complexity-estimate" or "none".
+   *
+   * @generated from field: string method = 6;
+   */
+  method: string;
+
+  /**
+   * True when no skill's examples resemble the query enough: skills with
+   * examples are not activated (the fallback skill is, when configured).
+   *
+   * @generated from field: bool out_of_scope = 7;
+   */
+  outOfScope: boolean;
+
+  /**
+   * The highest text relevance among the skills with examples, 0 to 1.
+   *
+   * @generated from field: double best_relevance = 8;
+   */
+  bestRelevance: number;
+
+  /**
+   * The text relevance a skill must reach for the query to be in scope.
+   *
+   * @generated from field: double out_of_scope_threshold = 9;
+   */
+  outOfScopeThreshold: number;
+
+  /**
+   * The skill activated when the query is out of scope ("" none).
+   *
+   * @generated from field: string fallback_skill = 10;
+   */
+  fallbackSkill: string;
+};
+
+/**
+ * Describes the message router.v1.Signals.
+ * Use `create(SignalsSchema)` to create a new message.
+ */
+export const SignalsSchema: GenMessage<Signals> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 4);
+
+/**
+ * ScoreParts are the terms of a skill's relevance score, the seed's plus the
+ * text term: relevance = (1 + domain_bonus + complexity_fit + text_term) *
+ * success_factor, and the ranking score is relevance * priority_weight.
+ * text_term is 0 for a skill without examples, so with no examples
+ * configured the formula is exactly the seed's.
  *
  * @generated from message router.v1.ScoreParts
  */
@@ -275,6 +401,21 @@ export type ScoreParts = Message<"router.v1.ScoreParts"> & {
    * @generated from field: double load_factor = 8;
    */
   loadFactor: number;
+
+  /**
+   * How closely the query resembles the skill's example queries, 0 to 1
+   * (0 when the skill has none); 0.5 is the calibrated boundary.
+   *
+   * @generated from field: double text_relevance = 20;
+   */
+  textRelevance: number;
+
+  /**
+   * text_weight (1) * text_relevance: the term it adds to the sum.
+   *
+   * @generated from field: double text_term = 21;
+   */
+  textTerm: number;
 };
 
 /**
@@ -282,7 +423,7 @@ export type ScoreParts = Message<"router.v1.ScoreParts"> & {
  * Use `create(ScorePartsSchema)` to create a new message.
  */
 export const ScorePartsSchema: GenMessage<ScoreParts> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 3);
+  messageDesc(file_router_v1_router, 5);
 
 /**
  * Implementation describes one backend of a skill as configured.
@@ -345,7 +486,7 @@ export type Implementation = Message<"router.v1.Implementation"> & {
  * Use `create(ImplementationSchema)` to create a new message.
  */
 export const ImplementationSchema: GenMessage<Implementation> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 4);
+  messageDesc(file_router_v1_router, 6);
 
 /**
  * ImplementationChoice is the implementation chosen for a selected skill and
@@ -396,7 +537,7 @@ export type ImplementationChoice = Message<"router.v1.ImplementationChoice"> & {
  * Use `create(ImplementationChoiceSchema)` to create a new message.
  */
 export const ImplementationChoiceSchema: GenMessage<ImplementationChoice> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 5);
+  messageDesc(file_router_v1_router, 7);
 
 /**
  * ImplementationRejection says why one implementation was not chosen.
@@ -431,7 +572,7 @@ export type ImplementationRejection = Message<"router.v1.ImplementationRejection
  * Use `create(ImplementationRejectionSchema)` to create a new message.
  */
 export const ImplementationRejectionSchema: GenMessage<ImplementationRejection> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 6);
+  messageDesc(file_router_v1_router, 8);
 
 /**
  * Selection is one chosen skill.
@@ -481,7 +622,7 @@ export type Selection = Message<"router.v1.Selection"> & {
  * Use `create(SelectionSchema)` to create a new message.
  */
 export const SelectionSchema: GenMessage<Selection> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 7);
+  messageDesc(file_router_v1_router, 9);
 
 /**
  * Rejection is a skill that was considered but not chosen.
@@ -530,7 +671,7 @@ export type Rejection = Message<"router.v1.Rejection"> & {
  * Use `create(RejectionSchema)` to create a new message.
  */
 export const RejectionSchema: GenMessage<Rejection> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 8);
+  messageDesc(file_router_v1_router, 10);
 
 /**
  * ExecuteRequest asks the chosen skills to answer a query.
@@ -566,7 +707,7 @@ export type ExecuteRequest = Message<"router.v1.ExecuteRequest"> & {
  * Use `create(ExecuteRequestSchema)` to create a new message.
  */
 export const ExecuteRequestSchema: GenMessage<ExecuteRequest> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 9);
+  messageDesc(file_router_v1_router, 11);
 
 /**
  * SkillResult is what one chosen skill returned.
@@ -711,7 +852,7 @@ export type SkillResult = Message<"router.v1.SkillResult"> & {
  * Use `create(SkillResultSchema)` to create a new message.
  */
 export const SkillResultSchema: GenMessage<SkillResult> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 10);
+  messageDesc(file_router_v1_router, 12);
 
 /**
  * ShedSkill is a chosen skill (implementation) that was dropped because it
@@ -769,7 +910,7 @@ export type ShedSkill = Message<"router.v1.ShedSkill"> & {
  * Use `create(ShedSkillSchema)` to create a new message.
  */
 export const ShedSkillSchema: GenMessage<ShedSkill> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 11);
+  messageDesc(file_router_v1_router, 13);
 
 /**
  * CostLedger compares what the query cost with what firing every activated
@@ -820,7 +961,7 @@ export type CostLedger = Message<"router.v1.CostLedger"> & {
  * Use `create(CostLedgerSchema)` to create a new message.
  */
 export const CostLedgerSchema: GenMessage<CostLedger> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 12);
+  messageDesc(file_router_v1_router, 14);
 
 /**
  * Timing of one query's stages.
@@ -856,7 +997,7 @@ export type Timing = Message<"router.v1.Timing"> & {
  * Use `create(TimingSchema)` to create a new message.
  */
 export const TimingSchema: GenMessage<Timing> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 13);
+  messageDesc(file_router_v1_router, 15);
 
 /**
  * ExecuteResponse is the synthesized answer and how it was made.
@@ -964,6 +1105,13 @@ export type ExecuteResponse = Message<"router.v1.ExecuteResponse"> & {
    * @generated from field: int32 rejections_omitted = 14;
    */
   rejectionsOmitted: number;
+
+  /**
+   * What the query was routed on (see RouteResponse.signals).
+   *
+   * @generated from field: router.v1.Signals signals = 20;
+   */
+  signals?: Signals | undefined;
 };
 
 /**
@@ -971,7 +1119,7 @@ export type ExecuteResponse = Message<"router.v1.ExecuteResponse"> & {
  * Use `create(ExecuteResponseSchema)` to create a new message.
  */
 export const ExecuteResponseSchema: GenMessage<ExecuteResponse> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 14);
+  messageDesc(file_router_v1_router, 16);
 
 /**
  * StatsRequest asks for the sidecar's state.
@@ -993,7 +1141,7 @@ export type StatsRequest = Message<"router.v1.StatsRequest"> & {
  * Use `create(StatsRequestSchema)` to create a new message.
  */
 export const StatsRequestSchema: GenMessage<StatsRequest> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 15);
+  messageDesc(file_router_v1_router, 17);
 
 /**
  * SkillStats is the live state of one skill.
@@ -1158,7 +1306,7 @@ export type SkillStats = Message<"router.v1.SkillStats"> & {
  * Use `create(SkillStatsSchema)` to create a new message.
  */
 export const SkillStatsSchema: GenMessage<SkillStats> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 16);
+  messageDesc(file_router_v1_router, 18);
 
 /**
  * ImplementationStats is the live state of one implementation of a skill.
@@ -1214,7 +1362,7 @@ export type ImplementationStats = Message<"router.v1.ImplementationStats"> & {
  * Use `create(ImplementationStatsSchema)` to create a new message.
  */
 export const ImplementationStatsSchema: GenMessage<ImplementationStats> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 17);
+  messageDesc(file_router_v1_router, 19);
 
 /**
  * Totals since the sidecar started: one count per Execute received, built
@@ -1309,7 +1457,7 @@ export type Totals = Message<"router.v1.Totals"> & {
  * Use `create(TotalsSchema)` to create a new message.
  */
 export const TotalsSchema: GenMessage<Totals> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 18);
+  messageDesc(file_router_v1_router, 20);
 
 /**
  * StatsResponse is the sidecar's state.
@@ -1381,7 +1529,7 @@ export type StatsResponse = Message<"router.v1.StatsResponse"> & {
  * Use `create(StatsResponseSchema)` to create a new message.
  */
 export const StatsResponseSchema: GenMessage<StatsResponse> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 19);
+  messageDesc(file_router_v1_router, 21);
 
 /**
  * HourlyTrend is one hour of the window.
@@ -1430,7 +1578,7 @@ export type HourlyTrend = Message<"router.v1.HourlyTrend"> & {
  * Use `create(HourlyTrendSchema)` to create a new message.
  */
 export const HourlyTrendSchema: GenMessage<HourlyTrend> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 20);
+  messageDesc(file_router_v1_router, 22);
 
 /**
  * WindowStats are the seed's dashboard figures over a window of time.
@@ -1571,7 +1719,7 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
  * Use `create(WindowStatsSchema)` to create a new message.
  */
 export const WindowStatsSchema: GenMessage<WindowStats> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 21);
+  messageDesc(file_router_v1_router, 23);
 
 /**
  * Priority of a query. Higher-priority queries are admitted first.
@@ -1613,6 +1761,45 @@ export enum Priority {
  */
 export const PrioritySchema: GenEnum<Priority> = /*@__PURE__*/
   enumDesc(file_router_v1_router, 0);
+
+/**
+ * SignalSource says where a signal's value came from.
+ *
+ * @generated from enum router.v1.SignalSource
+ */
+export enum SignalSource {
+  /**
+   * @generated from enum value: SIGNAL_SOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Set by the caller in QueryContext; always wins.
+   *
+   * @generated from enum value: SIGNAL_SOURCE_CALLER = 1;
+   */
+  CALLER = 1,
+
+  /**
+   * Read from the query text (query understanding).
+   *
+   * @generated from enum value: SIGNAL_SOURCE_INFERRED = 2;
+   */
+  INFERRED = 2,
+
+  /**
+   * The configured default: neither the caller nor the text gave one.
+   *
+   * @generated from enum value: SIGNAL_SOURCE_DEFAULT = 3;
+   */
+  DEFAULT = 3,
+}
+
+/**
+ * Describes the enum router.v1.SignalSource.
+ */
+export const SignalSourceSchema: GenEnum<SignalSource> = /*@__PURE__*/
+  enumDesc(file_router_v1_router, 1);
 
 /**
  * Reason a skill was not chosen.
@@ -1668,7 +1855,7 @@ export enum RejectionReason {
  * Describes the enum router.v1.RejectionReason.
  */
 export const RejectionReasonSchema: GenEnum<RejectionReason> = /*@__PURE__*/
-  enumDesc(file_router_v1_router, 1);
+  enumDesc(file_router_v1_router, 2);
 
 /**
  * Outcome of one skill's call.
@@ -1727,7 +1914,7 @@ export enum SkillStatus {
  * Describes the enum router.v1.SkillStatus.
  */
 export const SkillStatusSchema: GenEnum<SkillStatus> = /*@__PURE__*/
-  enumDesc(file_router_v1_router, 2);
+  enumDesc(file_router_v1_router, 3);
 
 /**
  * Why a chosen skill could not take a query.
@@ -1798,7 +1985,7 @@ export enum ShedReason {
  * Describes the enum router.v1.ShedReason.
  */
 export const ShedReasonSchema: GenEnum<ShedReason> = /*@__PURE__*/
-  enumDesc(file_router_v1_router, 3);
+  enumDesc(file_router_v1_router, 4);
 
 /**
  * How one Execute ended. Every Execute received is counted once, with its
@@ -1869,7 +2056,7 @@ export enum QueryOutcome {
  * Describes the enum router.v1.QueryOutcome.
  */
 export const QueryOutcomeSchema: GenEnum<QueryOutcome> = /*@__PURE__*/
-  enumDesc(file_router_v1_router, 4);
+  enumDesc(file_router_v1_router, 5);
 
 /**
  * State of a circuit breaker.
@@ -1910,7 +2097,7 @@ export enum BreakerState {
  * Describes the enum router.v1.BreakerState.
  */
 export const BreakerStateSchema: GenEnum<BreakerState> = /*@__PURE__*/
-  enumDesc(file_router_v1_router, 5);
+  enumDesc(file_router_v1_router, 6);
 
 /**
  * RouterService routes queries to skills.
