@@ -432,7 +432,9 @@ async def test_identical_calls_to_a_backend_that_cannot_batch_share_one_call(emu
         tasks = [ask(client, "plain", "the same question") for _ in range(n)]
         plain = app.runtimes["plain"]
         await until(lambda: plain.coalesced_calls() == n - 1, "every caller joined the call in flight")
-        assert concurrent(emu, "plain") == 1
+        # The one shared request reaches the (paused) backend; no second one follows.
+        await until(lambda: concurrent(emu, "plain") == 1, "the shared request held at the backend")
+        assert emu.stats()["plain"].requests == 1
         emu.resume("plain")
         resps = await gathered(*tasks)
         st = await skill_stats(client, "plain")
