@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from router.backends._errors import decode_json, map_httpx_exceptions, protocol_error, status_error
+from router.backends._transport import PooledTransport, TransportRegistry
 from router.core.errors import BackendConnectionError, BackendError, BackendTimeout
 from router.core.types import ImplementationSpec
 from router.runtime.ports import SkillCall, SkillReply
@@ -55,6 +55,8 @@ class PooledBackend:
       ``warm_timeout_s``   bound of ``warm()`` (default: min(implementation.timeout_s, 10)).
       ``keepalive_expiry`` seconds an idle pooled connection is kept.
       ``trust_env``        honour HTTP(S)_PROXY/NO_PROXY and SSL env vars (httpx's default).
+      ``transports``       the shared per-origin pools (``TransportRegistry``) this
+                           backend's connections come from; None: a pool of its own.
     """
 
     kind: ClassVar[str] = ""
@@ -70,6 +72,7 @@ class PooledBackend:
         warm_timeout_s: float | None = None,
         keepalive_expiry: float = 30.0,
         trust_env: bool = True,
+        transports: TransportRegistry | None = None,
     ) -> None:
         self.implementation = implementation
         self._batch = batch
@@ -96,16 +99,30 @@ class PooledBackend:
             max_keepalive_connections=implementation.max_connections,
             keepalive_expiry=keepalive_expiry,
         )
+        # httpx's API over aiohttp's connection pool, shared per origin, with
+        # one SSL context for the process and none for http:// (_transport).
+        if transports is None:
+            transports = TransportRegistry()
+        self.transport: PooledTransport = transports.transport(
+            implementation.url, max_connections=implementation.max_connections,
+            keepalive_expiry=keepalive_expiry, trust_env=trust_env)
         self._client = httpx.AsyncClient(
             base_url=_base_url(implementation.url),
             headers=headers,
             timeout=httpx.Timeout(implementation.timeout_s),
             limits=limits,
             trust_env=trust_env,
-            # httpx's API over aiohttp's connection pool: the same calls cost
-            # about half the CPU of httpcore's pool (bench/execute_overhead).
-            transport=AiohttpTransport(limits=limits, trust_env=trust_env),
+            transport=self.transport,
         )
+
+    @property
+    def warm_key(self) -> tuple[object, ...] | None:
+        """Backends with equal keys share what ``warm()`` checks and opens
+        (the same pool, path and credentials): ``BackendPool`` warms one of
+        them. None: nothing to warm."""
+        if self.warm_path is None:
+            return None
+        return (id(self.transport.shared), self.warm_path, self.implementation.api_key_env)
 
     # -- Backend port ------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any
 from router.backends._base import PooledBackend
 from router.backends._http import HttpBackend
 from router.backends._openai import OpenAIBackend
+from router.backends._transport import TransportRegistry
 from router.core.errors import BackendConnectionError, BackendError, ConfigError
 from router.core.types import ImplementationSpec, SkillSpec
 from router.runtime.ports import Backend, BackendFactory
@@ -22,7 +23,7 @@ _KINDS: dict[str, type[PooledBackend]] = {"openai": OpenAIBackend, "http": HttpB
 def build_backend(implementation: ImplementationSpec, *, batch: bool = False, **options: Any) -> Backend:
     """The backend for ``implementation.backend`` ("openai" or "http").
     ``options`` go to ``PooledBackend`` (warm_path, warm_connections,
-    warm_timeout_s, keepalive_expiry, trust_env)."""
+    warm_timeout_s, keepalive_expiry, trust_env, transports)."""
     cls = _KINDS.get(implementation.backend)
     if cls is None:
         raise ConfigError(
@@ -53,15 +54,17 @@ class BackendPool:
     ) -> BackendPool:
         """A backend for every implementation of every skill. Without a
         ``factory``, ``build_backend`` is used with ``batch`` (a flag, or a
-        function of the skill and implementation)."""
+        function of the skill and implementation); the implementations that
+        call one origin (scheme, host, port) share its connection pool."""
         pool = cls()
+        transports = TransportRegistry()
         for skill in skills:
             for impl in skill.implementations:
                 if factory is not None:
                     backend = factory(impl)
                 else:
                     wants_batch = batch(skill, impl) if callable(batch) else batch
-                    backend = build_backend(impl, batch=wants_batch)
+                    backend = build_backend(impl, batch=wants_batch, transports=transports)
                 pool.add(skill.name, backend)
         return pool
 
@@ -90,24 +93,35 @@ class BackendPool:
         return self._backends.items()
 
     async def warm_all(self, *, concurrency: int = 16, strict: bool = True) -> dict[Key, BackendError]:
-        """Warm every backend, at most ``concurrency`` at once. Returns the
-        failures; with ``strict`` (the default) raises one
-        ``BackendConnectionError`` naming every backend that failed."""
+        """Warm every backend, at most ``concurrency`` at once. Backends
+        that share a pool, warm path and credentials (``warm_key``) are
+        warmed once, and share the outcome. Returns the failures; with
+        ``strict`` (the default) raises one ``BackendConnectionError`` naming
+        every backend that failed."""
         limit = asyncio.Semaphore(max(1, concurrency))
         failures: dict[Key, BackendError] = {}
+        groups: dict[object, list[tuple[Key, Backend]]] = {}
+        for key, backend in self._backends.items():
+            shared = getattr(backend, "warm_key", None)
+            groups.setdefault(key if shared is None else shared, []).append((key, backend))
 
-        async def warm(key: Key, backend: Backend) -> None:
+        async def warm(members: list[tuple[Key, Backend]]) -> None:
             async with limit:
                 try:
-                    await backend.warm()
+                    await members[0][1].warm()
                 except BackendError as exc:
-                    failures[key] = exc
+                    for key, _ in members:
+                        failures[key] = exc
 
         async with asyncio.TaskGroup() as group:
-            for key, backend in self._backends.items():
-                group.create_task(warm(key, backend))
-        for (skill, impl), exc in failures.items():
-            logger.warning("backend %s/%s did not warm: %s", skill, impl, exc)
+            for members in groups.values():
+                group.create_task(warm(members))
+        for members in groups.values():  # one line per warm request that failed
+            exc = failures.get(members[0][0])
+            if exc is not None:
+                names = ", ".join(f"{s}/{i}" for (s, i), _ in members[:3])
+                more = f" (and {len(members) - 3} more on the same pool)" if len(members) > 3 else ""
+                logger.warning("backend %s%s did not warm: %s", names, more, exc)
         if failures and strict:
             detail = "; ".join(f"{skill}/{impl}: {exc}" for (skill, impl), exc in failures.items())
             raise BackendConnectionError(
