@@ -17,7 +17,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TypeVar
 
 from router.admin import AdminError, AdminServer
 from router.backends import BackendPool
@@ -40,6 +41,7 @@ from router.storage import MetricsStore, StoreSettings, WindowAggregate, make_st
 from router.telemetry import Telemetry, TelemetrySettings, setup_telemetry
 
 log = logging.getLogger("router")
+_T = TypeVar("_T")
 
 # Admission off (BRAIN_LOAD_BALANCING_ENABLED=false): count, never queue.
 UNLIMITED = 1_000_000
@@ -209,8 +211,34 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
     return App(config, pool, registry, runtimes, pipeline, telemetry, store, listen or config.server.listen)
 
 
+def loop_factory(env: Mapping[str, str] | None = None) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed, unless ``SKILL_ROUTER_UVLOOP``
+    (in ``env``, default os.environ) is 0/false/no/off; None: asyncio's own."""
+    value = (os.environ if env is None else env).get("SKILL_ROUTER_UVLOOP", "").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run(main: Coroutine[object, object, _T], *, env: Mapping[str, str] | None = None) -> _T:
+    """``asyncio.run(main)`` on the loop ``loop_factory`` picks."""
+    with asyncio.Runner(loop_factory=loop_factory(env)) as runner:
+        return runner.run(main)
+
+
+def loop_name() -> str:
+    loop = asyncio.get_running_loop()
+    module = type(loop).__module__.split(".", 1)[0]
+    return "uvloop" if module == "uvloop" else "asyncio"
+
+
 async def serve(config: RouterConfig, listen: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    log.info("event loop: %s", loop_name())
     app = build_app(config, listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -134,7 +134,8 @@ def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen:
         else:
             await run(config, listen)
 
-    asyncio.run(go())
+    from router.app import run as run_loop
+    run_loop(go())  # on uvloop when installed (SKILL_ROUTER_UVLOOP=0: asyncio's loop)
 
 
 def _query_options(f):  # type: ignore[no-untyped-def]
