@@ -323,9 +323,60 @@ class _Worker:
             one = self._http_call(job)
         elif kind == "aiohttp":
             one = await self._aiohttp_call(job)
+        elif kind == "burst":
+            return await self._burst(job)
         else:
             raise ValueError(f"unknown job kind {kind!r}")
         return await closed_loop(one, int(job["concurrency"]), float(job["duration_s"]))
+
+    async def _burst(self, job: dict[str, Any]) -> dict[str, Any]:
+        """``calls`` Executes started at once over ``channels`` channels;
+        every answer's status code, whether a refusal carried RetryInfo,
+        and the latencies of the OK ones."""
+        import grpc
+        from skill_router_client import error_details
+
+        from router.v1 import router_pb2 as pb
+        from router.v1 import router_pb2_grpc as pb_grpc
+
+        # Many concurrent streams per channel: let each channel open more
+        # HTTP/2 connections rather than queue in the client.
+        options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_concurrent_streams", 1 << 20)]
+        channels = [grpc.aio.insecure_channel(job["target"], options=[*options, ("grpc.channel_id", i)])
+                    for i in range(int(job["channels"]))]
+        stubs = [pb_grpc.RouterServiceStub(ch) for ch in channels]
+        request = pb.ExecuteRequest.FromString(job["request"])
+        timeout = float(job["timeout_s"])
+        codes: collections.Counter = collections.Counter()
+        retry_info = 0
+        ok_ms: list[float] = []
+        results_short = 0
+        perf = time.perf_counter
+
+        async def one(i: int) -> None:
+            nonlocal retry_info, results_short
+            t0 = perf()
+            try:
+                resp = await stubs[i % len(stubs)].Execute(request, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                codes[exc.code().name] += 1
+                if error_details(exc).retry_delay_s is not None:
+                    retry_info += 1
+                return
+            codes["OK"] += 1
+            ok_ms.append((perf() - t0) * 1000.0)
+            if any(r.status != pb.SKILL_STATUS_OK for r in resp.results):
+                results_short += 1
+
+        cpu0 = time.process_time()
+        t0 = perf()
+        try:
+            await asyncio.gather(*(one(i) for i in range(int(job["calls"]))))
+        finally:
+            for ch in channels:
+                await ch.close()
+        return {"codes": dict(codes), "retry_info": retry_info, "ok_ms": ok_ms, "wall_s": perf() - t0,
+                "degraded": results_short, "client_cpu_s": time.process_time() - cpu0}
 
     def _grpc_call(self, job: dict[str, Any]) -> Callable[[], Any]:
         import grpc
