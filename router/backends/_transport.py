@@ -136,11 +136,14 @@ class PooledTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError("the transport is closed", request=request)
         timeout = self._timeout(request)
         with map_aiohttp_exceptions():
-            try:
-                async with asyncio.timeout(timeout.connect):
-                    await self._slots.acquire()
-            except TimeoutError as exc:
-                raise httpx.PoolTimeout("no free connection within the pool timeout", request=request) from exc
+            if self._slots.locked():  # all taken: wait, within the pool timeout
+                try:
+                    async with asyncio.timeout(timeout.connect):
+                        await self._slots.acquire()
+                except TimeoutError as exc:
+                    raise httpx.PoolTimeout("no free connection within the pool timeout", request=request) from exc
+            else:
+                await self._slots.acquire()  # free: taken at once, no timer to arm
             try:
                 response = await self.shared.session().request(
                     request.method, str(request.url), headers=request.headers, data=request.content or None,
