@@ -224,3 +224,14 @@ async def test_stats_window_reads_the_store_over_that_stretch(emulator, tmp_path
         assert rc == 1 and "INVALID_ARGUMENT" in err and "(field window)" in err
     finally:
         await app.stop(1)
+
+
+def test_the_event_loop_is_uvloop_unless_turned_off() -> None:
+    import uvloop
+
+    from router.app import loop_factory
+
+    assert loop_factory({}) is uvloop.new_event_loop
+    for off in ("0", "false", "No", " off "):
+        assert loop_factory({"SKILL_ROUTER_UVLOOP": off}) is None, off
+    assert loop_factory({"SKILL_ROUTER_UVLOOP": "1"}) is uvloop.new_event_loop
