@@ -13,7 +13,7 @@ whether a refusal carries a RetryInfo delay). The sidecar's resident memory
 is sampled every 100 ms (psutil).
 
 A second variant runs the same flood **past capacity**: each skill's limit
-set to 200 in flight and 200 queued; what does not fit must be refused with
+set to 20 in flight and 20 queued; what does not fit must be refused with
 RESOURCE_EXHAUSTED and RetryInfo, never dropped or cancelled.
 
     .venv/bin/python -m bench.flood_memory [--calls 10000] [--quick] [--json]
@@ -50,7 +50,7 @@ CHANNELS = 64
 TIMEOUT_S = 120.0
 AIM_RSS = 1 << 30
 VARIANTS = {"raised": {"limit": 100_000, "queue": 100_000},
-            "past_capacity": {"limit": 200, "queue": 200}}
+            "past_capacity": {"limit": 20, "queue": 20}}
 
 
 def config_data(emulator_url: str, limit: int, queue: int) -> dict[str, Any]:
