@@ -122,8 +122,8 @@ class PooledBackend:
         )
         # Requests go straight to the transport as httpx.Request objects:
         # the client's redirect, auth, cookie-jar and hook layers cost about
-        # half of the HTTP path's CPU and none of them applies to a backend
-        # API. Not when the environment sets a proxy for this URL: then the
+        # a third of the HTTP path's CPU (py-spy, docs/benchmarks.md) and
+        # none of them applies to a backend API. Not when the environment sets a proxy for this URL: then the
         # client's proxy mount is used, as before.
         self._headers = {"User-Agent": _USER_AGENT, "Accept": "application/json", **headers}
         self._direct = not any(pattern.matches(httpx.URL(implementation.url))
