@@ -21,13 +21,21 @@ measures the hop, not the admission policy), the SQLite metrics store in a
 temporary directory (its writes included), telemetry off (no OTLP endpoint).
 Concurrency 1 (added latency) and 64 (calls/s per host).
 
-    .venv/bin/python -m bench.one_skill [--quick] [--json] [--rounds N] [--duration S]
+With ``--before REF`` a fourth sidecar runs the code of git ref REF
+(exported with ``git archive``, on asyncio's loop, as it was): the changes
+measured before and after in the same run.
+
+    .venv/bin/python -m bench.one_skill [--quick] [--json] [--rounds N] [--duration S] [--before REF]
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -64,7 +72,27 @@ REQUEST = {"query": "Review this NDA clause for risks in a leasing deal", "domai
 LIMIT = 1024
 CONNECTIONS = 256
 VARIANTS = (("direct", "direct (aiohttp)"), ("sidecar_uvloop", "sidecar (uvloop)"),
-            ("sidecar_asyncio", "sidecar (asyncio loop)"))
+            ("sidecar_asyncio", "sidecar (asyncio loop)"), ("sidecar_before", "sidecar before (REF)"))
+SIDECARS = tuple(name for name, _ in VARIANTS if name != "direct")
+
+
+def _variants(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    ref = result.get("before_ref")
+    return [(n, label.replace("REF", f"`{ref}`, asyncio loop")) for n, label in VARIANTS
+            if n != "sidecar_before" or ref]
+
+
+@contextlib.contextmanager
+def exported(ref: str | None) -> Iterator[str | None]:
+    """``git archive REF`` unpacked in a temporary directory (None: no ref)."""
+    if ref is None:
+        yield None
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
+        archive = subprocess.run(["git", "-C", root, "archive", ref], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        yield tmp
 AIMS = {"cpu_ms": 1.0, "added_p50_ms": 2.0, "qps_c64": 1000.0}
 
 
@@ -89,7 +117,15 @@ def config_data(emulator_url: str, store: str) -> dict[str, Any]:
     return data
 
 
+BEFORE_REF: str | None = None  # --before REF
+
+
 async def run(plan: Plan, *, profile: str | None = None, quick: bool = False) -> dict[str, Any]:
+    with exported(BEFORE_REF) as before_root:
+        return await _run(plan, quick, before_root)
+
+
+async def _run(plan: Plan, quick: bool, before_root: str | None) -> dict[str, Any]:
     from skill_router_client import build_context
 
     from bench.execute_overhead import baseline_calls
@@ -105,10 +141,20 @@ async def run(plan: Plan, *, profile: str | None = None, quick: bool = False) ->
     with store_path() as db_uv, store_path() as db_aio:
         async with emulator_process({"seed": 0, "default": {"latency_ms": BACKEND_MS}}) as (emu_url, emu_proc):
             data = config_data(emu_url, db_uv)
-            progress("starting two sidecars (uvloop, asyncio loop) ...")
-            async with sidecar_process(data) as (addr_uv, proc_uv), \
-                    sidecar_process({**data, "storage": {**data["storage"], "sqlite_path": db_aio}},
-                                    env={"SKILL_ROUTER_UVLOOP": "0"}) as (addr_aio, proc_aio):
+            progress("starting the sidecars (uvloop, asyncio loop" + (f", {BEFORE_REF}" if before_root else "") + ") ...")
+            async with contextlib.AsyncExitStack() as stack:
+                addr_uv, proc_uv = await stack.enter_async_context(sidecar_process(data))
+                addr_aio, proc_aio = await stack.enter_async_context(sidecar_process(
+                    {**data, "storage": {**data["storage"], "sqlite_path": db_aio}}, env={"SKILL_ROUTER_UVLOOP": "0"}))
+                servers = {"sidecar_uvloop": proc_uv, "sidecar_asyncio": proc_aio}
+                targets = {"sidecar_uvloop": addr_uv, "sidecar_asyncio": addr_aio}
+                if before_root is not None:
+                    db_before = stack.enter_context(store_path())
+                    before = {**data, "storage": {**data["storage"], "sqlite_path": db_before}}
+                    targets["sidecar_before"], servers["sidecar_before"] = await stack.enter_async_context(
+                        sidecar_process(before, env={
+                            "PYTHONPATH": os.pathsep.join([before_root, os.path.join(before_root, "clients", "python")]),
+                            "SKILL_ROUTER_UVLOOP": "0"}))
                 memory["ready"] = proc_uv.memory_info().rss
                 async with grpc.aio.insecure_channel(addr_uv) as channel:
                     probe = await pb_grpc.RouterServiceStub(channel).Execute(request, timeout=10)
@@ -120,18 +166,17 @@ async def run(plan: Plan, *, profile: str | None = None, quick: bool = False) ->
                 variants = {
                     "direct": {"kind": "aiohttp", "base_url": emu_url, "calls": calls,
                                "max_connections": CONNECTIONS, "timeout_s": 30},
-                    "sidecar_uvloop": {**sidecar, "target": addr_uv},
-                    "sidecar_asyncio": {**sidecar, "target": addr_aio},
+                    **{name: {**sidecar, "target": target} for name, target in targets.items()},
                 }
                 async with LoadGenerator() as gen:
                     for c in CONCURRENCY:
                         progress(f"concurrency {c}: {plan.rounds} interleaved rounds × {plan.duration_s} s per variant")
                         m = await measure(gen, variants, concurrency=c, rounds=plan.rounds,
                                           duration_s=plan.duration_s, warmup_s=plan.warmup_s, emulator=emu_proc,
-                                          servers={"sidecar_uvloop": proc_uv, "sidecar_asyncio": proc_aio})
+                                          servers=servers)
                         level: dict[str, Any] = {"concurrency": c, **m}
                         d = m["direct"]
-                        for name in ("sidecar_uvloop", "sidecar_asyncio"):
+                        for name in targets:
                             s = m[name]
                             level[f"{name}_added_p50_ms"] = s["p50_ms"] - d["p50_ms"]
                             level[f"{name}_added_p99_ms"] = s["p99_ms"] - d["p99_ms"]
@@ -140,7 +185,7 @@ async def run(plan: Plan, *, profile: str | None = None, quick: bool = False) ->
                 memory["after_load"] = proc_uv.memory_info().rss
     result = {
         "benchmark": NAME,
-        "command": COMMAND + (" --quick" if quick else ""),
+        "command": COMMAND + (" --quick" if quick else "") + (f" --before {BEFORE_REF}" if before_root else ""),
         "when": timestamp(),
         "quick": quick,
         "machine": machine(),
@@ -151,6 +196,7 @@ async def run(plan: Plan, *, profile: str | None = None, quick: bool = False) ->
         "levels": levels,
         "rss_bytes": memory,
         "aims": AIMS,
+        "before_ref": BEFORE_REF if before_root else None,
     }
     if not quick:
         result["plot"] = plot(result)
@@ -160,17 +206,18 @@ async def run(plan: Plan, *, profile: str | None = None, quick: bool = False) ->
 def plot(result: Mapping[str, Any]) -> str:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    labels = [label for _, label in VARIANTS]
-    colors = ["#888888", "#1f77b4", "#ff7f0e"]
+    variants = _variants(result)
+    labels = [label.replace(", asyncio loop", "").replace("`", "").replace(" (", "\n(") for _, label in variants]
+    colors = ["#888888", "#1f77b4", "#ff7f0e", "#d62728"][:len(variants)]
     by_c = {lv["concurrency"]: lv for lv in result["levels"]}
     c1, c64 = by_c[CONCURRENCY[0]], by_c[CONCURRENCY[-1]]
-    axes[0].bar(labels, [c1[n]["p50_ms"] for n, _ in VARIANTS], color=colors)
+    axes[0].bar(labels, [c1[n]["p50_ms"] for n, _ in variants], color=colors)
     axes[0].set_title("p50 latency at c=1 (ms)")
-    axes[1].bar(labels, [c64[n]["throughput_qps"] for n, _ in VARIANTS], color=colors)
+    axes[1].bar(labels, [c64[n]["throughput_qps"] for n, _ in variants], color=colors)
     axes[1].axhline(AIMS["qps_c64"], color="green", linestyle="--", linewidth=1, label="aim")
     axes[1].set_title(f"calls/s at c={CONCURRENCY[-1]}")
     axes[1].legend()
-    sc = [(label, n) for n, label in VARIANTS if n != "direct"]
+    sc = [(label, n) for (n, _), label in zip(variants, labels) if n != "direct"]
     width = 0.35
     xs = range(len(sc))
     for i, lv in enumerate((c1, c64)):
@@ -191,7 +238,7 @@ def _rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
                "load-gen CPU/call"]
     rows = []
     for lv in result["levels"]:
-        for name, label in VARIANTS:
+        for name, label in _variants(result):
             v = lv[name]
             side = name != "direct"
             rows.append([
@@ -214,7 +261,14 @@ def _verdict(result: Mapping[str, Any]) -> str:
     added = c1["sidecar_uvloop_added_p50_ms"]
     qps = c64["sidecar_uvloop"]["throughput_qps"]
     ok = lambda good: "met" if good else "not met"  # noqa: E731
-    return (f"Against the aims (uvloop): sidecar CPU per call {fmt(cpu, '.3f')} ms (aim ≤ {AIMS['cpu_ms']:g} ms: "
+    before = ""
+    if result.get("before_ref"):
+        b = min(c1["sidecar_before"]["server_cpu_us_per_call"], c64["sidecar_before"]["server_cpu_us_per_call"]) / 1000
+        before = (f"Before ({result['before_ref']}, asyncio loop): CPU per call {fmt(b, '.3f')} ms, added p50 at c=1 "
+                  f"{fmt(c1['sidecar_before_added_p50_ms'], '+.2f')} ms, "
+                  f"{fmt(c64['sidecar_before']['throughput_qps'], '.0f')} calls/s at c={CONCURRENCY[-1]}; this "
+                  f"branch on the same loop {fmt(cpu_aio, '.3f')} ms ({fmt((1 - cpu_aio / b) * 100, '.0f')}% less). ")
+    return before + (f"Against the aims (uvloop): sidecar CPU per call {fmt(cpu, '.3f')} ms (aim ≤ {AIMS['cpu_ms']:g} ms: "
             f"{ok(cpu <= AIMS['cpu_ms'])}; asyncio loop {fmt(cpu_aio, '.3f')} ms, uvloop saves "
             f"{fmt((1 - cpu / cpu_aio) * 100, '.0f')}%); added p50 at c=1 {fmt(added, '+.2f')} ms "
             f"(aim ≤ +{AIMS['added_p50_ms']:g} ms: {ok(added <= AIMS['added_p50_ms'])}); {fmt(qps, '.0f')} calls/s at "
@@ -249,6 +303,12 @@ def markdown(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global BEFORE_REF
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--before" in argv:  # a git ref whose code runs as a fourth sidecar: before and after in one run
+        i = argv.index("--before")
+        BEFORE_REF = argv[i + 1]
+        del argv[i:i + 2]
     bench_main(__doc__, argv, run, table, full=FULL, quick=QUICK)
     return 0
 

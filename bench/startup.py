@@ -16,7 +16,8 @@ size, in one run:
   their own: import, reading and parsing the YAML, validating it (pydantic
   and the cross-checks), building the app (settings, gates, backends and
   their pools, registry, pipeline, server), opening the metrics store,
-  listening, warming the backends' pools.
+  listening, warming the backends' pools (with the cyclic GC paused, as
+  ``serve`` does: ``router.app.gc_paused``).
 
     .venv/bin/python -m bench.startup [--quick] [--json] [--sizes 100 1000 10000]
 """
@@ -89,7 +90,11 @@ def write_config(path: str, data: Mapping[str, Any]) -> int:
 
 
 def phases_main(path: str) -> None:
-    """Run serve's start-up steps one by one; print one JSON object."""
+    """Run serve's start-up steps one by one (the cyclic GC paused, as
+    ``serve`` does); print one JSON object."""
+    import gc
+
+    gc.disable()
     t0 = time.perf_counter()
     import psutil
 

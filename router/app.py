@@ -13,11 +13,13 @@ close the pools, flush the store and the telemetry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import TypeVar
 
 from router.admin import AdminError, AdminServer
@@ -236,15 +238,33 @@ def loop_name() -> str:
     return "uvloop" if module == "uvloop" else "asyncio"
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Start-up allocates millions of long-lived objects (10,000 skills) and
+    next to no garbage: the cyclic GC is paused meanwhile (its full passes
+    over the growing heap were about 45% of start-up at 5,000 skills), and
+    what was built is frozen (``gc.freeze``) so later collections, on the
+    request path, never scan it again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 async def serve(config: RouterConfig, listen: str | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     log.info("event loop: %s", loop_name())
-    app = build_app(config, listen)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await app.start()
+    with gc_paused():
+        app = build_app(config, listen)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await app.start()
     try:
         await stop.wait()
         log.info("shutting down: draining in-flight calls for up to %.1fs", config.server.grace_period_s)

@@ -109,10 +109,12 @@ def main(log_level: str) -> None:
                    "Default from config: 127.0.0.1:9464.")
 def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen: str | None) -> None:
     """Run the sidecar until SIGTERM/SIGINT."""
+    from router.app import gc_paused
     from router.app import serve as run
     from router.core.errors import ConfigError
 
-    config = _load(config_path)
+    with gc_paused():  # reading and validating 10,000 skills makes no garbage worth collecting
+        config = _load(config_path)
     if admin_listen is not None:
         try:
             config = config.with_admin_listen(admin_listen)

@@ -235,3 +235,19 @@ def test_the_event_loop_is_uvloop_unless_turned_off() -> None:
     for off in ("0", "false", "No", " off "):
         assert loop_factory({"SKILL_ROUTER_UVLOOP": off}) is None, off
     assert loop_factory({"SKILL_ROUTER_UVLOOP": "1"}) is uvloop.new_event_loop
+
+
+def test_start_up_pauses_the_gc_and_freezes_what_it_built() -> None:
+    import gc
+
+    from router.app import gc_paused
+
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+            built = [[i] for i in range(1000)]
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(built)
+    finally:
+        gc.unfreeze()
