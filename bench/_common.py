@@ -666,7 +666,10 @@ async def sidecar_process(config: Mapping[str, Any], *, env: Mapping[str, str] |
                 "serve", "--config", path, "--listen", address, stdout=log, stderr=log,
                 env={**os.environ, **(env or {})})
             try:
-                async with grpc.aio.insecure_channel(address) as ch:
+                # Reconnect at once (gRPC's default backoff grows to 120 s).
+                options = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20),
+                           ("grpc.max_reconnect_backoff_ms", 50)]
+                async with grpc.aio.insecure_channel(address, options=options) as ch:
                     health = health_pb2_grpc.HealthStub(ch)
                     deadline = time.monotonic() + start_timeout_s
                     while True:

@@ -162,8 +162,12 @@ async def _to_serving(path: str) -> dict[str, Any]:
         sys.executable, "-c", "from router.cli import main; main()", "--log-level", "WARNING",
         "serve", "--config", path, "--listen", address,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    # Reconnect at once: gRPC's default backoff (1 s, growing to 120 s) would
+    # see a server that came up late by seconds.
+    options = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20),
+               ("grpc.max_reconnect_backoff_ms", 50)]
     try:
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with grpc.aio.insecure_channel(address, options=options) as ch:
             health = health_pb2_grpc.HealthStub(ch)
             while True:
                 if proc.returncode is not None:
