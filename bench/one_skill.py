@@ -267,7 +267,8 @@ def _verdict(result: Mapping[str, Any]) -> str:
         before = (f"Before ({result['before_ref']}, asyncio loop): CPU per call {fmt(b, '.3f')} ms, added p50 at c=1 "
                   f"{fmt(c1['sidecar_before_added_p50_ms'], '+.2f')} ms, "
                   f"{fmt(c64['sidecar_before']['throughput_qps'], '.0f')} calls/s at c={CONCURRENCY[-1]}; this "
-                  f"branch on the same loop {fmt(cpu_aio, '.3f')} ms ({fmt((1 - cpu_aio / b) * 100, '.0f')}% less). ")
+                  f"branch on the same loop {fmt(cpu_aio, '.3f')} ms ({fmt(abs(1 - cpu_aio / b) * 100, '.0f')}% "
+                  f"{'less' if cpu_aio <= b else 'more'}). ")
     return before + (f"Against the aims (uvloop): sidecar CPU per call {fmt(cpu, '.3f')} ms (aim ≤ {AIMS['cpu_ms']:g} ms: "
             f"{ok(cpu <= AIMS['cpu_ms'])}; asyncio loop {fmt(cpu_aio, '.3f')} ms, uvloop saves "
             f"{fmt((1 - cpu / cpu_aio) * 100, '.0f')}%); added p50 at c=1 {fmt(added, '+.2f')} ms "
