@@ -6,10 +6,11 @@ models, keywords and priorities), all pointing at one emulated provider on
 loopback, the way a deployment's many skills sit on a few providers. Per
 size, in one run:
 
-- **to SERVING**: ``skill-router serve --config FILE`` is started as a
-  subprocess and its gRPC health is polled; the time from spawning the
-  process to the first ``SERVING`` answer, and the process's resident memory
-  then (psutil);
+- **to SERVING**: ``skill-router serve --config FILE --listen 127.0.0.1:0``
+  is started as a subprocess; the time from spawning the process to the log
+  line it writes once health says SERVING (then checked with a health call
+  to the address the line names), and the process's resident memory then
+  (psutil);
 - **the floor** (the baseline, same run): a process that only imports
   ``router.app`` and exits: what any start-up pays before reading a config;
 - **phases**: the same steps as ``serve``, timed one by one in a process of
@@ -28,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -38,7 +40,6 @@ from bench._common import (
     LOOPBACK,
     emulator_process,
     fmt,
-    free_port,
     json_safe,
     machine,
     md_table,
@@ -151,44 +152,49 @@ async def _floor() -> float:
 
 
 async def _to_serving(path: str) -> dict[str, Any]:
-    """Spawn ``serve``; seconds to the first SERVING, and the RSS then."""
+    """Spawn ``serve`` on a port of its own choosing (``:0``); seconds to the
+    log line it writes once SERVING (read off its stderr, so no other
+    process's server on a recycled port can answer for it), then a health
+    check of the address it names, and its RSS then."""
     import grpc
     import psutil
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    address = f"{LOOPBACK}:{free_port()}"
     t0 = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from router.cli import main; main()", "--log-level", "WARNING",
-        "serve", "--config", path, "--listen", address,
+        sys.executable, "-c", "from router.cli import main; main()", "--log-level", "INFO",
+        "serve", "--config", path, "--listen", f"{LOOPBACK}:0",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    # Reconnect at once: gRPC's default backoff (1 s, growing to 120 s) would
-    # see a server that came up late by seconds.
-    options = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20),
-               ("grpc.max_reconnect_backoff_ms", 50)]
+    assert proc.stderr is not None
+    lines: list[str] = []
     try:
-        async with grpc.aio.insecure_channel(address, options=options) as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            while True:
-                if proc.returncode is not None:
-                    err = await proc.stderr.read() if proc.stderr else b""
-                    raise RuntimeError(f"serve exited with {proc.returncode}: {err.decode()[-2000:]}")
-                if time.perf_counter() - t0 > START_TIMEOUT_S:
-                    return {"seconds": None, "rss_bytes": None}
-                try:
-                    resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.aio.AioRpcError:
-                    pass
-                await asyncio.sleep(0.02)
+        while True:
+            remaining = START_TIMEOUT_S - (time.perf_counter() - t0)
+            if remaining <= 0:
+                return {"seconds": None, "rss_bytes": None}
+            try:
+                raw = await asyncio.wait_for(proc.stderr.readline(), remaining)
+            except TimeoutError:
+                return {"seconds": None, "rss_bytes": None}
+            if not raw:
+                raise RuntimeError(f"serve exited with {await proc.wait()}: {''.join(lines)[-2000:]}")
+            line = raw.decode(errors="replace")
+            lines.append(line)
+            match = re.search(r"skill-router serving on (\S+)", line)
+            if match:
+                break
         seconds = time.perf_counter() - t0
-        return {"seconds": seconds, "rss_bytes": psutil.Process(proc.pid).memory_info().rss}
+        rss = psutil.Process(proc.pid).memory_info().rss
+        async with grpc.aio.insecure_channel(match.group(1)) as ch:
+            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        if resp.status != health_pb2.HealthCheckResponse.SERVING:
+            raise RuntimeError(f"serve logged SERVING but health says {resp.status}")
+        return {"seconds": seconds, "rss_bytes": rss}
     finally:
         if proc.returncode is None:
             proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), 30)
+                await asyncio.wait_for(proc.communicate(), 30)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
