@@ -531,6 +531,27 @@ async def test_implementations_on_one_origin_share_a_pool_each_within_its_limit(
     assert first.transport.shared.users == 0
 
 
+async def test_a_backend_joining_an_open_pool_grows_it(emu):
+    from router.backends._transport import TransportRegistry
+
+    transports = TransportRegistry()
+    first = build_backend(impl(emu.url, name="a", max_connections=2), transports=transports)
+    second = None
+    try:
+        await first.call(skill_call(first.implementation), timeout_s=5)  # the shared session is open now
+        second = build_backend(impl(emu.url, name="b", max_connections=3), transports=transports)
+        assert second.transport.shared is first.transport.shared and second.transport.shared.limit == 5
+        assert second.transport.shared.session().connector.limit == 5
+        assert (await second.call(skill_call(second.implementation), timeout_s=5)).output
+        await first.aclose()  # one user leaving keeps the pool open for the other
+        assert (await second.call(skill_call(second.implementation), timeout_s=5)).output
+    finally:
+        await first.aclose()
+        if second is not None:
+            await second.aclose()
+    assert first.transport.shared.users == 0
+
+
 def test_no_ssl_context_for_http_and_one_for_every_https_backend():
     from router.backends._transport import shared_ssl_context
 
