@@ -25,11 +25,17 @@ With ``--before REF`` a fourth sidecar runs the code of git ref REF
 (exported with ``git archive``, on asyncio's loop, as it was): the changes
 measured before and after in the same run.
 
+With ``--py-spy FILE`` the uvloop sidecar is sampled by py-spy (200 Hz)
+while it is measured at the highest concurrency: a speedscope profile, or
+py-spy's raw collapsed stacks when FILE ends in ``.txt``.
+
     .venv/bin/python -m bench.one_skill [--quick] [--json] [--rounds N] [--duration S] [--before REF]
+                                        [--py-spy FILE]
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -118,6 +124,7 @@ def config_data(emulator_url: str, store: str) -> dict[str, Any]:
 
 
 BEFORE_REF: str | None = None  # --before REF
+PY_SPY: str | None = None  # --py-spy FILE
 
 
 async def run(plan: Plan, *, profile: str | None = None, quick: bool = False) -> dict[str, Any]:
@@ -171,9 +178,20 @@ async def _run(plan: Plan, quick: bool, before_root: str | None) -> dict[str, An
                 async with LoadGenerator() as gen:
                     for c in CONCURRENCY:
                         progress(f"concurrency {c}: {plan.rounds} interleaved rounds × {plan.duration_s} s per variant")
+                        spy = None
+                        if PY_SPY and c == CONCURRENCY[-1]:
+                            seconds = int(plan.rounds * plan.duration_s * len(variants) + plan.warmup_s + 2)
+                            progress(f"py-spy: sampling the uvloop sidecar for {seconds} s into {PY_SPY}")
+                            spy = await asyncio.create_subprocess_exec(
+                                os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--pid",
+                                str(proc_uv.pid), "--duration", str(seconds), "--rate", "200", "--nonblocking",
+                                "--format", "raw" if PY_SPY.endswith(".txt") else "speedscope", "--output", PY_SPY,
+                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
                         m = await measure(gen, variants, concurrency=c, rounds=plan.rounds,
                                           duration_s=plan.duration_s, warmup_s=plan.warmup_s, emulator=emu_proc,
                                           servers=servers)
+                        if spy is not None:
+                            await spy.wait()
                         level: dict[str, Any] = {"concurrency": c, **m}
                         d = m["direct"]
                         for name in targets:
@@ -270,8 +288,8 @@ def _verdict(result: Mapping[str, Any]) -> str:
                   f"branch on the same loop {fmt(cpu_aio, '.3f')} ms ({fmt(abs(1 - cpu_aio / b) * 100, '.0f')}% "
                   f"{'less' if cpu_aio <= b else 'more'}). ")
     return before + (f"Against the aims (uvloop): sidecar CPU per call {fmt(cpu, '.3f')} ms (aim ≤ {AIMS['cpu_ms']:g} ms: "
-            f"{ok(cpu <= AIMS['cpu_ms'])}; asyncio loop {fmt(cpu_aio, '.3f')} ms, uvloop saves "
-            f"{fmt((1 - cpu / cpu_aio) * 100, '.0f')}%); added p50 at c=1 {fmt(added, '+.2f')} ms "
+            f"{ok(cpu <= AIMS['cpu_ms'])}; asyncio loop {fmt(cpu_aio, '.3f')} ms, uvloop "
+            f"{'saves' if cpu <= cpu_aio else 'costs'} {fmt(abs(1 - cpu / cpu_aio) * 100, '.0f')}%); added p50 at c=1 {fmt(added, '+.2f')} ms "
             f"(aim ≤ +{AIMS['added_p50_ms']:g} ms: {ok(added <= AIMS['added_p50_ms'])}); {fmt(qps, '.0f')} calls/s at "
             f"c={CONCURRENCY[-1]} (aim ≥ {AIMS['qps_c64']:g}: {ok(qps >= AIMS['qps_c64'])})")
 
@@ -304,8 +322,12 @@ def markdown(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global BEFORE_REF
+    global BEFORE_REF, PY_SPY
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--py-spy" in argv:  # sample the uvloop sidecar while it is measured at the highest concurrency
+        i = argv.index("--py-spy")
+        PY_SPY = argv[i + 1]
+        del argv[i:i + 2]
     if "--before" in argv:  # a git ref whose code runs as a fourth sidecar: before and after in one run
         i = argv.index("--before")
         BEFORE_REF = argv[i + 1]
