@@ -126,6 +126,7 @@ def _startup_failed(lines: list[str]) -> None:
 def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen: str | None,
           pid_file: str | None) -> None:
     """Run the sidecar until SIGTERM/SIGINT; SIGHUP reloads the config file."""
+    from router.app import gc_paused
     from router.app import serve as run
     from router.config import RouterConfig
     from router.core.errors import ConfigError, StartupError
@@ -137,7 +138,8 @@ def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen:
         # The command line's overrides hold for every generation of the config.
         return config.with_admin_listen(admin_listen) if admin_listen is not None else config
 
-    config = _load(config_path)
+    with gc_paused():  # reading and validating 10,000 skills makes no garbage worth collecting
+        config = _load(config_path)
     try:
         config = with_flags(config)
     except ConfigError as exc:
@@ -166,8 +168,9 @@ def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen:
 
     if pid_file:
         _write_pid(pid_file)
+    from router.app import run as run_loop
     try:
-        asyncio.run(go())
+        run_loop(go())  # on uvloop when installed (SKILL_ROUTER_UVLOOP=0: asyncio's loop)
     except StartupError as exc:
         _startup_failed([str(exc)])
     except StoreError as exc:

@@ -483,7 +483,9 @@ async def test_backend_pool(emu):
         with pytest.raises(KeyError, match="nope"):
             pool.get("explain", "nope")
         assert await pool.warm_all(concurrency=2) == {}
-        assert sorted(r.path for r in emu.received) == ["/healthz", "/v1/models", "/v1/models"]
+        # The two openai implementations share the origin's pool, path and
+        # credentials: one warm request checks both.
+        assert sorted(r.path for r in emu.received) == ["/healthz", "/v1/models"]
         reply = await pool.get("review", "main").call(skill_call(openai_impl), timeout_s=5)
         assert reply.output
     finally:
@@ -500,6 +502,75 @@ async def test_backend_pool_warm_failures(emu):
         failures = await pool.warm_all(strict=False)
         assert list(failures) == [("explain", "dead")]
         assert isinstance(failures[("explain", "dead")], BackendError)
+    finally:
+        await pool.aclose()
+
+
+async def test_implementations_on_one_origin_share_a_pool_each_within_its_limit(emu):
+    a, b = impl(emu.url, name="a", max_connections=2), impl(emu.url, name="b", max_connections=3)
+    other = impl(emu.url.replace("127.0.0.1", "localhost"), name="c")  # another origin: a pool of its own
+    pool = BackendPool.from_skills([make_skill("explain", a, b), make_skill("review", other)])
+    try:
+        first, second = pool.get("explain", "a"), pool.get("explain", "b")
+        assert first.transport.shared is second.transport.shared
+        assert pool.get("review", "c").transport.shared is not first.transport.shared
+        assert first.transport.shared.limit == 5
+        emu.pause("chat-model")
+        tasks = [asyncio.create_task(backend.call(skill_call(backend.implementation, f"{name}{i}"), timeout_s=10))
+                 for name, backend in (("a", first), ("b", second)) for i in range(6)]
+        await eventually(lambda: emu.stats().get("chat-model") and emu.stats()["chat-model"].concurrent == 5,
+                         what="2 of a's and 3 of b's calls in")
+        assert "in-flight 6/2" in repr(first) and "in-flight 6/3" in repr(second)
+        emu.resume("chat-model")
+        replies = await asyncio.gather(*tasks)
+        assert len(replies) == 12 and emu.stats()["chat-model"].peak_concurrent == 5
+        ports = {r.client_port for r in emu.received if r.path == "/v1/chat/completions"}
+        assert len(ports) <= 5  # connections kept alive and shared, never more than the sum of the limits
+    finally:
+        await pool.aclose()
+    assert first.transport.shared.users == 0
+
+
+async def test_a_backend_joining_an_open_pool_grows_it(emu):
+    from router.backends._transport import TransportRegistry
+
+    transports = TransportRegistry()
+    first = build_backend(impl(emu.url, name="a", max_connections=2), transports=transports)
+    second = None
+    try:
+        await first.call(skill_call(first.implementation), timeout_s=5)  # the shared session is open now
+        second = build_backend(impl(emu.url, name="b", max_connections=3), transports=transports)
+        assert second.transport.shared is first.transport.shared and second.transport.shared.limit == 5
+        assert second.transport.shared.session().connector.limit == 5
+        assert (await second.call(skill_call(second.implementation), timeout_s=5)).output
+        await first.aclose()  # one user leaving keeps the pool open for the other
+        assert (await second.call(skill_call(second.implementation), timeout_s=5)).output
+    finally:
+        await first.aclose()
+        if second is not None:
+            await second.aclose()
+    assert first.transport.shared.users == 0
+
+
+def test_no_ssl_context_for_http_and_one_for_every_https_backend():
+    from router.backends._transport import shared_ssl_context
+
+    plain = build_backend(impl("http://127.0.0.1:1"))
+    assert plain.transport.shared._ssl is False
+    secure = [build_backend(impl(f"https://host{i}.example:443")) for i in range(3)]
+    assert {id(b.transport.shared._ssl) for b in secure} == {id(shared_ssl_context())}
+
+
+async def test_a_dead_origin_is_one_warm_request_and_one_log_line(caplog):
+    dead = f"http://127.0.0.1:{free_port()}"
+    impls = [impl(dead, name=f"i{n}") for n in range(5)]
+    pool = BackendPool.from_skills([make_skill("explain", *impls)])
+    caplog.set_level(logging.WARNING, logger="router.backends")
+    try:
+        failures = await pool.warm_all(strict=False)
+        assert sorted(failures) == [("explain", f"i{n}") for n in range(5)]
+        lines = [r.getMessage() for r in caplog.records if "did not warm" in r.getMessage()]
+        assert len(lines) == 1 and "explain/i0, explain/i1, explain/i2 (and 2 more" in lines[0]
     finally:
         await pool.aclose()
 

@@ -98,6 +98,9 @@ class SqliteBackend:
             raise StoreError(f"cannot open the SQLite metrics store {self.path!r}: {exc}") from exc
         self._conn = conn
 
+    def _sync_write_records(self, records: list[QueryRecord]) -> None:
+        self._sync_write([_row(r) for r in records])
+
     def _sync_write(self, rows: list[tuple[object, ...]]) -> None:
         conn = self._conn
         assert conn is not None
@@ -168,7 +171,9 @@ class SqliteBackend:
         await self._run(self._sync_open)
 
     async def write(self, rows: list[QueryRecord]) -> None:
-        await self._run(self._sync_write, [_row(r) for r in rows])
+        # The records become rows on the worker thread too: the event loop
+        # only hands the batch over.
+        await self._run(self._sync_write_records, rows)
 
     async def aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate:
         return await self._run(self._sync_aggregate, since, until, rpc)
