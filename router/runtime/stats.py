@@ -10,6 +10,7 @@ from router.core.breaker import BreakerState
 from router.core.types import Priority
 
 from .registry import LiveRegistry, Totals
+from .shared import StateStatus
 from .skills import SkillRuntime
 
 
@@ -57,6 +58,7 @@ class Snapshot:
     totals: Totals
     uptime_s: float
     moe_enabled: bool
+    shared: StateStatus | None = None  # where limits are held (None: not reported)
 
 
 def skill_snapshots(registry: LiveRegistry, runtimes: Mapping[str, SkillRuntime], now: float) -> tuple[SkillSnapshot, ...]:

@@ -88,4 +88,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                              failed_queries=t.failed_queries, outcomes=dict(t.outcomes), answered=t.answered,
                              avg_quality=t.avg_quality, avg_cost_per_query_usd=t.avg_cost_per_query),
             uptime_seconds=snap.uptime_s, moe_enabled=snap.moe_enabled, window=window_pb(agg, store, dropped),
+            shared_state=None if snap.shared is None else pb.SharedStateStats(
+                backend=snap.shared.backend, connected=snap.shared.connected, detail=snap.shared.detail,
+                fallbacks=snap.shared.fallbacks, reconnects=snap.shared.reconnects, worker=snap.shared.worker,
+                workers=snap.shared.workers),
         )

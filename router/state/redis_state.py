@@ -1,0 +1,279 @@
+"""``SharedState`` in Redis: one Lua script per admission decision (one
+round trip): expire the skill's dead leases, take a slot under the limit
+summed over every process, take a request (and its expected tokens) under
+the implementation's provider rate limit (a sliding window log, exact over
+any minute), or take nothing and say why.
+
+- Leases: a sorted set per skill, member = lease id, score = expiry (Redis
+  server time, so replicas' clocks do not matter). A crashed process's
+  slots come back when its leases expire (``state.lease_s``).
+- Releases are pipelined: those settled in one loop turn go in one round
+  trip, off the call's path (``Pass.settle`` stays synchronous).
+- Keys carry a hash tag per skill (``{prefix:skill}``): one script's keys
+  live in one Redis Cluster slot.
+- Redis down or slow: every command is bounded by ``timeout_s``; the first
+  failure switches to the in-process fallback (this process's share of the
+  limits), says so in the log and in ``status()``, and a background task
+  reconnects with exponential backoff. No query waits on a Redis that is
+  known to be down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from router.core.admission import RejectReason
+from router.core.ratelimit import WINDOW_S
+from router.runtime.shared import Ask, Denied, Grant, LocalState, StateStatus
+
+__all__ = ["RedisState", "RedisStateSettings"]
+
+log = logging.getLogger("router.state")
+
+# KEYS: slots (zset), rate log (zset), rate tokens (string)
+# ARGV: limit (-1: none), lease_s, lease id, rpm (-1), tpm (-1), tokens, window_s
+# Returns {code, detail number, retry_after (string)}: code 1 granted,
+# 0 slots taken, -1 rpm spent, -2 tpm spent.
+ADMIT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local limit = tonumber(ARGV[1])
+local lease_s = tonumber(ARGV[2])
+local held = 0
+if limit >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  held = redis.call('ZCARD', KEYS[1])
+  if held >= limit then
+    return {0, held, '0.05'}
+  end
+end
+local rpm = tonumber(ARGV[4])
+local tpm = tonumber(ARGV[5])
+local tokens = tonumber(ARGV[6])
+local win = tonumber(ARGV[7])
+if rpm >= 0 or tpm >= 0 then
+  local edge = now - win
+  local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', edge)
+  if #old > 0 then
+    local freed = 0
+    for _, m in ipairs(old) do freed = freed + tonumber(string.match(m, ':(%d+)$')) end
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', edge)
+    if freed > 0 then redis.call('DECRBY', KEYS[3], freed) end
+  end
+  local n = redis.call('ZCARD', KEYS[2])
+  if rpm >= 0 and n >= rpm then
+    if rpm == 0 then return {-1, n, tostring(win)} end
+    local e = redis.call('ZRANGE', KEYS[2], n - rpm, n - rpm, 'WITHSCORES')
+    return {-1, n, tostring(tonumber(e[2]) + win - now)}
+  end
+  local used = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if tpm >= 0 and used + tokens > tpm then
+    if tokens > tpm then return {-2, used, tostring(win)} end
+    local need = used + tokens - tpm
+    local freed = 0
+    local all = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+    for i = 1, #all, 2 do
+      freed = freed + tonumber(string.match(all[i], ':(%d+)$'))
+      if freed >= need then return {-2, used, tostring(tonumber(all[i + 1]) + win - now)} end
+    end
+    return {-2, used, tostring(win)}
+  end
+  redis.call('ZADD', KEYS[2], now, ARGV[3] .. ':' .. tokens)
+  redis.call('INCRBY', KEYS[3], tokens)
+  local keep = math.ceil(win * 1000) + 1000
+  redis.call('PEXPIRE', KEYS[2], keep)
+  redis.call('PEXPIRE', KEYS[3], keep)
+end
+if limit >= 0 then
+  redis.call('ZADD', KEYS[1], now + lease_s, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(lease_s * 1000) + 1000)
+end
+return {1, held + 1, '0'}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStateSettings:
+    url: str
+    key_prefix: str = "skill-router"
+    timeout_s: float = 0.1  # every command; past it the fallback decides
+    reconnect_min_s: float = 0.25
+    reconnect_max_s: float = 5.0
+    worker: int = 0
+    workers: int = 1
+
+
+def _shown(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
+
+
+class RedisState:
+    """The shared state in Redis, with ``LocalState`` as the fallback."""
+
+    def __init__(self, settings: RedisStateSettings, *,
+                 on_change: Callable[[StateStatus], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.url = _shown(settings.url)
+        self._redis = aioredis.Redis.from_url(
+            settings.url, socket_timeout=settings.timeout_s, socket_connect_timeout=settings.timeout_s,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0, decode_responses=True)
+        self._admit = self._redis.register_script(ADMIT_LUA)
+        self._fallback = LocalState(worker=settings.worker, workers=settings.workers, clock=clock)
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+        self._ids = itertools.count(1)
+        self._connected = True
+        self._detail = ""
+        self._fallbacks = 0
+        self._reconnects = 0
+        self._reconnector: asyncio.Task[None] | None = None
+        self._releases: list[tuple[str, str]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+        self._on_change = on_change
+        self._keys: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._closed = False
+
+    # ---- keys ----------------------------------------------------------------
+
+    def _keys_for(self, ask: Ask) -> tuple[str, str, str]:
+        k = self._keys.get((ask.skill, ask.implementation))
+        if k is None:
+            tag = f"{{{self.settings.key_prefix}:{ask.skill}}}"
+            k = self._keys[(ask.skill, ask.implementation)] = (
+                f"{tag}:slots", f"{tag}:rate:{ask.implementation}", f"{tag}:tokens:{ask.implementation}")
+        return k
+
+    def slots_key(self, skill: str) -> str:
+        return f"{{{self.settings.key_prefix}:{skill}}}:slots"
+
+    # ---- the port ------------------------------------------------------------
+
+    async def admit(self, ask: Ask) -> Grant | Denied:
+        if not self._connected:
+            self._fallbacks += 1
+            return self._fallback.admit_now(ask)
+        lease = f"{self._owner}:{next(self._ids)}"
+        r = ask.rate
+        args = (-1 if ask.limit is None else ask.limit, ask.lease_s, lease,
+                -1 if r.rpm is None else r.rpm, -1 if r.tpm is None else r.tpm, ask.tokens, WINDOW_S)
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                code, n, retry_after = await self._admit(keys=self._keys_for(ask), args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._went_down(exc)
+            self._fallbacks += 1
+            return self._fallback.admit_now(ask)
+        code = int(code)
+        if code == 1:
+            return Grant(lease if ask.limit is not None else "")
+        wait = max(0.0, float(retry_after))
+        if code == 0:
+            return Denied(RejectReason.SHARED_LIMIT,
+                          f"{ask.skill}: {n} of {ask.limit} slots in use across every replica and worker", wait)
+        what = "rpm" if code == -1 else "tpm"
+        value = r.rpm if code == -1 else r.tpm
+        return Denied(RejectReason.RATE_LIMITED,
+                      f"{ask.skill}/{ask.implementation}: {what} {value} spent (shared)", wait)
+
+    def release(self, ask: Ask, grant: Grant) -> None:
+        if not grant.lease:
+            return
+        if grant.lease.startswith("local:"):
+            self._fallback.release(ask, grant)
+            return
+        self._releases.append((self._keys_for(ask)[0], grant.lease))
+        if len(self._releases) == 1:  # the first of this loop turn schedules the flush
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let this turn's other settles join the pipeline
+        batch, self._releases = self._releases, []
+        if not batch or not self._connected:
+            return  # the leases expire
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                pipe = self._redis.pipeline(transaction=False)
+                for key, lease in batch:
+                    pipe.zrem(key, lease)
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._went_down(exc)
+
+    def status(self) -> StateStatus:
+        return StateStatus("redis", self._connected, self._detail, self._fallbacks, self._reconnects,
+                           self.settings.worker, self.settings.workers)
+
+    async def start(self) -> None:
+        """Load the script; an unreachable Redis is not fatal (the fallback
+        serves and the reconnector keeps trying)."""
+        try:
+            async with asyncio.timeout(max(1.0, self.settings.timeout_s)):
+                await self._redis.ping()
+                await self._admit.redis.script_load(ADMIT_LUA)
+            log.info("shared state: Redis at %s", self.url)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._went_down(exc)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
+        if self._reconnector is not None:
+            self._reconnector.cancel()
+            await asyncio.gather(self._reconnector, return_exceptions=True)
+        await self._redis.aclose()
+
+    # ---- down and up ---------------------------------------------------------
+
+    def _went_down(self, exc: BaseException) -> None:
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if not self._connected:
+            return
+        self._connected = False
+        self._detail = detail
+        log.warning("shared state: Redis at %s unreachable (%s); serving on local limits (this worker's share) "
+                    "until it is back", self.url, detail)
+        self._changed()
+        if not self._closed and (self._reconnector is None or self._reconnector.done()):
+            self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = self.settings.reconnect_min_s
+        while not self._closed:
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            try:
+                async with asyncio.timeout(max(self.settings.timeout_s, 0.5)):
+                    await self._redis.ping()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                delay = min(self.settings.reconnect_max_s, delay * 2)
+                continue
+            self._connected = True
+            self._detail = ""
+            self._reconnects += 1
+            log.info("shared state: Redis at %s reachable again; limits shared again", self.url)
+            self._changed()
+            return
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change(self.status())
+            except Exception:  # a listener never breaks admission
+                log.exception("shared state: status listener failed")
