@@ -29,6 +29,7 @@ from router.core.batching import BatchKeyMode
 from router.core.breaker import BreakerConfig
 from router.core.errors import BackendError, StartupError
 from router.core.limits import AIMDLimit, Gradient2Limit, LimitAlgorithm
+from router.core.ratelimit import RateLimit, split_share
 from router.core.redact import Redactor
 from router.core.retry import RetryPolicy
 from router.core.routing import SkillIndex
@@ -36,10 +37,12 @@ from router.core.types import SkillSpec
 from router.runtime.calls import BatchingOptions
 from router.runtime.pipeline import Pipeline
 from router.runtime.registry import LiveRegistry
+from router.runtime.shared import Ask, LocalState, SharedState, StateStatus
 from router.runtime.skills import SkillRuntime, SkillSettings, build_gate
 from router.runtime.stats import Snapshot, skill_snapshots
 from router.service.server import RouterServer, TlsFiles
 from router.service.servicer import RouterServicer
+from router.state import RedisState, RedisStateSettings
 from router.storage import MetricsStore, StoreSettings, WindowAggregate, make_store, query_hasher
 from router.telemetry import Telemetry, TelemetrySettings, setup_telemetry
 
@@ -47,6 +50,19 @@ log = logging.getLogger("router")
 
 # Admission off (BRAIN_LOAD_BALANCING_ENABLED=false): count, never queue.
 UNLIMITED = 1_000_000
+
+# The health service name that says whether the shared state is reachable
+# (SERVING) or the worker serves on local limits (NOT_SERVING).
+STATE_HEALTH = "shared-state"
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """Which of ``server.workers`` processes this one is (``router.cli``
+    sets it in each worker it starts)."""
+
+    index: int = 0
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +82,8 @@ class App:
 
     def __init__(self, config: RouterConfig, pool: BackendPool, registry: LiveRegistry,
                  runtimes: Mapping[str, SkillRuntime], pipeline: Pipeline, telemetry: Telemetry,
-                 store: MetricsStore | None, front: FrontDoor) -> None:
+                 store: MetricsStore | None, front: FrontDoor, shared: SharedState | None = None,
+                 worker: Worker = Worker()) -> None:
         self.config = config
         self.pool = pool
         self.registry = registry
@@ -74,19 +91,23 @@ class App:
         self.pipeline = pipeline
         self.telemetry = telemetry
         self.store = store
+        self.shared: SharedState = shared or LocalState(worker=worker.index, workers=worker.count)
+        self.worker = worker
         self.started_at = time.monotonic()
         self.warm_failures: dict[tuple[str, str], BackendError] = {}
         self._stopped = False
+        self._tasks: set[asyncio.Task[None]] = set()
         srv = config.server
         self.server = RouterServer(RouterServicer(self, redact=front.redact), front.listen,
                                    interceptors=[telemetry.server_interceptor()],
                                    max_concurrent_rpcs=srv.max_concurrent_rpcs, redact=front.redact, tls=front.tls,
                                    token=front.token, reflection_enabled=srv.reflection,
                                    grpc_options=srv.grpc_options, skills=[s.name for s in config.skills],
-                                   health_listen=srv.health_listen)
+                                   health_listen=srv.health_listen if worker.index == 0 else None,
+                                   reuse_port=worker.count > 1)
         telemetry.set_refused(self.server.refused_counts)
         self.admin: AdminServer | None = None
-        if srv.admin_listen:
+        if srv.admin_listen and worker.index == 0:  # one admin endpoint per host: worker 0's
             # Behind the same token as the gRPC API when one is set.
             self.admin = AdminServer(srv.admin_listen, snapshot=self.snapshot, window=self.window,
                                      token=lambda: front.token)
@@ -98,7 +119,14 @@ class App:
     def snapshot(self) -> Snapshot:
         now = time.monotonic()
         return Snapshot(skill_snapshots(self.registry, self.runtimes, now), self.registry.totals,
-                        now - self.started_at, self.pipeline.policy.moe_enabled)
+                        now - self.started_at, self.pipeline.policy.moe_enabled, self.shared.status())
+
+    def state_changed(self, status: StateStatus) -> None:
+        """The shared state went down or came back: health says so."""
+        task = asyncio.get_running_loop().create_task(
+            self.server.set_skill_serving(STATE_HEALTH, status.connected))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def window(self, window_s: float) -> tuple[WindowAggregate | None, str, int]:
         """Stats over time, read from the metrics store (None when there is none)."""
@@ -110,6 +138,8 @@ class App:
         if self.store is not None:
             await self.store.start()
         await self.server.start()
+        await self.shared.start()
+        await self.server.set_skill_serving(STATE_HEALTH, self.shared.status().connected)
         # Warm every pool before SERVING. A backend that cannot be reached now
         # is logged, not fatal: its calls fail (and its breaker opens) until
         # it comes up, while the other skills serve.
@@ -118,8 +148,13 @@ class App:
             warmed = any((s.name, i.name) not in self.warm_failures for i in s.implementations)
             await self.server.set_skill_serving(s.name, warmed)
         await self.server.set_serving(True)
-        log.info("skill-router serving on %s (%d skills, moe %s)", self.address, len(self.config.skills),
-                 "on" if self.pipeline.policy.moe_enabled else "off")
+        st = self.shared.status()
+        log.info("skill-router serving on %s (%d skills, moe %s, worker %d of %d, limits %s)", self.address,
+                 len(self.config.skills), "on" if self.pipeline.policy.moe_enabled else "off",
+                 self.worker.index + 1, self.worker.count,
+                 ("shared in " + st.backend + ("" if st.connected else " (unreachable: local limits)"))
+                 if st.backend != "in_process" else
+                 ("split among the workers" if self.worker.count > 1 else "in-process"))
         if self.admin is not None:
             try:
                 await self.admin.start()
@@ -139,6 +174,7 @@ class App:
         if self.admin is not None:  # after the drain, so the dashboard and scrapes can watch it
             await self.admin.stop()
         await self.pipeline.aclose()
+        await self.shared.aclose()
         await self.pool.aclose()
         if self.store is not None:
             await self.store.aclose()
@@ -158,9 +194,18 @@ class App:
         return f"<App {self.config.source} on {self.server.address} | {self.pipeline!r}>"
 
 
-def skill_settings(config: RouterConfig) -> dict[str, SkillSettings]:
+def skill_settings(config: RouterConfig, worker: Worker = Worker()) -> dict[str, SkillSettings]:
     """Typed settings per skill, resolved from the global sections, the
-    per-skill overrides and the seed's environment overrides."""
+    per-skill overrides and the seed's environment overrides.
+
+    Limits never multiply by ``server.workers``: with ``state.redis_url``
+    each worker's gate keeps the whole limit and the shared lease bounds
+    the sum over every worker and replica (while Redis is unreachable, each
+    worker falls back to its share); without it, each worker's gate holds
+    its exact share (``split_share``). A limit smaller than the workers
+    leaves some workers a share of 0: their gate keeps one slot but the
+    door refuses every call (SHARED_LIMIT), so a standby skill or another
+    worker takes it. Provider rate limits are split the same way."""
     adm, bat = config.admission, config.batching
     b = adm.breaker
     breaker = BreakerConfig(consecutive_failures=b.failure_threshold, window=b.window,
@@ -180,9 +225,27 @@ def skill_settings(config: RouterConfig) -> dict[str, SkillSettings]:
             return lambda: Gradient2Limit(limit, min_limit=a.min_limit, max_limit=a.max_limit)
         return lambda: AIMDLimit(limit, min_limit=a.min_limit, max_limit=a.max_limit, backoff_ratio=a.backoff_ratio)
 
+    shared = config.state.redis_url is not None
+    i, n = worker.index, worker.count
+
+    def asks(s: SkillSpec, limit: int | None, share: int | None) -> dict[str, Ask]:
+        out = {}
+        for impl in s.implementations:
+            io = config.implementation_options(s.name, impl.name)
+            rate = RateLimit(io.rpm, io.tpm)
+            ask = Ask(s.name, impl.name, limit=limit if shared else None,
+                      local_limit=share if (shared or (share is not None and share < 1)) else None,
+                      lease_s=config.state.lease_s, rate=rate, local_rate=rate.share(i, n), tokens=io.expected_tokens)
+            if ask.needed:
+                out[impl.name] = ask
+        return out
+
     def one(s: SkillSpec) -> SkillSettings:
         o = config.skill_options(s.name)
         limit, depth = (s.concurrency_limit, s.queue_depth) if adm.enabled else (UNLIMITED, 0)
+        share = split_share(limit, i, n) if adm.enabled else None
+        if adm.enabled and not shared:
+            limit = max(1, share or 0)  # this worker's share (a share of 0: the door refuses)
         return SkillSettings(
             spec=s, concurrency_limit=limit, queue_depth=depth, queue_timeout_s=o.queue_timeout_s,
             breaker=breaker, retry=retry, retry_budget_ratio=r.budget_ratio,
@@ -191,7 +254,8 @@ def skill_settings(config: RouterConfig) -> dict[str, SkillSettings]:
                                      key=BatchKeyMode.parse(bat.key), priority_bypass=bat.priority_bypass),
             batchable=frozenset(i.name for i in s.implementations
                                 if config.implementation_options(s.name, i.name).can_batch),
-            limit_algorithm=limit_algorithm(limit))
+            limit_algorithm=limit_algorithm(limit),
+            asks=asks(s, s.concurrency_limit if adm.enabled else None, share))
 
     return {s.name: one(s) for s in config.skills}
 
@@ -225,6 +289,9 @@ def _redactor(config: RouterConfig, env: Mapping[str, str], token: str | None) -
     names = {i.api_key_env for s in config.skills for i in s.implementations if i.api_key_env}
     values = [v for n in names for v in (os.environ.get(n), env.get(n)) if v]
     dsn = config.storage.postgres_dsn or ""
+    redis = config.state.redis_url or ""
+    for url_password, _ in re.findall(r"(?<=://)[^/@:]*:([^/@]+)@()", redis):
+        values.append(urllib.parse.unquote(url_password))
     for url_password, kv_password in re.findall(r"(?<=://)[^/@:]*:([^/@]+)@|password\s*=\s*(\S+)", dsn):
         values.append(urllib.parse.unquote(url_password or kv_password))
     for var in _OTLP_HEADER_VARS:
@@ -237,10 +304,21 @@ def _tls(config: RouterConfig) -> TlsFiles | None:
     return None if t is None else TlsFiles(t.cert_file, t.key_file, t.client_ca_file)
 
 
-def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[str, str] | None = None) -> App:
+def build_shared_state(config: RouterConfig, worker: Worker) -> SharedState:
+    st = config.state
+    if st.redis_url is None:
+        return LocalState(worker=worker.index, workers=worker.count)
+    return RedisState(RedisStateSettings(url=st.redis_url, key_prefix=st.key_prefix, timeout_s=st.timeout_ms / 1000.0,
+                                         worker=worker.index, workers=worker.count))
+
+
+def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[str, str] | None = None,
+              worker: Worker = Worker()) -> App:
     """Wire the sidecar from ``config``; ``env`` (default os.environ) holds the
-    ``OTEL_*`` telemetry settings."""
-    settings = skill_settings(config)
+    ``OTEL_*`` telemetry settings; ``worker``: which of ``server.workers``
+    processes this is."""
+    settings = skill_settings(config, worker)
+    shared = build_shared_state(config, worker)
     gates = {name: build_gate(s) for name, s in settings.items()}
     environ = os.environ if env is None else env
     token = _server_token(config, environ)
@@ -258,7 +336,7 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
     runtimes = {name: SkillRuntime(s, gates[name], pool, observer=telemetry.observer,
-                                   on_transition=registry.breaker_moved)
+                                   on_transition=registry.breaker_moved, shared=shared)
                 for name, s in settings.items()}
     st = store_settings(config)
     store = make_store(st) if st is not None else None
@@ -267,17 +345,24 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
                         default_deadline_s=config.server.default_deadline_s,
                         hash_query=query_hasher(config.storage.sqlite_path, config.storage.postgres_dsn, environ))
     front = FrontDoor(listen or config.server.listen, redact=redact, tls=_tls(config), token=token)
-    return App(config, pool, registry, runtimes, pipeline, telemetry, store, front)
+    app = App(config, pool, registry, runtimes, pipeline, telemetry, store, front, shared=shared, worker=worker)
+    if isinstance(shared, RedisState):
+        shared.on_change = app.state_changed
+    return app
 
 
-async def serve(config: RouterConfig, listen: str | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    app = build_app(config, listen)
+async def serve(config: RouterConfig, listen: str | None = None, worker: Worker = Worker(),
+                ready: Callable[[], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully. ``ready`` is
+    called once SERVING (the supervisor of several workers waits for it)."""
+    app = build_app(config, listen, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    if ready is not None:
+        ready()
     try:
         await stop.wait()
         log.info("shutting down: draining in-flight calls for up to %.1fs", config.server.grace_period_s)

@@ -128,15 +128,27 @@ def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen:
     from router.storage import StoreError
     from router.telemetry import TelemetryConfigError
 
+    from router.app import Worker
+    from router.workers import WORKER_ENV, notify_ready, parse_worker, resolve_listen, supervise, worker_argv
+
     config = _load(config_path)
     if admin_listen is not None:
         try:
             config = config.with_admin_listen(admin_listen)
         except ConfigError as exc:
             raise click.ClickException(f"bad config: {exc}") from None
-    found = problems(config, os.environ, listen)
-    if found:
-        _startup_failed([str(p) for p in found])
+    try:
+        me = parse_worker(os.environ.get(WORKER_ENV))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if me is None:  # a worker skips the checks: its supervisor made them, and its siblings hold the port
+        found = problems(config, os.environ, listen)
+        if found:
+            _startup_failed([str(p) for p in found])
+        if config.server.workers > 1 and not demo:
+            sys.exit(supervise(worker_argv(), config.server.workers, resolve_listen(listen or config.server.listen),
+                               config.server.grace_period_s))
+    worker = Worker(*me) if me is not None else Worker()
     # Which of the seed's BRAIN_* variables took effect, and on what.
     log = logging.getLogger("router")
     for o in config.env_overrides:
@@ -151,7 +163,7 @@ def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen:
                 click.echo(f"emulated backends on {emu.url}", err=True)
                 await run(with_emulator(config, emu.url), listen)
         else:
-            await run(config, listen)
+            await run(config, listen, worker, notify_ready)
 
     try:
         asyncio.run(go())

@@ -143,7 +143,7 @@ class RedisState:
         self._reconnector: asyncio.Task[None] | None = None
         self._releases: list[tuple[str, str]] = []
         self._flushing: set[asyncio.Task[None]] = set()
-        self._on_change = on_change
+        self.on_change = on_change
         self._keys: dict[tuple[str, str], tuple[str, str, str]] = {}
         self._closed = False
 
@@ -272,8 +272,8 @@ class RedisState:
             return
 
     def _changed(self) -> None:
-        if self._on_change is not None:
+        if self.on_change is not None:
             try:
-                self._on_change(self.status())
+                self.on_change(self.status())
             except Exception:  # a listener never breaks admission
                 log.exception("shared state: status listener failed")
