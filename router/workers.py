@@ -150,7 +150,7 @@ def supervise(argv: Sequence[str], workers: int, listen: str, grace_s: float,
                 if rc is None:
                     continue
                 close_fd(w)
-                w.proc = None
+                pid, w.proc = w.proc.pid, None
                 if rc == STARTUP_EXIT_CODE and not w.ever_ready:
                     log.error("worker %d failed to start (exit code %d); stopping", w.index, rc)
                     stopping, code = True, STARTUP_EXIT_CODE
@@ -159,8 +159,8 @@ def supervise(argv: Sequence[str], workers: int, listen: str, grace_s: float,
                 w.backoff_s = 0.5 if now - w.started_at > 30 else min(10.0, w.backoff_s * 2)
                 w.restart_at = now + (0.0 if w.restarts == 0 and now - w.started_at > 30 else w.backoff_s)
                 w.restarts += 1
-                log.warning("worker %d (pid exit code %s) died; restarting it in %.1fs", w.index, rc,
-                            w.restart_at - now)
+                log.warning("worker %d (pid %d) exited with code %s: died; restarting it in %.1fs", w.index, pid,
+                            rc, w.restart_at - now)
     finally:
         live = [w for w in ws if w.proc is not None and w.proc.poll() is None]
         for w in live:

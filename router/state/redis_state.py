@@ -225,7 +225,7 @@ class RedisState:
         try:
             async with asyncio.timeout(max(1.0, self.settings.timeout_s)):
                 await self._redis.ping()
-                await self._admit.redis.script_load(ADMIT_LUA)
+                await self._redis.script_load(ADMIT_LUA)
             log.info("shared state: Redis at %s", self.url)
         except (RedisError, OSError, TimeoutError) as exc:
             self._went_down(exc)
