@@ -122,13 +122,12 @@ def _startup_failed(lines: list[str]) -> None:
                    "Default from config: 127.0.0.1:9464.")
 def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen: str | None) -> None:
     """Run the sidecar until SIGTERM/SIGINT."""
+    from router.app import Worker
     from router.app import serve as run
     from router.core.errors import ConfigError, StartupError
     from router.preflight import problems
     from router.storage import StoreError
     from router.telemetry import TelemetryConfigError
-
-    from router.app import Worker
     from router.workers import WORKER_ENV, notify_ready, parse_worker, resolve_listen, supervise, worker_argv
 
     config = _load(config_path)

@@ -134,6 +134,8 @@ def supervise(argv: Sequence[str], workers: int, listen: str, grace_s: float,
             for w in ws:
                 if w.ready_fd in readable:
                     if os.read(w.ready_fd, 1):
+                        if w.restarts and all_ready_said:
+                            log.info("worker %d serving again (pid %d)", w.index, w.proc.pid if w.proc else -1)
                         w.ready = w.ever_ready = True
                     close_fd(w)
             if not all_ready_said and all(w.ready for w in ws):

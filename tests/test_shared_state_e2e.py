@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -26,7 +25,6 @@ from router.v1 import router_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-REDIS_URL = os.environ.get("SKILL_ROUTER_TEST_REDIS_URL")
 LIMIT = 4  # the "shared" skill's concurrency limit, summed over every process
 RPM = 20  # the "rated" implementation's provider limit
 LEASE_S = 3.0
@@ -110,11 +108,20 @@ def prefix() -> str:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def pair(emulator: Emulator, prefix: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    if not REDIS_URL:
-        pytest.skip("SKILL_ROUTER_TEST_REDIS_URL not set (run scripts/services.sh)")
+async def redis_server() -> AsyncIterator[RedisServer]:
+    """A Redis of the module's own (the last test stops it under load)."""
+    if redis_server_bin() is None:
+        pytest.skip("redis-server not installed (scripts/services.sh installs it)")
+    server = RedisServer()
+    yield server
+    server.kill()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pair(emulator: Emulator, prefix: str, redis_server: RedisServer,
+               tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     d: Path = tmp_path_factory.mktemp("pair")
-    cars = [Sidecar(sidecar_config(emulator.url, REDIS_URL, prefix), workers=2, directory=d) for _ in range(2)]
+    cars = [Sidecar(sidecar_config(emulator.url, redis_server.url, prefix), workers=2, directory=d) for _ in range(2)]
     try:
         for c in cars:
             await asyncio.to_thread(c.wait_ready)
@@ -125,9 +132,8 @@ async def pair(emulator: Emulator, prefix: str, tmp_path_factory: pytest.TempPat
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    assert REDIS_URL
-    r = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     yield r
     await r.aclose()
 
@@ -166,6 +172,23 @@ async def test_a_providers_rpm_is_never_exceeded_across_replicas(pair, emulator)
     assert rt.requests <= RPM, (rt, got)
     assert got["OK"] == rt.requests >= 1, (rt, got)
     assert got["RESOURCE_EXHAUSTED"] == 3 * RPM - got["OK"], got
+
+
+async def test_a_dead_worker_is_restarted(pair):
+    car = pair[1]
+    first = car.worker_pids()
+    assert len(first) == 2
+    os.kill(first[0], 9)
+    pids: list[int] = []
+    for _ in range(300):  # bounded: until the replacement serves
+        pids = car.worker_pids()
+        if any("serving again" in line for line in car.lines):
+            break
+        await asyncio.sleep(0.1)
+    assert len(pids) == 2 and first[0] not in pids and first[1] in pids, car.lines[-10:]
+    assert not _alive(first[0])
+    assert any("died; restarting" in line for line in car.lines)
+    assert any("serving again" in line for line in car.lines)
 
 
 async def test_a_killed_sidecars_slots_return_within_the_lease(pair, emulator, prefix, redis_client):
@@ -210,24 +233,19 @@ async def test_a_killed_sidecars_slots_return_within_the_lease(pair, emulator, p
     assert remaining == []
 
 
-@pytest.mark.skipif(redis_server_bin() is None, reason="redis-server not installed (scripts/services.sh)")
-async def test_stopping_redis_under_load_every_query_is_answered_or_refused(emulator, tmp_path):
-    server = RedisServer()
-    car = Sidecar(sidecar_config(emulator.url, server.url, "stop"), workers=2, directory=tmp_path)
+async def test_stopping_redis_under_load_every_query_is_answered_or_refused(pair, redis_server):
+    car = pair[1]  # the survivor of the test before
     load = Load([car.address])
     try:
-        await asyncio.to_thread(car.wait_ready)
         flood = asyncio.create_task(load.run("alpha question", calls=120, concurrency=16, timeout_s=8))
         await asyncio.sleep(0.5)
-        await asyncio.to_thread(server.kill)
+        await asyncio.to_thread(redis_server.kill)
         got = await flood
         after = await load.run("alpha question", calls=16, concurrency=8, timeout_s=8)
         stats = await load.stats()
         health = await load.health("router.v1.RouterService/shared-state")
     finally:
         await load.close()
-        rc = car.stop()
-        server.kill()
     assert set(got) <= {"OK", "RESOURCE_EXHAUSTED", "why:shared", "why:other"}, got
     assert got["OK"] + got["RESOURCE_EXHAUSTED"] == 120
     assert after["OK"] >= 1 and set(after) <= {"OK", "RESOURCE_EXHAUSTED", "why:shared", "why:other"}, after
@@ -236,27 +254,7 @@ async def test_stopping_redis_under_load_every_query_is_answered_or_refused(emul
     from grpc_health.v1 import health_pb2
     assert health_pb2.HealthCheckResponse.NOT_SERVING in health
     assert any("unreachable" in line and "local limits" in line for line in car.lines)
-    assert rc == 0, car.lines[-20:]
-
-
-async def test_a_dead_worker_is_restarted(emulator, tmp_path):
-    server_url = REDIS_URL or "redis://127.0.0.1:1/0"
-    car = Sidecar(sidecar_config(emulator.url, server_url, f"r-{time.time_ns()}"), workers=2, directory=tmp_path)
-    try:
-        await asyncio.to_thread(car.wait_ready)
-        first = car.worker_pids()
-        os.kill(first[0], 9)
-        for _ in range(100):  # bounded
-            pids = car.worker_pids()
-            if len(pids) == 2 and first[0] not in pids:
-                break
-            await asyncio.sleep(0.1)
-        assert len(pids) == 2 and first[0] not in pids and first[1] in pids
-        assert any("died; restarting" in line for line in car.lines)
-    finally:
-        rc = car.stop()
-    assert rc == 0
-    assert not any(p for p in pids if _alive(p))
+    assert car.stop() == 0, car.lines[-20:]
 
 
 def _alive(pid: int) -> bool:
