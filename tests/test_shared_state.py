@@ -1,0 +1,223 @@
+"""The shared-state port without sidecars: the sliding window and the
+exact split (pure), the door with a shared state (in-process), the Redis
+implementation against the test Redis (scripts/services.sh), and the
+composition root's per-worker settings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from support.configs import make_config
+
+from router.app import Worker, skill_settings
+from router.core.admission import RejectReason
+from router.core.breaker import CircuitBreaker
+from router.core.ratelimit import RateLimit, SlidingWindow, split_share
+from router.core.retry import RetryBudget
+from router.core.types import Priority
+from router.runtime.admit import Door, Pass, Refusal, Settle
+from router.runtime.gate import Gate
+from router.runtime.shared import Ask, Denied, Grant, LocalState
+from router.state import RedisState, RedisStateSettings
+
+REDIS_URL = os.environ.get("SKILL_ROUTER_TEST_REDIS_URL")
+needs_redis = pytest.mark.skipif(not REDIS_URL, reason="SKILL_ROUTER_TEST_REDIS_URL not set (run scripts/services.sh)")
+
+
+# ---- pure ---------------------------------------------------------------------
+
+
+@given(st.integers(0, 1000), st.integers(1, 64))
+def test_split_shares_add_up_exactly_and_differ_by_at_most_one(total: int, workers: int) -> None:
+    shares = [split_share(total, i, workers) for i in range(workers)]
+    assert sum(shares) == total
+    assert max(shares) - min(shares) <= 1
+    assert shares == sorted(shares, reverse=True)
+
+
+def test_split_share_rejects_an_index_out_of_range() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        split_share(4, 2, 2)
+
+
+@given(st.lists(st.floats(0, 5), min_size=1, max_size=200), st.integers(1, 20))
+def test_the_sliding_window_never_admits_more_than_rpm_in_any_minute(gaps: list[float], rpm: int) -> None:
+    w, now, taken = SlidingWindow(), 0.0, []
+    for g in gaps:
+        now += g
+        if w.try_take(RateLimit(rpm=rpm), now) == 0.0:
+            taken.append(now)
+    for i, t in enumerate(taken):
+        assert sum(1 for u in taken[i:] if u < t + 60.0) <= rpm
+
+
+def test_the_sliding_window_says_when_to_come_back_and_counts_tokens() -> None:
+    w = SlidingWindow()
+    limit = RateLimit(rpm=2, tpm=100)
+    assert w.try_take(limit, 0.0, 40) == 0.0
+    assert w.try_take(limit, 10.0, 40) == 0.0
+    assert w.try_take(limit, 20.0, 10) == pytest.approx(40.0)  # rpm: the first leaves at 60
+    assert w.try_take(RateLimit(tpm=100), 20.0, 30) == pytest.approx(40.0)  # tpm: 80 + 30 > 100
+    assert w.try_take(RateLimit(tpm=100), 20.0, 20) == 0.0  # 100 fits
+    assert w.try_take(limit, 60.0, 10) == pytest.approx(10.0)  # the first left; two remain (rpm 2)
+    assert w.try_take(RateLimit(tpm=10), 0.0, 11) == 60.0  # more than the limit: never now
+    assert (w.requests, w.tokens) == (2, 60)
+
+
+# ---- the door with a shared state ---------------------------------------------
+
+
+def _door(shared: LocalState, ask: Ask) -> Door:
+    gate = Gate("s", 2, 10, 1.0)
+    return Door("s/i", gate, CircuitBreaker("s/i"), RetryBudget(0.2), shared=shared, ask=ask)
+
+
+async def test_a_shared_refusal_gives_the_gate_slot_back_and_a_settle_releases_the_lease() -> None:
+    shared = LocalState()
+    door = _door(shared, Ask("s", "i", local_limit=1))
+    first = await door.enter(Priority.NORMAL, asyncio.get_running_loop().time() + 10)
+    assert isinstance(first, Pass) and shared.held("s") == 1
+    second = await door.enter(Priority.NORMAL, asyncio.get_running_loop().time() + 10)
+    assert isinstance(second, Refusal) and second.reason is RejectReason.SHARED_LIMIT
+    assert door.gate.in_flight == 1  # the refused call's gate slot went back
+    first.settle(Settle.SUCCESS)
+    assert shared.held("s") == 0 and door.gate.in_flight == 0
+    third = await door.enter(Priority.NORMAL, asyncio.get_running_loop().time() + 10)
+    assert isinstance(third, Pass)
+    third.settle(Settle.IGNORED)
+
+
+async def test_a_rate_limited_door_refuses_with_the_wait() -> None:
+    door = _door(LocalState(), Ask("s", "i", rate=RateLimit(rpm=1), local_rate=RateLimit(rpm=1)))
+    got = await door.enter(Priority.NORMAL, asyncio.get_running_loop().time() + 10)
+    assert isinstance(got, Pass)
+    got.settle(Settle.SUCCESS)
+    again = await door.enter(Priority.NORMAL, asyncio.get_running_loop().time() + 10)
+    assert isinstance(again, Refusal) and again.reason is RejectReason.RATE_LIMITED
+    assert 0 < again.retry_after_s <= 60
+
+
+def test_a_door_without_limits_to_share_never_asks() -> None:
+    door = _door(LocalState(), Ask("s", "i"))
+    assert door.shared is None
+
+
+# ---- the composition root's per-worker settings ---------------------------------
+
+
+def test_without_redis_each_worker_holds_its_exact_share() -> None:
+    cfg = make_config("http://127.0.0.1:1")
+    limits = {w: skill_settings(cfg, Worker(w, 3)) for w in range(3)}
+    for name, s in skill_settings(cfg).items():
+        shares = [limits[w][name].concurrency_limit for w in range(3)]
+        assert sum(shares) == s.concurrency_limit >= 3, (name, shares)
+    # gepa's limit of 3 over 4 workers: the last worker's share is 0, its door refuses.
+    four = skill_settings(cfg, Worker(3, 4))["gepa"]
+    assert four.concurrency_limit == 1 and four.asks["gepa-large"].local_limit == 0
+
+
+def test_with_redis_each_worker_keeps_the_whole_limit_and_asks_for_a_lease() -> None:
+    cfg = make_config("http://127.0.0.1:1", state={"redis_url": "redis://127.0.0.1:1/0", "lease_s": 90})
+    s = skill_settings(cfg, Worker(1, 2))["kimiK2"]
+    assert s.concurrency_limit == 5
+    ask = s.asks["gemini-flash"]
+    assert (ask.limit, ask.local_limit, ask.lease_s) == (5, 2, 90)
+
+
+def test_config_rate_limit_and_lease_errors_name_the_key() -> None:
+    from router.core.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"skills\.kimiK2\.implementations\[0\]\.timeout_s: must be less than state\.lease_s"):
+        make_config("http://127.0.0.1:1", state={"redis_url": "redis://127.0.0.1:1/0", "lease_s": 10})
+    with pytest.raises(ConfigError, match=r"state\.redis_url"):
+        make_config("http://127.0.0.1:1", state={"redis_url": "http://127.0.0.1:1"})
+    with pytest.raises(ConfigError, match=r"server\.workers"):
+        make_config("http://127.0.0.1:1", server={"workers": 0})
+    from support.configs import config_data
+
+    from router.config import parse_config
+    data = config_data("http://127.0.0.1:1")
+    data["skills"]["trm"]["implementations"][0]["rate_limit"] = {"tpm": 1000}
+    with pytest.raises(ConfigError, match=r"skills\.trm\.implementations\[0\]\.rate_limit\.tpm: needs expected_"):
+        parse_config(data, "<tests>", {})
+    data["skills"]["trm"]["implementations"][0]["rate_limit"] = {}
+    with pytest.raises(ConfigError, match=r"rate_limit\.rpm: set rpm, tpm or both"):
+        parse_config(data, "<tests>", {})
+
+
+# ---- Redis ---------------------------------------------------------------------
+
+
+def _redis(**kw: object) -> RedisState:
+    assert REDIS_URL
+    return RedisState(RedisStateSettings(url=REDIS_URL, key_prefix=f"u-{uuid.uuid4().hex[:8]}", **kw))  # type: ignore[arg-type]
+
+
+@needs_redis
+async def test_redis_holds_the_limit_across_two_states_and_leases_expire() -> None:
+    a = _redis()
+    b = RedisState(a.settings)
+    await a.start()
+    await b.start()
+    ask = Ask("s", "i", limit=3, local_limit=1, lease_s=0.5)
+    try:
+        got = await asyncio.gather(*(s.admit(ask) for s in (a, b, a, b, a, b)))
+        grants = [g for g in got if isinstance(g, Grant)]
+        assert len(grants) == 3 and all(g.lease for g in grants)
+        assert all(isinstance(d, Denied) and d.reason is RejectReason.SHARED_LIMIT for d in got if d not in grants)
+        a.release(ask, grants[0])
+        await asyncio.sleep(0.05)  # the release is pipelined on the next turn
+        assert isinstance(await b.admit(ask), Grant)
+        assert isinstance(await b.admit(ask), Denied)
+        for _ in range(40):  # bounded: the unreleased leases expire after lease_s
+            await asyncio.sleep(0.1)
+            if isinstance(await a.admit(ask), Grant):
+                break
+        else:
+            pytest.fail("leases never expired")
+        assert a.status().connected and a.status().fallbacks == 0
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+@needs_redis
+async def test_redis_rate_limits_rpm_and_tpm() -> None:
+    s = _redis()
+    await s.start()
+    try:
+        rpm = Ask("s", "i", rate=RateLimit(rpm=5))
+        got = [await s.admit(rpm) for _ in range(7)]
+        assert [isinstance(g, Grant) for g in got] == [True] * 5 + [False] * 2
+        d = got[-1]
+        assert isinstance(d, Denied) and d.reason is RejectReason.RATE_LIMITED and 55 < d.retry_after_s <= 60
+        tpm = Ask("s", "j", rate=RateLimit(tpm=100), tokens=40)
+        got = [await s.admit(tpm) for _ in range(3)]
+        assert [isinstance(g, Grant) for g in got] == [True, True, False]
+        assert "tpm 100" in got[2].detail  # type: ignore[union-attr]
+    finally:
+        await s.aclose()
+
+
+async def test_an_unreachable_redis_falls_back_to_local_limits_without_raising() -> None:
+    from support.sidecars import free_port
+    s = RedisState(RedisStateSettings(url=f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2,
+                                      reconnect_min_s=0.05, worker=0, workers=2))
+    seen = []
+    s.on_change = seen.append
+    await s.start()
+    try:
+        ask = Ask("s", "i", limit=4, local_limit=2, lease_s=5)
+        got = [await s.admit(ask) for _ in range(3)]
+        assert [isinstance(g, Grant) for g in got] == [True, True, False]
+        st_ = s.status()
+        assert not st_.connected and st_.detail and st_.fallbacks == 3 and (st_.worker, st_.workers) == (0, 2)
+        assert seen and not seen[0].connected
+        s.release(ask, got[0])  # a local lease goes back to the fallback
+        assert isinstance(await s.admit(ask), Grant)
+    finally:
+        await s.aclose()
