@@ -216,8 +216,19 @@ def table(result: Mapping[str, Any]) -> str:
         text_table(HEADERS, _rows(result)), footer(result, "sidecar")])
 
 
+def _bars(result: Mapping[str, Any], width: int = 40) -> str:
+    """Throughput as a bar per sidecar (a plot that renders anywhere)."""
+    res = result["results"]
+    top = max((r["throughput_qps"] for r in res.values()), default=0.0) or 1.0
+    name_w = max(len(n) for n in res)
+    return "\n".join(f"{n.ljust(name_w)}  {'█' * max(1, round(width * r['throughput_qps'] / top))} "
+                     f"{r['throughput_qps']:.0f}/s" for n, r in res.items())
+
+
 def markdown(result: Mapping[str, Any]) -> str:
-    return md_table(HEADERS, _rows(result))
+    return "\n".join([
+        md_table(HEADERS, _rows(result)), "", "```", _bars(result), "```", "",
+        f"*{result['when']}; {footer(result, 'sidecar')}.*"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
