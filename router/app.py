@@ -26,7 +26,7 @@ from router.admin import AdminError, AdminServer
 from router.backends import BackendPool
 from router.config import RouterConfig
 from router.core.batching import BatchKeyMode
-from router.core.breaker import BreakerConfig
+from router.core.breaker import BreakerConfig, Transition
 from router.core.errors import BackendError, StartupError
 from router.core.limits import AIMDLimit, Gradient2Limit, LimitAlgorithm
 from router.core.ratelimit import RateLimit, split_share
@@ -37,7 +37,7 @@ from router.core.types import SkillSpec
 from router.runtime.calls import BatchingOptions
 from router.runtime.pipeline import Pipeline
 from router.runtime.registry import LiveRegistry
-from router.runtime.shared import Ask, LocalState, SharedState, StateStatus
+from router.runtime.shared import Ask, BreakerSync, LocalState, SharedState, StateStatus
 from router.runtime.skills import SkillRuntime, SkillSettings, build_gate
 from router.runtime.stats import Snapshot, skill_snapshots
 from router.service.server import RouterServer, TlsFiles
@@ -83,7 +83,7 @@ class App:
     def __init__(self, config: RouterConfig, pool: BackendPool, registry: LiveRegistry,
                  runtimes: Mapping[str, SkillRuntime], pipeline: Pipeline, telemetry: Telemetry,
                  store: MetricsStore | None, front: FrontDoor, shared: SharedState | None = None,
-                 worker: Worker = Worker()) -> None:
+                 worker: Worker = Worker(), breaker_sync: BreakerSync | None = None) -> None:
         self.config = config
         self.pool = pool
         self.registry = registry
@@ -93,6 +93,7 @@ class App:
         self.store = store
         self.shared: SharedState = shared or LocalState(worker=worker.index, workers=worker.count)
         self.worker = worker
+        self.breaker_sync = breaker_sync
         self.started_at = time.monotonic()
         self.warm_failures: dict[tuple[str, str], BackendError] = {}
         self._stopped = False
@@ -140,6 +141,8 @@ class App:
         await self.server.start()
         await self.shared.start()
         await self.server.set_skill_serving(STATE_HEALTH, self.shared.status().connected)
+        if self.breaker_sync is not None:
+            self.breaker_sync.start()
         # Warm every pool before SERVING. A backend that cannot be reached now
         # is logged, not fatal: its calls fail (and its breaker opens) until
         # it comes up, while the other skills serve.
@@ -174,6 +177,8 @@ class App:
         if self.admin is not None:  # after the drain, so the dashboard and scrapes can watch it
             await self.admin.stop()
         await self.pipeline.aclose()
+        if self.breaker_sync is not None:
+            await self.breaker_sync.aclose()
         await self.shared.aclose()
         await self.pool.aclose()
         if self.store is not None:
@@ -335,9 +340,19 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
         redact=redact)
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
+    # Breakers that open here are published; those other processes open trip here (Redis only).
+    sync = BreakerSync(shared) if isinstance(shared, RedisState) else None
+
+    def moved(skill: str, impl: str, t: Transition) -> None:
+        registry.breaker_moved(skill, impl, t)
+        if sync is not None:
+            sync.listener(skill, impl, t)
+
     runtimes = {name: SkillRuntime(s, gates[name], pool, observer=telemetry.observer,
-                                   on_transition=registry.breaker_moved, shared=shared)
+                                   on_transition=moved, shared=shared)
                 for name, s in settings.items()}
+    if sync is not None:
+        sync.breakers = {(name, impl): b for name, rt in runtimes.items() for impl, b in rt.breakers.items()}
     st = store_settings(config)
     store = make_store(st) if st is not None else None
     pipeline = Pipeline(SkillIndex(config.skills), config.policy, runtimes, registry, observer=telemetry.observer,
@@ -345,7 +360,8 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
                         default_deadline_s=config.server.default_deadline_s,
                         hash_query=query_hasher(config.storage.sqlite_path, config.storage.postgres_dsn, environ))
     front = FrontDoor(listen or config.server.listen, redact=redact, tls=_tls(config), token=token)
-    app = App(config, pool, registry, runtimes, pipeline, telemetry, store, front, shared=shared, worker=worker)
+    app = App(config, pool, registry, runtimes, pipeline, telemetry, store, front, shared=shared, worker=worker,
+              breaker_sync=sync)
     if isinstance(shared, RedisState):
         shared.on_change = app.state_changed
     return app

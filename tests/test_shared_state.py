@@ -154,6 +154,8 @@ def test_config_rate_limit_and_lease_errors_name_the_key() -> None:
 
 def _redis(**kw: object) -> RedisState:
     assert REDIS_URL
+    # A generous timeout: these tests are about the decisions, on a shared, loaded machine.
+    kw.setdefault("timeout_s", 2.0)
     return RedisState(RedisStateSettings(url=REDIS_URL, key_prefix=f"u-{uuid.uuid4().hex[:8]}", **kw))  # type: ignore[arg-type]
 
 
@@ -221,3 +223,58 @@ async def test_an_unreachable_redis_falls_back_to_local_limits_without_raising()
         assert isinstance(await s.admit(ask), Grant)
     finally:
         await s.aclose()
+
+
+# ---- breakers across processes ---------------------------------------------------
+
+
+def test_a_tripped_breaker_half_opens_when_the_other_does() -> None:
+    from router.core.breaker import BreakerConfig, BreakerState
+    b = CircuitBreaker("s/i", BreakerConfig(cooldown_s=30))
+    t = b.trip(100.0, 12.0, "opened by another process: 5 consecutive failures")
+    assert t is not None and b.state(100.0) is BreakerState.OPEN
+    assert b.half_open_at == pytest.approx(112.0)
+    assert b.state(112.0) is BreakerState.HALF_OPEN
+    assert b.trip(112.0, 30.0, "again") is None  # only a closed breaker trips
+
+
+@needs_redis
+async def test_a_breaker_opened_in_one_process_opens_in_the_other() -> None:
+    from router.core.breaker import BreakerConfig, BreakerState
+    from router.runtime.shared import SHARED_TRIP, BreakerSync
+    a = _redis()
+    b = RedisState(a.settings)
+    cfg = BreakerConfig(consecutive_failures=2, cooldown_s=20)
+    sync_a, sync_b = BreakerSync(a), BreakerSync(b)
+    br_a = CircuitBreaker("s/i", cfg, on_transition=lambda t: sync_a.listener("s", "i", t))
+    br_b = CircuitBreaker("s/i", cfg, on_transition=lambda t: sync_b.listener("s", "i", t))
+    other = CircuitBreaker("s/j", cfg)
+    sync_a.breakers = {("s", "i"): br_a}
+    sync_b.breakers = {("s", "i"): br_b, ("s", "j"): other}
+    await a.start()
+    await b.start()
+    try:
+        assert await sync_b.sync_once() == 0
+        now = sync_a.clock()
+        br_a.on_failure(now, "500")
+        br_a.on_failure(now, "500")  # opens: published
+        await asyncio.sleep(0.05)
+        assert await sync_b.sync_once() == 1
+        assert br_b.state(sync_b.clock()) is BreakerState.OPEN
+        assert other.state(sync_b.clock()) is BreakerState.CLOSED  # only that implementation
+        left = br_b.half_open_at - sync_b.clock()  # type: ignore[operator]
+        assert 18 < left <= 20
+        # A trip is not published again, so A's own course is not extended by B.
+        assert await sync_a.sync_once() == 0
+        opened = await b.open_breakers()
+        assert "2 consecutive failures" in opened[("s", "i")][1] and SHARED_TRIP not in opened[("s", "i")][1]
+        # A half-opens, its probe succeeds, it closes: the published state is cleared.
+        t = br_a.half_open_at + 0.1  # type: ignore[operator]
+        assert br_a.allow(t)[0]
+        br_a.on_success(t)
+        assert br_a.state(t) is BreakerState.CLOSED
+        await asyncio.sleep(0.05)
+        assert await b.open_breakers() == {}
+    finally:
+        await a.aclose()
+        await b.aclose()

@@ -40,7 +40,7 @@ def sidecar_config(url: str, redis_url: str, prefix: str, *, workers: int = 2) -
         "server": {"workers": workers, "admin_listen": None, "grace_period_s": 2},
         "storage": {"sqlite_path": None},
         "admission": {"retry": {"max_attempts": 1}, "queue_timeout_s": 1},
-        "state": {"redis_url": redis_url, "key_prefix": prefix, "lease_s": LEASE_S, "timeout_ms": 200},
+        "state": {"redis_url": redis_url, "key_prefix": prefix, "lease_s": LEASE_S, "timeout_ms": 1000},
         "skills": {
             "shared": {"concurrency_limit": LIMIT, "queue_depth": 20, "activation": {"keywords": ["alpha"]},
                        "implementations": [impl("sh", "sh")]},

@@ -15,16 +15,25 @@ the ``router.state`` edge. The runtime never knows which.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from router.core.admission import RejectReason
+from router.core.breaker import BreakerState, CircuitBreaker, Transition
 from router.core.ratelimit import RateLimit, SlidingWindow
 
-__all__ = ["Ask", "Denied", "Grant", "LocalState", "SharedState", "StateStatus"]
+__all__ = ["SHARED_TRIP", "Ask", "BreakerSync", "Denied", "Grant", "LocalState", "SharedState", "StateStatus"]
+
+log = logging.getLogger("router.state")
+
+# The reason of a breaker opened because another process's did (never published again).
+SHARED_TRIP = "opened by another process"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +98,17 @@ class SharedState(Protocol):
 
     def status(self) -> StateStatus: ...
 
+    def breaker_opened(self, skill: str, implementation: str, open_for_s: float, reason: str) -> None:
+        """Tell the other processes (scheduled): this implementation's
+        breaker opened and half-opens in ``open_for_s``."""
+
+    def breaker_closed(self, skill: str, implementation: str) -> None:
+        """Tell the other processes (scheduled): it closed again."""
+
+    async def open_breakers(self) -> Mapping[tuple[str, str], tuple[float, str]]:
+        """Breakers another process opened: (skill, implementation) →
+        (seconds until they half-open, reason). Empty when nothing is shared."""
+
     async def start(self) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -143,8 +163,75 @@ class LocalState:
     def status(self) -> StateStatus:
         return StateStatus("in_process", True, worker=self.worker, workers=self.workers)
 
+    def breaker_opened(self, skill: str, implementation: str, open_for_s: float, reason: str) -> None:
+        return None  # one process: nobody to tell
+
+    def breaker_closed(self, skill: str, implementation: str) -> None:
+        return None
+
+    async def open_breakers(self) -> Mapping[tuple[str, str], tuple[float, str]]:
+        return {}
+
     async def start(self) -> None:
         return None
 
     async def aclose(self) -> None:
         return None
+
+
+class BreakerSync:
+    """Circuit-breaker state across processes: a breaker that opens here is
+    published (``listener``); every ``interval_s`` the breakers other
+    processes opened are read in one round trip and tripped here too
+    (``CircuitBreaker.trip``: only a CLOSED one, half-opening when the
+    other does). Probing stays per process: each half-opens and probes on
+    its own, and a close here clears the published state."""
+
+    def __init__(self, shared: SharedState, interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.shared = shared
+        self.interval_s = interval_s
+        self.clock = clock
+        self.breakers: Mapping[tuple[str, str], CircuitBreaker] = {}
+        self.tripped = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def listener(self, skill: str, implementation: str, t: Transition) -> None:
+        if t.to_state is BreakerState.OPEN and not t.reason.startswith(SHARED_TRIP):
+            b = self.breakers.get((skill, implementation))
+            cooldown = b.config.cooldown_s if b is not None else 0.0
+            if cooldown > 0:
+                self.shared.breaker_opened(skill, implementation, cooldown, t.reason)
+        elif t.to_state is BreakerState.CLOSED:
+            self.shared.breaker_closed(skill, implementation)
+
+    async def sync_once(self) -> int:
+        """Trip the breakers other processes opened; how many tripped."""
+        opened = await self.shared.open_breakers()
+        n = 0
+        now = self.clock()
+        for key, (left_s, reason) in opened.items():
+            b = self.breakers.get(key)
+            if b is not None and b.trip(now, left_s, f"{SHARED_TRIP}: {reason}") is not None:
+                n += 1
+        self.tripped += n
+        return n
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.sync_once()
+            except Exception:  # never takes the sidecar down; the next turn tries again
+                log.exception("breaker sync failed")
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -27,8 +27,9 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
@@ -105,6 +106,36 @@ return {1, held + 1, '0'}
 """
 
 
+# KEYS: the breakers hash. ARGV: field, open_for_s, reason.
+OPEN_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('HSET', KEYS[1], ARGV[1], tostring(now + tonumber(ARGV[2])) .. '|' .. ARGV[3])
+return 1
+"""
+
+# KEYS: the breakers hash. Returns {field, seconds left, reason, ...}; drops the expired.
+OPEN_BREAKERS_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local sep = string.find(v, '|', 1, true)
+  local untl = tonumber(string.sub(v, 1, sep - 1))
+  if untl <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    table.insert(out, all[i])
+    table.insert(out, tostring(untl - now))
+    table.insert(out, string.sub(v, sep + 1))
+  end
+end
+return out
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class RedisStateSettings:
     url: str
@@ -133,6 +164,10 @@ class RedisState:
             settings.url, socket_timeout=settings.timeout_s, socket_connect_timeout=settings.timeout_s,
             retry=Retry(NoBackoff(), 0), health_check_interval=0, decode_responses=True)
         self._admit = self._redis.register_script(ADMIT_LUA)
+        self._open = self._redis.register_script(OPEN_LUA)
+        self._open_breakers = self._redis.register_script(OPEN_BREAKERS_LUA)
+        self._breakers_key = f"{{{settings.key_prefix}}}:breakers"
+        self._background: set[asyncio.Task[object]] = set()
         self._fallback = LocalState(worker=settings.worker, workers=settings.workers, clock=clock)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
         self._ids = itertools.count(1)
@@ -215,6 +250,46 @@ class RedisState:
         except (RedisError, OSError, TimeoutError) as exc:
             self._went_down(exc)
 
+    # ---- breakers --------------------------------------------------------------
+
+    def breaker_opened(self, skill: str, implementation: str, open_for_s: float, reason: str) -> None:
+        self._soon(self._open(keys=(self._breakers_key,), args=(f"{skill}/{implementation}", open_for_s, reason[:200])))
+
+    def breaker_closed(self, skill: str, implementation: str) -> None:
+        self._soon(self._redis.hdel(self._breakers_key, f"{skill}/{implementation}"))
+
+    async def open_breakers(self) -> dict[tuple[str, str], tuple[float, str]]:
+        if not self._connected:
+            return {}
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                flat = await self._open_breakers(keys=(self._breakers_key,))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._went_down(exc)
+            return {}
+        out = {}
+        for i in range(0, len(flat), 3):
+            skill, _, impl = flat[i].partition("/")
+            out[(skill, impl)] = (float(flat[i + 1]), flat[i + 2])
+        return out
+
+    def _soon(self, aw: Coroutine[Any, Any, object]) -> None:
+        """Run one command off the caller's path, bounded like every other."""
+        async def run() -> None:
+            if not self._connected:
+                return
+            try:
+                async with asyncio.timeout(self.settings.timeout_s):
+                    await aw
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._went_down(exc)
+        if not self._connected:
+            aw.close()  # never awaited: known to be down
+            return
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def status(self) -> StateStatus:
         return StateStatus("redis", self._connected, self._detail, self._fallbacks, self._reconnects,
                            self.settings.worker, self.settings.workers)
@@ -232,8 +307,8 @@ class RedisState:
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._flushing:
-            await asyncio.gather(*self._flushing, return_exceptions=True)
+        if self._flushing or self._background:
+            await asyncio.gather(*self._flushing, *self._background, return_exceptions=True)
         if self._reconnector is not None:
             self._reconnector.cancel()
             await asyncio.gather(self._reconnector, return_exceptions=True)
