@@ -46,6 +46,7 @@ def sidecar_config(url: str, redis_url: str, prefix: str, *, workers: int = 2) -
                        "implementations": [impl("sh", "sh")]},
             "rated": {"concurrency_limit": 8, "activation": {"keywords": ["beta"]},
                       "implementations": [impl("rt", "rt", rate_limit={"rpm": RPM})]},
+            "flaky": {"activation": {"keywords": ["gamma"]}, "implementations": [impl("fl", "broken")]},
         },
     }
 
@@ -97,7 +98,8 @@ class Load:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def emulator() -> AsyncIterator[Emulator]:
-    models = {"sh": ModelProfile(latency_ms=250), "rt": ModelProfile(latency_ms=5)}
+    models = {"sh": ModelProfile(latency_ms=250), "rt": ModelProfile(latency_ms=5),
+              "broken": ModelProfile(latency_ms=1, error_rate=1.0)}
     async with Emulator(EmulatorConfig(models=models, seed=1)) as emu:
         yield emu
 
@@ -172,6 +174,31 @@ async def test_a_providers_rpm_is_never_exceeded_across_replicas(pair, emulator)
     assert rt.requests <= RPM, (rt, got)
     assert got["OK"] == rt.requests >= 1, (rt, got)
     assert got["RESOURCE_EXHAUSTED"] == 3 * RPM - got["OK"], got
+
+
+async def test_a_breaker_opened_by_one_sidecar_opens_in_every_worker_of_the_other(pair, emulator):
+    one, other = pair
+    load = Load([one.address])
+    watch = Load([other.address])
+    try:
+        got = await load.run("gamma question", calls=24, concurrency=4)
+        assert got["OK"] == 0, got  # the backend always fails
+        emulator.reset_stats()
+        states: set[int] = set()
+        for _ in range(60):  # bounded: the sync runs every second
+            states = {i.breaker_state for s in await watch.stats() for k in s.skills if k.skill == "flaky"
+                      for i in k.implementations}
+            if states == {pb.BREAKER_STATE_OPEN}:
+                break
+            await asyncio.sleep(0.1)
+        reasons = await watch.run("gamma question", calls=4, concurrency=2)
+    finally:
+        await load.close()
+        await watch.close()
+    assert states == {pb.BREAKER_STATE_OPEN}
+    # The other sidecar never called the failing backend: it learned it.
+    assert emulator.stats()["broken"].requests == 0
+    assert reasons["OK"] == 0 and reasons["UNAVAILABLE"] + reasons["RESOURCE_EXHAUSTED"] == 4, reasons
 
 
 async def test_a_dead_worker_is_restarted(pair):
