@@ -37,7 +37,7 @@ from router.core.types import SkillSpec
 from router.runtime.calls import BatchingOptions
 from router.runtime.pipeline import Pipeline
 from router.runtime.registry import LiveRegistry
-from router.runtime.shared import Ask, BreakerSync, LocalState, SharedState, StateStatus
+from router.runtime.shared import Ask, LocalState, SharedState, StateStatus, StateSync
 from router.runtime.skills import SkillRuntime, SkillSettings, build_gate
 from router.runtime.stats import Snapshot, skill_snapshots
 from router.service.server import RouterServer, TlsFiles
@@ -83,7 +83,7 @@ class App:
     def __init__(self, config: RouterConfig, pool: BackendPool, registry: LiveRegistry,
                  runtimes: Mapping[str, SkillRuntime], pipeline: Pipeline, telemetry: Telemetry,
                  store: MetricsStore | None, front: FrontDoor, shared: SharedState | None = None,
-                 worker: Worker = Worker(), breaker_sync: BreakerSync | None = None) -> None:
+                 worker: Worker = Worker(), state_sync: StateSync | None = None) -> None:
         self.config = config
         self.pool = pool
         self.registry = registry
@@ -93,7 +93,7 @@ class App:
         self.store = store
         self.shared: SharedState = shared or LocalState(worker=worker.index, workers=worker.count)
         self.worker = worker
-        self.breaker_sync = breaker_sync
+        self.state_sync = state_sync
         self.started_at = time.monotonic()
         self.warm_failures: dict[tuple[str, str], BackendError] = {}
         self._stopped = False
@@ -141,8 +141,8 @@ class App:
         await self.server.start()
         await self.shared.start()
         await self.server.set_skill_serving(STATE_HEALTH, self.shared.status().connected)
-        if self.breaker_sync is not None:
-            self.breaker_sync.start()
+        if self.state_sync is not None:
+            self.state_sync.start()
         # Warm every pool before SERVING. A backend that cannot be reached now
         # is logged, not fatal: its calls fail (and its breaker opens) until
         # it comes up, while the other skills serve.
@@ -177,8 +177,8 @@ class App:
         if self.admin is not None:  # after the drain, so the dashboard and scrapes can watch it
             await self.admin.stop()
         await self.pipeline.aclose()
-        if self.breaker_sync is not None:
-            await self.breaker_sync.aclose()
+        if self.state_sync is not None:
+            await self.state_sync.aclose()
         await self.shared.aclose()
         await self.pool.aclose()
         if self.store is not None:
@@ -340,8 +340,9 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
         redact=redact)
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
-    # Breakers that open here are published; those other processes open trip here (Redis only).
-    sync = BreakerSync(shared) if isinstance(shared, RedisState) else None
+    # Breakers that open here are published, those other processes open trip here; success
+    # windows are exchanged (Redis only).
+    sync = StateSync(shared, registry=registry) if isinstance(shared, RedisState) else None
 
     def moved(skill: str, impl: str, t: Transition) -> None:
         registry.breaker_moved(skill, impl, t)
@@ -361,7 +362,7 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
                         hash_query=query_hasher(config.storage.sqlite_path, config.storage.postgres_dsn, environ))
     front = FrontDoor(listen or config.server.listen, redact=redact, tls=_tls(config), token=token)
     app = App(config, pool, registry, runtimes, pipeline, telemetry, store, front, shared=shared, worker=worker,
-              breaker_sync=sync)
+              state_sync=sync)
     if isinstance(shared, RedisState):
         shared.on_change = app.state_changed
     return app

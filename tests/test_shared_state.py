@@ -241,11 +241,11 @@ def test_a_tripped_breaker_half_opens_when_the_other_does() -> None:
 @needs_redis
 async def test_a_breaker_opened_in_one_process_opens_in_the_other() -> None:
     from router.core.breaker import BreakerConfig, BreakerState
-    from router.runtime.shared import SHARED_TRIP, BreakerSync
+    from router.runtime.shared import SHARED_TRIP, StateSync
     a = _redis()
     b = RedisState(a.settings)
     cfg = BreakerConfig(consecutive_failures=2, cooldown_s=20)
-    sync_a, sync_b = BreakerSync(a), BreakerSync(b)
+    sync_a, sync_b = StateSync(a), StateSync(b)
     br_a = CircuitBreaker("s/i", cfg, on_transition=lambda t: sync_a.listener("s", "i", t))
     br_b = CircuitBreaker("s/i", cfg, on_transition=lambda t: sync_b.listener("s", "i", t))
     other = CircuitBreaker("s/j", cfg)
@@ -278,3 +278,49 @@ async def test_a_breaker_opened_in_one_process_opens_in_the_other() -> None:
     finally:
         await a.aclose()
         await b.aclose()
+
+
+@needs_redis
+async def test_success_rates_are_merged_across_processes() -> None:
+    from router.runtime.registry import LiveRegistry
+    from router.runtime.shared import StateSync
+    a = _redis()
+    b = RedisState(a.settings)
+    reg_a, reg_b = LiveRegistry(["s", "t"]), LiveRegistry(["s", "t"])
+    sync_a, sync_b = StateSync(a, registry=reg_a), StateSync(b, registry=reg_b)
+    await a.start()
+    await b.start()
+    try:
+        for _ in range(10):
+            reg_a.record_call("s", False, 5.0)  # A sees s fail; B has not called it
+        for _ in range(10):
+            reg_b.record_call("t", True, 5.0)
+        await sync_a.sync_once()
+        await sync_b.sync_once()
+        assert reg_b.rates["s"] == 0.0  # B's scoring now knows s fails
+        assert reg_b.rates["t"] == 1.0
+        for _ in range(10):
+            reg_b.record_call("s", True, 5.0)
+        assert reg_b.rates["s"] == pytest.approx(0.5)  # 10 of 20 over both processes
+        await sync_a.sync_once()
+        assert reg_a.rates["s"] == 0.0  # B has not published its new calls yet
+        await sync_b.sync_once()
+        await sync_a.sync_once()
+        assert reg_a.rates["s"] == pytest.approx(0.5) and reg_a.rates["t"] == 1.0
+        # Stats stay this process's own.
+        assert reg_b.skills["s"].success_rate(1.0) == 1.0
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+def test_without_peers_the_rates_are_this_processes() -> None:
+    from router.runtime.registry import LiveRegistry
+    reg = LiveRegistry(["s"])
+    reg.record_call("s", False, 1.0)
+    reg.record_call("s", True, 1.0)
+    assert reg.rates == {"s": 0.5}
+    reg.set_peers({"s": (0, 2), "unknown": (1, 1)})
+    assert reg.rates == {"s": 0.25}
+    reg.set_peers({})
+    assert reg.rates == {"s": 0.5}

@@ -28,7 +28,9 @@ from router.core.admission import RejectReason
 from router.core.breaker import BreakerState, CircuitBreaker, Transition
 from router.core.ratelimit import RateLimit, SlidingWindow
 
-__all__ = ["SHARED_TRIP", "Ask", "BreakerSync", "Denied", "Grant", "LocalState", "SharedState", "StateStatus"]
+from .registry import LiveRegistry
+
+__all__ = ["SHARED_TRIP", "Ask", "Denied", "Grant", "LocalState", "SharedState", "StateStatus", "StateSync"]
 
 log = logging.getLogger("router.state")
 
@@ -109,6 +111,12 @@ class SharedState(Protocol):
         """Breakers another process opened: (skill, implementation) →
         (seconds until they half-open, reason). Empty when nothing is shared."""
 
+    async def exchange_windows(self, mine: Mapping[str, tuple[int, int]],
+                               ttl_s: float) -> Mapping[str, tuple[int, int]]:
+        """Publish this process's success windows (skill → (successes,
+        calls), kept ``ttl_s``) and return the sum of every other live
+        process's. Empty when nothing is shared."""
+
     async def start(self) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -172,6 +180,10 @@ class LocalState:
     async def open_breakers(self) -> Mapping[tuple[str, str], tuple[float, str]]:
         return {}
 
+    async def exchange_windows(self, mine: Mapping[str, tuple[int, int]],
+                               ttl_s: float) -> Mapping[str, tuple[int, int]]:
+        return {}
+
     async def start(self) -> None:
         return None
 
@@ -179,17 +191,23 @@ class LocalState:
         return None
 
 
-class BreakerSync:
-    """Circuit-breaker state across processes: a breaker that opens here is
-    published (``listener``); every ``interval_s`` the breakers other
-    processes opened are read in one round trip and tripped here too
-    (``CircuitBreaker.trip``: only a CLOSED one, half-opening when the
-    other does). Probing stays per process: each half-opens and probes on
-    its own, and a close here clears the published state."""
+class StateSync:
+    """Learned state across processes, every ``interval_s``:
+
+    - circuit breakers: a breaker that opens here is published
+      (``listener``); the breakers other processes opened are read and
+      tripped here too (``CircuitBreaker.trip``: only a CLOSED one,
+      half-opening when the other does). Probing stays per process: each
+      half-opens and probes on its own; a close here clears the published
+      state;
+    - success rates: this process's success windows are published and the
+      other processes' are merged into what scoring reads
+      (``LiveRegistry.set_peers``)."""
 
     def __init__(self, shared: SharedState, interval_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, registry: LiveRegistry | None = None) -> None:
         self.shared = shared
+        self.registry = registry
         self.interval_s = interval_s
         self.clock = clock
         self.breakers: Mapping[tuple[str, str], CircuitBreaker] = {}
@@ -215,6 +233,9 @@ class BreakerSync:
             if b is not None and b.trip(now, left_s, f"{SHARED_TRIP}: {reason}") is not None:
                 n += 1
         self.tripped += n
+        if self.registry is not None:
+            peers = await self.shared.exchange_windows(self.registry.windows(), 3 * self.interval_s)
+            self.registry.set_peers(dict(peers))
         return n
 
     async def _run(self) -> None:
@@ -223,7 +244,7 @@ class BreakerSync:
             try:
                 await self.sync_once()
             except Exception:  # never takes the sidecar down; the next turn tries again
-                log.exception("breaker sync failed")
+                log.exception("shared state sync failed")
 
     def start(self) -> None:
         if self._task is None:

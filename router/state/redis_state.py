@@ -27,7 +27,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +136,41 @@ return out
 """
 
 
+# KEYS: the windows hash. ARGV: owner, ttl_s, then (skill, successes, calls) triples.
+# Returns {skill, successes, calls, ...} summed over the other live owners; drops the expired.
+WINDOWS_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local owner = ARGV[1]
+local untl = now + tonumber(ARGV[2])
+for i = 3, #ARGV, 3 do
+  redis.call('HSET', KEYS[1], ARGV[i] .. '|' .. owner, ARGV[i + 1] .. '|' .. ARGV[i + 2] .. '|' .. untl)
+end
+local all = redis.call('HGETALL', KEYS[1])
+local succ, calls, order = {}, {}, {}
+for i = 1, #all, 2 do
+  local f, v = all[i], all[i + 1]
+  local sep = string.find(f, '|', 1, true)
+  local skill, who = string.sub(f, 1, sep - 1), string.sub(f, sep + 1)
+  local a = string.find(v, '|', 1, true)
+  local b = string.find(v, '|', a + 1, true)
+  if tonumber(string.sub(v, b + 1)) <= now then
+    redis.call('HDEL', KEYS[1], f)
+  elseif who ~= owner then
+    if succ[skill] == nil then succ[skill] = 0; calls[skill] = 0; table.insert(order, skill) end
+    succ[skill] = succ[skill] + tonumber(string.sub(v, 1, a - 1))
+    calls[skill] = calls[skill] + tonumber(string.sub(v, a + 1, b - 1))
+  end
+end
+local out = {}
+for _, skill in ipairs(order) do
+  table.insert(out, skill); table.insert(out, succ[skill]); table.insert(out, calls[skill])
+end
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000) + 1000)
+return out
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class RedisStateSettings:
     url: str
@@ -166,6 +201,8 @@ class RedisState:
         self._admit = self._redis.register_script(ADMIT_LUA)
         self._open = self._redis.register_script(OPEN_LUA)
         self._open_breakers = self._redis.register_script(OPEN_BREAKERS_LUA)
+        self._windows = self._redis.register_script(WINDOWS_LUA)
+        self._windows_key = f"{{{settings.key_prefix}}}:windows"
         self._breakers_key = f"{{{settings.key_prefix}}}:breakers"
         self._background: set[asyncio.Task[object]] = set()
         self._fallback = LocalState(worker=settings.worker, workers=settings.workers, clock=clock)
@@ -272,6 +309,21 @@ class RedisState:
             skill, _, impl = flat[i].partition("/")
             out[(skill, impl)] = (float(flat[i + 1]), flat[i + 2])
         return out
+
+    async def exchange_windows(self, mine: Mapping[str, tuple[int, int]],
+                               ttl_s: float) -> dict[str, tuple[int, int]]:
+        if not self._connected:
+            return {}
+        args: list[object] = [self._owner, ttl_s]
+        for skill, (succ, calls) in mine.items():
+            args += [skill, succ, calls]
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                flat = await self._windows(keys=(self._windows_key,), args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._went_down(exc)
+            return {}
+        return {flat[i]: (int(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)}
 
     def _soon(self, aw: Coroutine[Any, Any, object]) -> None:
         """Run one command off the caller's path, bounded like every other."""
