@@ -131,8 +131,8 @@ def test_with_redis_each_worker_keeps_the_whole_limit_and_asks_for_a_lease() -> 
 
 def test_config_rate_limit_and_lease_errors_name_the_key() -> None:
     from router.core.errors import ConfigError
-    with pytest.raises(ConfigError, match=r"skills\.kimiK2\.implementations\[0\]\.timeout_s: must be less than state\.lease_s"):
-        make_config("http://127.0.0.1:1", state={"redis_url": "redis://127.0.0.1:1/0", "lease_s": 10})
+    with pytest.raises(ConfigError, match=r"state\.lease_s: must be between 1 and 3600"):
+        make_config("http://127.0.0.1:1", state={"redis_url": "redis://127.0.0.1:1/0", "lease_s": 0.5})
     with pytest.raises(ConfigError, match=r"state\.redis_url"):
         make_config("http://127.0.0.1:1", state={"redis_url": "http://127.0.0.1:1"})
     with pytest.raises(ConfigError, match=r"server\.workers"):
@@ -160,12 +160,14 @@ def _redis(**kw: object) -> RedisState:
 
 
 @needs_redis
-async def test_redis_holds_the_limit_across_two_states_and_leases_expire() -> None:
+async def test_redis_holds_the_limit_across_two_states_and_a_dead_ones_leases_expire() -> None:
     a = _redis()
     b = RedisState(a.settings)
+    c = RedisState(a.settings)
     await a.start()
     await b.start()
-    ask = Ask("s", "i", limit=3, local_limit=1, lease_s=0.5)
+    await c.start()
+    ask = Ask("s", "i", limit=3, local_limit=1, lease_s=1.0)
     try:
         got = await asyncio.gather(*(s.admit(ask) for s in (a, b, a, b, a, b)))
         grants = [g for g in got if isinstance(g, Grant)]
@@ -173,18 +175,38 @@ async def test_redis_holds_the_limit_across_two_states_and_leases_expire() -> No
         assert all(isinstance(d, Denied) and d.reason is RejectReason.SHARED_LIMIT for d in got if d not in grants)
         a.release(ask, grants[0])
         await asyncio.sleep(0.05)  # the release is pipelined on the next turn
-        assert isinstance(await b.admit(ask), Grant)
-        assert isinstance(await b.admit(ask), Denied)
-        for _ in range(40):  # bounded: the unreleased leases expire after lease_s
-            await asyncio.sleep(0.1)
-            if isinstance(await a.admit(ask), Grant):
-                break
-        else:
-            pytest.fail("leases never expired")
-        assert a.status().connected and a.status().fallbacks == 0
-    finally:
+        assert isinstance(await c.admit(ask), Grant)
+        assert isinstance(await c.admit(ask), Denied)
+        # a and b die holding their leases (no release, no renewal): they expire.
         await a.aclose()
         await b.aclose()
+        for _ in range(40):  # bounded
+            await asyncio.sleep(0.1)
+            if isinstance(await c.admit(ask), Grant):
+                break
+        else:
+            pytest.fail("a dead state's leases never expired")
+        assert c.status().connected and c.status().fallbacks == 0
+    finally:
+        await c.aclose()
+
+
+@needs_redis
+async def test_a_live_process_renews_the_leases_it_holds() -> None:
+    a = _redis()
+    await a.start()
+    ask = Ask("s", "i", limit=1, local_limit=1, lease_s=1.0)
+    try:
+        held = await a.admit(ask)
+        assert isinstance(held, Grant)
+        await asyncio.sleep(2.5)  # well past the lease: a long call
+        assert isinstance(await a.admit(ask), Denied)  # still held
+        assert a.renewed >= 2
+        a.release(ask, held)
+        await asyncio.sleep(0.05)
+        assert isinstance(await a.admit(ask), Grant)
+    finally:
+        await a.aclose()
 
 
 @needs_redis

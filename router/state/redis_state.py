@@ -171,6 +171,22 @@ return out
 """
 
 
+# KEYS: slots keys; ARGV: (lease_s, lease) per key. Pushes each
+# still-present lease's expiry to now + lease_s (XX: a lease already expired
+# and removed is not brought back).
+RENEW_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local renewed = 0
+for i = 1, #KEYS do
+  local lease_s = tonumber(ARGV[2 * i - 1])
+  renewed = renewed + redis.call('ZADD', KEYS[i], 'XX', 'CH', now + lease_s, ARGV[2 * i])
+  redis.call('PEXPIRE', KEYS[i], math.ceil(lease_s * 1000) + 1000)
+end
+return renewed
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class RedisStateSettings:
     url: str
@@ -202,6 +218,12 @@ class RedisState:
         self._open = self._redis.register_script(OPEN_LUA)
         self._open_breakers = self._redis.register_script(OPEN_BREAKERS_LUA)
         self._windows = self._redis.register_script(WINDOWS_LUA)
+        self._renew = self._redis.register_script(RENEW_LUA)
+        # Leases held now: lease → (slots key, lease_s, when taken or last renewed).
+        self._held: dict[str, tuple[str, float, float]] = {}
+        self._renewer: asyncio.Task[None] | None = None
+        self._clock = clock
+        self.renewed = 0
         self._windows_key = f"{{{settings.key_prefix}}}:windows"
         self._breakers_key = f"{{{settings.key_prefix}}}:breakers"
         self._background: set[asyncio.Task[object]] = set()
@@ -251,7 +273,12 @@ class RedisState:
             return self._fallback.admit_now(ask)
         code = int(code)
         if code == 1:
-            return Grant(lease if ask.limit is not None else "")
+            if ask.limit is None:
+                return Grant()
+            self._held[lease] = (self._keys_for(ask)[0], ask.lease_s, self._clock())
+            if self._renewer is None or self._renewer.done():
+                self._renewer = asyncio.get_running_loop().create_task(self._renew_leases())
+            return Grant(lease)
         wait = max(0.0, float(retry_after))
         if code == 0:
             return Denied(RejectReason.SHARED_LIMIT,
@@ -267,6 +294,7 @@ class RedisState:
         if grant.lease.startswith("local:"):
             self._fallback.release(ask, grant)
             return
+        self._held.pop(grant.lease, None)
         self._releases.append((self._keys_for(ask)[0], grant.lease))
         if len(self._releases) == 1:  # the first of this loop turn schedules the flush
             task = asyncio.get_running_loop().create_task(self._flush())
@@ -286,6 +314,32 @@ class RedisState:
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self._went_down(exc)
+
+    async def _renew_leases(self) -> None:
+        """A call may outlast its lease (retries, a slow backend): every
+        lease held for a third of its time is pushed back to a full lease,
+        all in one round trip. A process that dies stops renewing, so its
+        leases expire ``lease_s`` after their last renewal at the latest."""
+        while self._held and not self._closed:
+            step = min(ls for _, ls, _ in self._held.values()) / 3
+            await asyncio.sleep(step)
+            now = self._clock()
+            due = [(lease, key, ls) for lease, (key, ls, at) in self._held.items() if now - at >= ls / 3]
+            if not due or not self._connected:
+                continue
+            flat: list[object] = []
+            for (lease, _, ls) in due:
+                flat += [ls, lease]
+            try:
+                async with asyncio.timeout(self.settings.timeout_s):
+                    n = await self._renew(keys=[key for _, key, _ in due], args=flat)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._went_down(exc)
+                continue
+            self.renewed += int(n)
+            for lease, key, ls in due:
+                if lease in self._held:
+                    self._held[lease] = (key, ls, now)
 
     # ---- breakers --------------------------------------------------------------
 
@@ -361,9 +415,10 @@ class RedisState:
         self._closed = True
         if self._flushing or self._background:
             await asyncio.gather(*self._flushing, *self._background, return_exceptions=True)
-        if self._reconnector is not None:
-            self._reconnector.cancel()
-            await asyncio.gather(self._reconnector, return_exceptions=True)
+        for task in (self._reconnector, self._renewer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._redis.aclose()
 
     # ---- down and up ---------------------------------------------------------
