@@ -346,3 +346,31 @@ def test_without_peers_the_rates_are_this_processes() -> None:
     assert reg.rates == {"s": 0.25}
     reg.set_peers({})
     assert reg.rates == {"s": 0.5}
+
+
+async def test_redis_back_after_an_outage_is_used_again() -> None:
+    from support.sidecars import RedisServer, redis_server_bin
+    if redis_server_bin() is None:
+        pytest.skip("redis-server not installed (scripts/services.sh installs it)")
+    server = RedisServer()
+    s = RedisState(RedisStateSettings(url=server.url, timeout_s=1.0, reconnect_min_s=0.05, reconnect_max_s=0.2))
+    seen: list[bool] = []
+    s.on_change = lambda st_: seen.append(st_.connected)
+    await s.start()
+    ask = Ask("s", "i", limit=1, local_limit=1, lease_s=5)
+    try:
+        assert isinstance(await s.admit(ask), Grant) and s.status().connected
+        await asyncio.to_thread(server.kill)
+        assert isinstance(await s.admit(ask), Grant)  # the local share (1) decides now
+        assert not s.status().connected and s.status().fallbacks == 1
+        server = RedisServer(port=server.port)  # back, empty
+        for _ in range(100):  # bounded
+            if s.status().connected:
+                break
+            await asyncio.sleep(0.05)
+        st_ = s.status()
+        assert st_.connected and st_.reconnects == 1 and seen == [False, True]
+        assert isinstance(await s.admit(ask), Grant) and s.status().fallbacks == 1  # decided in Redis again
+    finally:
+        await s.aclose()
+        server.kill()
