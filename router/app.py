@@ -377,6 +377,18 @@ async def serve(config: RouterConfig, listen: str | None = None, worker: Worker 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = None
+    if worker.count > 1:  # a worker outlives no supervisor: a SIGKILLed one leaves no orphans on the port
+        parent = os.getppid()
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(0.5)
+                if os.getppid() != parent:
+                    break
+            log.warning("supervisor (pid %d) gone: worker %d stopping", parent, worker.index)
+            stop.set()
+        watcher = loop.create_task(watch())
     await app.start()
     if ready is not None:
         ready()
@@ -384,4 +396,6 @@ async def serve(config: RouterConfig, listen: str | None = None, worker: Worker 
         await stop.wait()
         log.info("shutting down: draining in-flight calls for up to %.1fs", config.server.grace_period_s)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await app.stop()

@@ -285,8 +285,36 @@ async def test_stopping_redis_under_load_every_query_is_answered_or_refused(pair
 
 
 def _alive(pid: int) -> bool:
+    import psutil
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
+
+
+async def test_without_redis_the_limit_is_split_among_workers_and_they_outlive_no_supervisor(emulator, tmp_path):
+    cfg = sidecar_config(emulator.url, "redis://unused", "split")
+    del cfg["state"]
+    car = Sidecar(cfg, workers=2, directory=tmp_path)
+    try:
+        await asyncio.to_thread(car.wait_ready)
+        load = Load([car.address])
+        try:
+            emulator.reset_stats()
+            got = await load.run("alpha question", calls=60, concurrency=16)
+            stats = await load.stats()
+        finally:
+            await load.close()
+        sh = emulator.stats()["sh"]
+        assert 1 <= sh.peak_concurrent <= LIMIT, (sh, got)  # 2 + 2, not 4 + 4
+        assert {(s.shared_state.backend, s.shared_state.workers) for s in stats} == {("in_process", 2)}
+        assert {k.concurrency_limit for s in stats for k in s.skills if k.skill == "shared"} == {LIMIT // 2}
+        workers = car.worker_pids()
+        os.kill(car.proc.pid, 9)  # the supervisor alone
+        for _ in range(100):  # bounded
+            if not any(_alive(p) for p in workers):
+                break
+            await asyncio.sleep(0.1)
+        assert not any(_alive(p) for p in workers)
+    finally:
+        car.kill()

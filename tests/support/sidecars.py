@@ -67,8 +67,10 @@ class Sidecar:
 
     def kill(self) -> None:
         """SIGKILL the supervisor and every worker at once (a crashed host)."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group outlives its leader
+        except ProcessLookupError:
+            pass
         self.proc.wait()
 
     def stop(self) -> int:
