@@ -385,19 +385,26 @@ class _Worker:
         from router.v1 import router_pb2_grpc as pb_grpc
 
         target = job["target"]
-        if target not in self._channels:
-            self._channels[target] = grpc.aio.insecure_channel(target)
-        stub = pb_grpc.RouterServiceStub(self._channels[target])
+        # "channels" > 1: that many connections (server.workers: SO_REUSEPORT
+        # spreads connections, not calls, among the workers), calls round robin.
+        n = int(job.get("channels", 1))
+        for i in range(n):
+            key = target if i == 0 else f"{target}#{i}"
+            if key not in self._channels:
+                opts = [("grpc.use_local_subchannel_pool", 1)] if n > 1 else []
+                self._channels[key] = grpc.aio.insecure_channel(target, options=opts)
+        stubs = [pb_grpc.RouterServiceStub(self._channels[target if i == 0 else f"{target}#{i}"]) for i in range(n)]
         method = job["method"]
         request_type = {"Route": pb.RouteRequest, "Execute": pb.ExecuteRequest}[method]
         request = request_type.FromString(job["request"])
-        rpc = getattr(stub, method)
+        rpcs = [getattr(stub, method) for stub in stubs]
+        turn = iter(range(1 << 62))
         timeout = float(job.get("timeout_s", 30.0))
         expect = int(job.get("expect_results", 0))
         ok = pb.SKILL_STATUS_OK
 
         async def one() -> None:
-            resp = await rpc(request, timeout=timeout)
+            resp = await rpcs[next(turn) % n](request, timeout=timeout)
             if expect and (len(resp.results) != expect or any(r.status != ok for r in resp.results)):
                 raise _Degraded()
 

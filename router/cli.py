@@ -126,13 +126,14 @@ def _startup_failed(lines: list[str]) -> None:
 def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen: str | None,
           pid_file: str | None) -> None:
     """Run the sidecar until SIGTERM/SIGINT; SIGHUP reloads the config file."""
-    from router.app import gc_paused
+    from router.app import Worker, gc_paused
     from router.app import serve as run
     from router.config import RouterConfig
     from router.core.errors import ConfigError, StartupError
     from router.preflight import problems
     from router.storage import StoreError
     from router.telemetry import TelemetryConfigError
+    from router.workers import WORKER_ENV, notify_ready, parse_worker, resolve_listen, supervise, worker_argv
 
     def with_flags(config: RouterConfig) -> RouterConfig:
         # The command line's overrides hold for every generation of the config.
@@ -144,9 +145,18 @@ def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen:
         config = with_flags(config)
     except ConfigError as exc:
         raise click.ClickException(f"bad config: {exc}") from None
-    found = problems(config, os.environ, listen)
-    if found:
-        _startup_failed([str(p) for p in found])
+    try:
+        me = parse_worker(os.environ.get(WORKER_ENV))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if me is None:  # a worker skips the checks: its supervisor made them, and its siblings hold the port
+        found = problems(config, os.environ, listen)
+        if found:
+            _startup_failed([str(p) for p in found])
+        if config.server.workers > 1 and not demo:
+            sys.exit(supervise(worker_argv(), config.server.workers, resolve_listen(listen or config.server.listen),
+                               config.server.grace_period_s))
+    worker = Worker(*me) if me is not None else Worker()
     # Which of the seed's BRAIN_* variables took effect, and on what.
     log = logging.getLogger("router")
     for o in config.env_overrides:
@@ -164,7 +174,7 @@ def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen:
                 await run(with_emulator(config, emu.url), listen,
                           loader=lambda: with_emulator(with_flags(load_config(path)), emu.url))
         else:
-            await run(config, listen, loader=lambda: with_flags(load_config(path)))
+            await run(config, listen, worker, notify_ready, loader=lambda: with_flags(load_config(path)))
 
     if pid_file:
         _write_pid(pid_file)

@@ -111,6 +111,17 @@ def render_stats(resp: pb.StatsResponse) -> None:
     console.print(f"since start: queries {tt.queries} (failed {tt.failed_queries}) · routes {tt.routes} · "
                   f"skills/query {tt.avg_skills_per_query:.2f} · cost ${tt.cost_usd:.4f} · "
                   f"saved ${tt.cost_saved_usd:.4f} of ${tt.baseline_cost_usd:.4f}")
+    st = resp.shared_state
+    if st.backend:
+        where = f"worker {st.worker + 1} of {st.workers}" if st.workers > 1 else "one process"
+        if st.backend == "in_process":
+            console.print(f"limits: in-process ({where}{', split among the workers' if st.workers > 1 else ''})")
+        elif st.connected:
+            console.print(f"limits: shared in {st.backend} ({where})"
+                          + (f" · fallbacks {st.fallbacks}, reconnects {st.reconnects}" if st.fallbacks else ""))
+        else:
+            console.print(f"[bold]limits: {st.backend} unreachable, serving on local limits[/bold] ({where}; "
+                          f"{st.detail}; fallbacks {st.fallbacks})")
     # ... and the dashboard over a window (the seed's /api/brain/moe-metrics).
     w = resp.window
     if not w.available:

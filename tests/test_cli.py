@@ -69,6 +69,7 @@ async def test_route_execute_stats_against_a_running_sidecar(app) -> None:
     assert rc == 0 and "cost $" in out and "### " in out, err
     rc, out, err = await run("stats", *target)
     assert rc == 0 and "live load" in out and "queries 2" in out, err
+    assert "limits: in-process (one process)" in out
 
 
 async def test_cli_reports_bad_input_with_the_field(app) -> None:

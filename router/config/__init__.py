@@ -25,6 +25,7 @@ from .schema import (
     RetrySettings,
     RoutingSettings,
     ServerSettings,
+    StateSettings,
     StorageSettings,
     TelemetrySettings,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "RoutingSettings",
     "ServerSettings",
     "SkillOptions",
+    "StateSettings",
     "StorageSettings",
     "TelemetrySettings",
     "check_config",

@@ -313,6 +313,8 @@ def _router_config(cfg: ConfigFile, source: str, overrides: tuple[EnvOverride, .
                 expected_output_tokens=i.expected_output_tokens,
                 cost_derived=i.cost_per_query is None,
                 max_response_bytes=i.max_response_bytes,
+                rpm=None if i.rate_limit is None else i.rate_limit.rpm,
+                tpm=None if i.rate_limit is None else i.rate_limit.tpm,
             )
         skills.append(SkillSpec(
             name=name,
@@ -353,6 +355,7 @@ def _router_config(cfg: ConfigFile, source: str, overrides: tuple[EnvOverride, .
         batching=cfg.batching,
         telemetry=cfg.telemetry,
         storage=cfg.storage,
+        state=cfg.state,
         source=source,
         env_overrides=overrides,
         skill_opts=skill_opts,

@@ -25,6 +25,7 @@ from .schema import (
     BatchingSettings,
     RoutingSettings,
     ServerSettings,
+    StateSettings,
     StorageSettings,
     TelemetrySettings,
     UnderstandingSettings,
@@ -65,6 +66,12 @@ class ImplementationOptions:
     expected_output_tokens: int | None = None
     cost_derived: bool = False  # cost_per_query was computed from per-token prices
     max_response_bytes: int = 4 * 1024 * 1024
+    rpm: int | None = None  # the provider's rate limit (rate_limit.rpm / tpm)
+    tpm: int | None = None
+
+    @property
+    def expected_tokens(self) -> int:
+        return (self.expected_input_tokens or 0) + (self.expected_output_tokens or 0)
 
     @property
     def can_batch(self) -> bool:
@@ -82,6 +89,7 @@ class RouterConfig:
     telemetry: TelemetrySettings
     storage: StorageSettings
     source: str
+    state: StateSettings = StateSettings()
     env_overrides: tuple[EnvOverride, ...] = ()
     skill_opts: Mapping[str, SkillOptions] = field(default_factory=dict, repr=False)
     implementation_opts: Mapping[tuple[str, str], ImplementationOptions] = field(default_factory=dict, repr=False)

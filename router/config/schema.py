@@ -38,11 +38,13 @@ __all__ = [
     "EmbeddingsSettings",
     "FieldProblem",
     "ImplementationEntry",
+    "RateLimitEntry",
     "RetrySettings",
     "RoutingSettings",
     "ServerSettings",
     "SkillBatchingOverride",
     "SkillEntry",
+    "StateSettings",
     "StorageSettings",
     "TelemetrySettings",
     "TlsSettings",
@@ -291,6 +293,10 @@ class ServerSettings(Section):
     # A plaintext port serving grpc.health.v1 only (for probes without TLS).
     health_listen: Annotated[str, AfterValidator(_listen)] | None = None
     grpc_options: Annotated[dict[str, GrpcOptionValue], AfterValidator(_grpc_option_names)] = {}
+    # Processes serving the one port (SO_REUSEPORT), supervised by the
+    # parent. Limits never multiply by it: shared through state.redis_url,
+    # else split exactly among the workers.
+    workers: Annotated[int, _range(1, 64)] = 1
 
 
 # --- admission -----------------------------------------------------------------
@@ -450,6 +456,28 @@ class DomainEntry(Section):
         return self
 
 
+def _redis_url(v: str | None) -> str | None:
+    if v is None:
+        return v
+    if not v.startswith(("redis://", "rediss://", "unix://")):
+        shown = _url_without_userinfo(v)
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {shown[:200]!r}")
+    return v
+
+
+class StateSettings(Section):
+    """Shared state (limits, leases, rate limits) across replicas and
+    workers. No redis_url: in-process."""
+
+    redis_url: Annotated[str | None, AfterValidator(_redis_url)] = None
+    key_prefix: NonEmptyStr = "skill-router"
+    # Every Redis command's bound; past it the call is decided on local limits.
+    timeout_ms: Annotated[float, _range(1, 10_000)] = 100.0
+    # How long a slot stays taken if its process dies before giving it back
+    # (a live process renews the leases it holds every third of it).
+    lease_s: Annotated[float, _range(1, 3600)] = 30.0
+
+
 # --- skills --------------------------------------------------------------------
 
 
@@ -503,6 +531,19 @@ def check_url(v: str) -> str:
     return v
 
 
+class RateLimitEntry(Section):
+    """A provider's rate limit for one implementation (e.g. OpenRouter's)."""
+
+    rpm: PositiveInt | None = None  # requests per minute
+    tpm: PositiveInt | None = None  # tokens per minute (expected_input_tokens + expected_output_tokens per call)
+
+    @model_validator(mode="after")
+    def _some(self) -> RateLimitEntry:
+        if self.rpm is None and self.tpm is None:
+            raise FieldProblem(("rpm",), "set rpm, tpm or both (or drop rate_limit)")
+        return self
+
+
 class ImplementationEntry(Section):
     name: ImplementationName
     backend: Literal["openai", "http"]
@@ -522,6 +563,7 @@ class ImplementationEntry(Section):
     batch: Literal["none", "openai_completions", "http_batch"] = "none"
     # Bound of one answer's (decoded) body; over it the call fails.
     max_response_bytes: PositiveInt = 4 * 1024 * 1024
+    rate_limit: RateLimitEntry | None = None
 
     @field_validator("api_key_env")
     @classmethod
@@ -548,6 +590,10 @@ class ImplementationEntry(Section):
             raise FieldProblem(("batch",), f"'openai_completions' needs backend 'openai', not {self.backend!r}")
         if self.batch == "http_batch" and self.backend != "http":
             raise FieldProblem(("batch",), f"'http_batch' needs backend 'http', not {self.backend!r}")
+        if self.rate_limit is not None and self.rate_limit.tpm is not None and (
+                self.expected_input_tokens is None and self.expected_output_tokens is None):
+            raise FieldProblem(("rate_limit", "tpm"), "needs expected_input_tokens or expected_output_tokens "
+                                                      "(what one call counts against tpm)")
         if self.cost_per_query is None:
             missing = [
                 k for k in ("price_per_input_token", "price_per_output_token", "expected_input_tokens", "expected_output_tokens")
@@ -640,6 +686,7 @@ class ConfigFile(Section):
     storage: StorageSettings = StorageSettings()
     understanding: UnderstandingSettings = UnderstandingSettings()
     domains: dict[Annotated[str, _name("domain")], DomainEntry] = {}
+    state: StateSettings = StateSettings()
     skills: dict[SkillName, SkillEntry] = {}
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from router.core.breaker import BreakerConfig, BreakerState, CircuitBreaker, Transition
@@ -25,6 +25,7 @@ from .calls import BatchedCaller, BatchingOptions, Caller, CoalescedCaller, Dire
 from .gate import Gate
 from .observer import NullObserver, Observer
 from .ports import Backend
+from .shared import Ask, SharedState
 
 __all__ = ["BackendLookup", "BatchingOptions", "SkillRuntime", "SkillSettings", "build_gate"]
 
@@ -53,6 +54,10 @@ class SkillSettings:
     batching: BatchingOptions = BatchingOptions()
     batchable: frozenset[str] = frozenset()  # implementations whose backend takes batches
     limit_algorithm: Callable[[], LimitAlgorithm] | None = None  # an adaptive limit, made per gate
+    # Per implementation: what its door asks of the shared state (the limit
+    # over every process, this process's share, the provider rate limit).
+    # Empty: nothing beyond the local gate.
+    asks: Mapping[str, Ask] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -74,7 +79,8 @@ class SkillRuntime:
 
     def __init__(self, settings: SkillSettings, gate: Gate, backends: BackendLookup, *,
                  observer: Observer | None = None, on_transition: TransitionListener | None = None,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 shared: SharedState | None = None) -> None:
         spec = settings.spec
         self.settings = settings
         self.spec = spec
@@ -91,7 +97,8 @@ class SkillRuntime:
             listener = None if on_transition is None else (
                 lambda t, impl=impl.name: on_transition(spec.name, impl, t))
             breaker = CircuitBreaker(f"{spec.name}/{impl.name}", settings.breaker, on_transition=listener)
-            door = Door(f"{spec.name}/{impl.name}", gate, breaker, self.budget, clock)
+            door = Door(f"{spec.name}/{impl.name}", gate, breaker, self.budget, clock,
+                        shared=shared, ask=settings.asks.get(impl.name))
             backend = backends.get(spec.name, impl.name)
             direct = DirectCaller(impl, door, backend, Sender(impl, door, settings.retry, rng, clock), clock)
             caller: Caller

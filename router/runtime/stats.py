@@ -10,6 +10,7 @@ from router.core.breaker import BreakerState
 from router.core.types import Priority
 
 from .registry import LiveRegistry, Totals
+from .shared import StateStatus
 from .skills import SkillRuntime
 
 
@@ -60,6 +61,7 @@ class Snapshot:
     config_generation: int = 1  # 1 at start, one more per reload that took effect
     config_loaded_at: float = 0.0  # unix seconds: when that generation started serving
     config_source: str = ""  # the file it was read from
+    shared: StateStatus | None = None  # where limits are held (None: not reported)
 
 
 def skill_snapshots(registry: LiveRegistry, runtimes: Mapping[str, SkillRuntime], now: float) -> tuple[SkillSnapshot, ...]:

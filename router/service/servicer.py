@@ -101,4 +101,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             uptime_seconds=snap.uptime_s, moe_enabled=snap.moe_enabled, window=window_pb(agg, store, dropped),
             config_generation=snap.config_generation, config_source=snap.config_source,
             config_loaded_at=timestamp_pb(snap.config_loaded_at) if snap.config_loaded_at else None,
+            shared_state=None if snap.shared is None else pb.SharedStateStats(
+                backend=snap.shared.backend, connected=snap.shared.connected, detail=snap.shared.detail,
+                fallbacks=snap.shared.fallbacks, reconnects=snap.shared.reconnects, worker=snap.shared.worker,
+                workers=snap.shared.workers),
         )

@@ -53,6 +53,8 @@ class ShedReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SHED_REASON_DEADLINE: _ClassVar[ShedReason]
     SHED_REASON_DISPLACED: _ClassVar[ShedReason]
     SHED_REASON_CALL_FAILED: _ClassVar[ShedReason]
+    SHED_REASON_SHARED_LIMIT: _ClassVar[ShedReason]
+    SHED_REASON_RATE_LIMITED: _ClassVar[ShedReason]
 
 class QueryOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -99,6 +101,8 @@ SHED_REASON_QUEUE_TIMEOUT: ShedReason
 SHED_REASON_DEADLINE: ShedReason
 SHED_REASON_DISPLACED: ShedReason
 SHED_REASON_CALL_FAILED: ShedReason
+SHED_REASON_SHARED_LIMIT: ShedReason
+SHED_REASON_RATE_LIMITED: ShedReason
 QUERY_OUTCOME_UNSPECIFIED: QueryOutcome
 QUERY_OUTCOME_OK: QueryOutcome
 QUERY_OUTCOME_PARTIAL: QueryOutcome
@@ -530,7 +534,7 @@ class Totals(_message.Message):
     def __init__(self, queries: _Optional[int] = ..., avg_skills_per_query: _Optional[float] = ..., cost_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., routes: _Optional[int] = ..., failed_queries: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ..., avg_quality: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("skills", "totals", "uptime_seconds", "moe_enabled", "window", "config_generation", "config_loaded_at", "config_source")
+    __slots__ = ("skills", "totals", "uptime_seconds", "moe_enabled", "window", "config_generation", "config_loaded_at", "config_source", "shared_state")
     SKILLS_FIELD_NUMBER: _ClassVar[int]
     TOTALS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -539,6 +543,7 @@ class StatsResponse(_message.Message):
     CONFIG_GENERATION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_STATE_FIELD_NUMBER: _ClassVar[int]
     skills: _containers.RepeatedCompositeFieldContainer[SkillStats]
     totals: Totals
     uptime_seconds: float
@@ -547,7 +552,26 @@ class StatsResponse(_message.Message):
     config_generation: int
     config_loaded_at: _timestamp_pb2.Timestamp
     config_source: str
-    def __init__(self, skills: _Optional[_Iterable[_Union[SkillStats, _Mapping]]] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., uptime_seconds: _Optional[float] = ..., moe_enabled: _Optional[bool] = ..., window: _Optional[_Union[WindowStats, _Mapping]] = ..., config_generation: _Optional[int] = ..., config_loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., config_source: _Optional[str] = ...) -> None: ...
+    shared_state: SharedStateStats
+    def __init__(self, skills: _Optional[_Iterable[_Union[SkillStats, _Mapping]]] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., uptime_seconds: _Optional[float] = ..., moe_enabled: _Optional[bool] = ..., window: _Optional[_Union[WindowStats, _Mapping]] = ..., config_generation: _Optional[int] = ..., config_loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., config_source: _Optional[str] = ..., shared_state: _Optional[_Union[SharedStateStats, _Mapping]] = ...) -> None: ...
+
+class SharedStateStats(_message.Message):
+    __slots__ = ("backend", "connected", "detail", "fallbacks", "reconnects", "worker", "workers")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    RECONNECTS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    connected: bool
+    detail: str
+    fallbacks: int
+    reconnects: int
+    worker: int
+    workers: int
+    def __init__(self, backend: _Optional[str] = ..., connected: _Optional[bool] = ..., detail: _Optional[str] = ..., fallbacks: _Optional[int] = ..., reconnects: _Optional[int] = ..., worker: _Optional[int] = ..., workers: _Optional[int] = ...) -> None: ...
 
 class HourlyTrend(_message.Message):
     __slots__ = ("hour", "queries", "avg_cost_usd", "avg_response_ms", "avg_quality")
