@@ -29,6 +29,7 @@ from router.core.limits import AIMDLimit, Gradient2Limit, LimitAlgorithm
 from router.core.retry import RetryPolicy
 from router.core.routing import SkillIndex
 from router.core.types import SkillSpec
+from router.runtime.cache import CacheOptions, MemoryCache
 from router.runtime.calls import BatchingOptions
 from router.runtime.pipeline import Pipeline
 from router.runtime.registry import LiveRegistry
@@ -162,7 +163,8 @@ def skill_settings(config: RouterConfig) -> dict[str, SkillSettings]:
                                      key=BatchKeyMode.parse(bat.key), priority_bypass=bat.priority_bypass),
             batchable=frozenset(i.name for i in s.implementations
                                 if config.implementation_options(s.name, i.name).can_batch),
-            limit_algorithm=limit_algorithm(limit))
+            limit_algorithm=limit_algorithm(limit),
+            cache=CacheOptions(enabled=o.cache_enabled, ttl_s=o.cache_ttl_s))
 
     return {s.name: one(s) for s in config.skills}
 
@@ -198,8 +200,11 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
         config.skills, batch=lambda s, i: config.implementation_options(s.name, i.name).can_batch)
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
+    # One response cache for every skill that opts in (in-process LRU; a
+    # store shared by replicas, Redis at state.redis_url, is not built yet).
+    cache = MemoryCache(config.cache.max_entries) if any(s.cache.enabled for s in settings.values()) else None
     runtimes = {name: SkillRuntime(s, gates[name], pool, observer=telemetry.observer,
-                                   on_transition=registry.breaker_moved)
+                                   on_transition=registry.breaker_moved, cache=cache)
                 for name, s in settings.items()}
     st = store_settings(config)
     store = make_store(st) if st is not None else None

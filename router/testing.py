@@ -98,8 +98,9 @@ class FakeBackend:
     repeats), and records what it was asked."""
 
     def __init__(self, implementation: ImplementationSpec, script: Iterable[Step] | Step = (), *,
-                 batch: bool = False) -> None:
+                 batch: bool = False, stream: bool = False) -> None:
         self.implementation = implementation
+        self._stream = stream  # call_stream hands out the answer word by word
         steps = [script] if isinstance(script, Step) else list(script)
         self._script: deque[Step] = deque(steps or [reply(f"{implementation.name} answers")])
         self._batch = batch
@@ -140,6 +141,17 @@ class FakeBackend:
     async def call(self, call: SkillCall, timeout_s: float) -> SkillReply:
         self.calls.append(call)
         return await self._play(self._next())
+
+    @property
+    def supports_stream(self) -> bool:
+        return self._stream
+
+    async def call_stream(self, call: SkillCall, timeout_s: float, on_delta: Callable[[str], None]) -> SkillReply:
+        self.calls.append(call)
+        got = await self._play(self._next())
+        for i, word in enumerate(got.output.split(" ")):
+            on_delta(word if i == 0 else " " + word)
+        return got
 
     async def call_batch(self, calls: Sequence[SkillCall], timeout_s: float) -> list[SkillReply | BackendError]:
         if not self._batch:

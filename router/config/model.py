@@ -23,6 +23,7 @@ from .problems import ConfigIssue, InvalidConfig, format_path, translate
 from .schema import (
     AdmissionSettings,
     BatchingSettings,
+    CacheSettings,
     RoutingSettings,
     ServerSettings,
     StorageSettings,
@@ -51,6 +52,8 @@ class SkillOptions:
     queue_depth_set: bool = False
     # Settings the BRAIN_* variables leave alone in this skill (``pinned``).
     pinned: tuple[str, ...] = ()
+    cache_enabled: bool = False  # the response cache (``cache:`` and the skill's own ``cache:``)
+    cache_ttl_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,7 @@ class RouterConfig:
     env_overrides: tuple[EnvOverride, ...] = ()
     skill_opts: Mapping[str, SkillOptions] = field(default_factory=dict, repr=False)
     implementation_opts: Mapping[tuple[str, str], ImplementationOptions] = field(default_factory=dict, repr=False)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skill_opts", MappingProxyType(dict(self.skill_opts)))

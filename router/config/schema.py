@@ -31,6 +31,7 @@ __all__ = [
     "AdmissionSettings",
     "BatchingSettings",
     "BreakerSettings",
+    "CacheSettings",
     "ConfigFile",
     "DynamicKSettings",
     "FieldProblem",
@@ -39,6 +40,7 @@ __all__ = [
     "RoutingSettings",
     "ServerSettings",
     "SkillBatchingOverride",
+    "SkillCacheOverride",
     "SkillEntry",
     "StorageSettings",
     "TelemetrySettings",
@@ -333,6 +335,14 @@ class StorageSettings(Section):
         return self
 
 
+class CacheSettings(Section):
+    """The response cache: answers reused instead of paid for twice."""
+
+    enabled: bool = False  # the skills' default; a skill's own cache.enabled wins
+    max_entries: PositiveInt = 10000  # in-process LRU bound
+    ttl_s: PositiveFloat = 300.0  # the skills' default time to live
+
+
 # --- skills --------------------------------------------------------------------
 
 
@@ -350,6 +360,14 @@ class ActivationEntry(Section):
                 f"must be at least min_complexity ({_num(self.min_complexity)}), got {_num(self.max_complexity)}",
             )
         return self
+
+
+class SkillCacheOverride(Section):
+    """Opt a skill in or out of the cache (a skill whose answers depend on
+    time or on the user says no)."""
+
+    enabled: bool | None = None  # None: cache.enabled
+    ttl_s: PositiveFloat | None = None  # None: cache.ttl_s
 
 
 class SkillBatchingOverride(Section):
@@ -452,6 +470,7 @@ class SkillEntry(Section):
     queue_depth: NonNegativeInt | None = None  # None: admission.default_queue_depth
     queue_timeout_s: PositiveFloat | None = None  # None: admission.queue_timeout_s
     batching: SkillBatchingOverride = SkillBatchingOverride()
+    cache: SkillCacheOverride = SkillCacheOverride()
     # Settings of this skill that the BRAIN_* variables must not replace.
     pinned: list[Literal["concurrency_limit", "queue_depth", "batching"]] = []
     system_prompt: str = ""
@@ -502,6 +521,7 @@ class ConfigFile(Section):
     batching: BatchingSettings = BatchingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     storage: StorageSettings = StorageSettings()
+    cache: CacheSettings = CacheSettings()
     skills: dict[SkillName, SkillEntry] = {}
 
     @model_validator(mode="after")

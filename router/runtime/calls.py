@@ -46,7 +46,7 @@ from router.core.types import ImplementationSpec, Priority
 from .admit import Door, Pass, Refusal, Settle
 from .batcher import Batch, Batcher, BatcherGroup, BatcherStats, SingleFlight
 from .observer import Observer, SkillObservation
-from .ports import Backend, SkillCall, SkillReply
+from .ports import Backend, DeltaSink, SkillCall, SkillReply
 from .retry import RetryResult, call_with_retries
 
 __all__ = [
@@ -89,6 +89,10 @@ class CallRequest:
     deadline_at: float  # the caller's deadline, on the pipeline's clock
     observation: SkillObservation  # the query's skill span: events go there
     skill_set: tuple[str, ...] = ()  # the query's chosen skills (the seed's batch key)
+    # Set when the caller wants the answer as it arrives (ExecuteStream): a
+    # backend that streams is called with ``call_stream``; the attempt number
+    # comes with each delta (a retry starts the answer over).
+    on_delta: Callable[[str, int], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,10 @@ class CallResult:
     batch_size: int = 1
     shared_by: int = 1
     latency_s: float = 0.0
+    cached: bool = False  # answered from the response cache (no backend request)
+    cache_missed: bool = False  # looked up in the cache, not there: fetched
+    cache_age_s: float = 0.0
+    streamed: bool = False  # the reply came as a stream of deltas
 
     @property
     def ok(self) -> bool:
@@ -228,13 +236,27 @@ class DirectCaller:
         got = await self._door.enter(request.priority, request.deadline_at)
         if isinstance(got, Refusal):
             return _refused(self.implementation, got, self._clock() - t0)
+        backend, on_delta = self._backend, request.on_delta
+        streamed = on_delta is not None and getattr(backend, "supports_stream", False)
         with got:
-            sent = await self._sender.send(lambda t: self._backend.call(request.call, t), request.deadline_at,
-                                           request.observation)
+            if streamed:
+                assert on_delta is not None
+                attempt = 0
+
+                def send(t: float) -> Awaitable[SkillReply]:
+                    nonlocal attempt
+                    attempt += 1
+                    n = attempt
+                    sink: DeltaSink = lambda d: on_delta(d, n)  # noqa: E731
+                    return backend.call_stream(request.call, t, sink)
+            else:
+                def send(t: float) -> Awaitable[SkillReply]:
+                    return backend.call(request.call, t)
+            sent = await self._sender.send(send, request.deadline_at, request.observation)
             _settle(got, sent, request.observation)
         return CallResult(_outcome_of(sent.error), self.implementation, reply=sent.value,
                           error=str(sent.error or ""), attempts=sent.attempts, queue_wait_s=got.queue_wait_s,
-                          latency_s=self._clock() - t0)
+                          latency_s=self._clock() - t0, streamed=streamed)
 
     async def aclose(self) -> None:
         pass
@@ -265,8 +287,9 @@ class CoalescedCaller:
 
     async def call(self, request: CallRequest) -> CallResult:
         t0 = self._clock()
+        # A shared call answers whole: its deltas would reach one caller only.
         shared = dataclasses.replace(request, deadline_at=max(request.deadline_at,
-                                                             t0 + self.implementation.timeout_s))
+                                                             t0 + self.implementation.timeout_s), on_delta=None)
         try:
             fr = await _within(request.deadline_at - t0, self.flights.run_detailed(
                 flight_key(request.call), lambda: self._direct.call(shared)))
