@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file router/v1/router.proto.
  */
 export const file_router_v1_router: GenFile = /*@__PURE__*/
-  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEi6wIKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUINCgtfY29tcGxleGl0eUITChFfcmVxdWlyZWRfcXVhbGl0eUIICgZfdG9wX2siXAoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIswBCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFIr0BCgpTY29yZVBhcnRzEhEKCWFjdGl2YXRlZBgBIAEoCBIUCgxkb21haW5fYm9udXMYAiABKAESFgoOY29tcGxleGl0eV9maXQYAyABKAESFAoMc3VjY2Vzc19yYXRlGAQgASgBEhYKDnN1Y2Nlc3NfZmFjdG9yGAUgASgBEhcKD3ByaW9yaXR5X3dlaWdodBgGIAEoARISCgpyYW5rX3Njb3JlGAcgASgBEhMKC2xvYWRfZmFjdG9yGAggASgBIqQBCg5JbXBsZW1lbnRhdGlvbhIMCgRuYW1lGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2JhY2tlbmQYAyABKAkSDwoHcXVhbGl0eRgEIAEoARIaChJjb3N0X3Blcl9xdWVyeV91c2QYBSABKAESGwoTZXhwZWN0ZWRfbGF0ZW5jeV9tcxgGIAEoARIaChJvcHRpbWFsX2NvbXBsZXhpdHkYByABKAEiwQEKFEltcGxlbWVudGF0aW9uQ2hvaWNlEjEKDmltcGxlbWVudGF0aW9uGAEgASgLMhkucm91dGVyLnYxLkltcGxlbWVudGF0aW9uEhEKCWZpdF9zY29yZRgCIAEoARIbChNtZWV0c19xdWFsaXR5X2Zsb29yGAMgASgIEg4KBnJlYXNvbhgEIAEoCRI2CgpyZWplY3Rpb25zGAUgAygLMiIucm91dGVyLnYxLkltcGxlbWVudGF0aW9uUmVqZWN0aW9uIkoKF0ltcGxlbWVudGF0aW9uUmVqZWN0aW9uEgwKBG5hbWUYASABKAkSDgoGcmVhc29uGAIgASgJEhEKCWZpdF9zY29yZRgDIAEoASKYAQoJU2VsZWN0aW9uEg0KBXNraWxsGAEgASgJEg0KBXNjb3JlGAIgASgBEiQKBXBhcnRzGAMgASgLMhUucm91dGVyLnYxLlNjb3JlUGFydHMSNwoOaW1wbGVtZW50YXRpb24YBCABKAsyHy5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25DaG9pY2USDgoGZm9yY2VkGAUgASgIInkKCVJlamVjdGlvbhINCgVza2lsbBgBIAEoCRIqCgZyZWFzb24YAiABKA4yGi5yb3V0ZXIudjEuUmVqZWN0aW9uUmVhc29uEg4KBmRldGFpbBgDIAEoCRINCgVzY29yZRgEIAEoARISCgpyYW5rX3Njb3JlGAUgASgBIl4KDkV4ZWN1dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIpUDCgtTa2lsbFJlc3VsdBINCgVza2lsbBgBIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgCIAEoCRINCgVtb2RlbBgDIAEoCRIOCgZ3ZWlnaHQYBCABKAESJgoGc3RhdHVzGAUgASgOMhYucm91dGVyLnYxLlNraWxsU3RhdHVzEg4KBm91dHB1dBgGIAEoCRINCgVlcnJvchgHIAEoCRIQCghjb3N0X3VzZBgIIAEoARISCgpsYXRlbmN5X21zGAkgASgBEhQKDGlucHV0X3Rva2VucxgKIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAsgASgDEg8KB3F1YWxpdHkYDCABKAESFQoNcXVldWVfd2FpdF9tcxgNIAEoARIQCghhdHRlbXB0cxgOIAEoBRISCgpiYXRjaF9zaXplGA8gASgFEhEKCXNoYXJlZF9ieRgQIAEoBRIWCg5zdGVwcGVkX2luX2ZvchgRIAEoCRItCg5zdGVwX2luX3JlYXNvbhgSIAEoDjIVLnJvdXRlci52MS5TaGVkUmVhc29uIqIBCglTaGVkU2tpbGwSDQoFc2tpbGwYASABKAkSJQoGcmVhc29uGAIgASgOMhUucm91dGVyLnYxLlNoZWRSZWFzb24SDgoGZGV0YWlsGAMgASgJEhMKC3JlcGxhY2VkX2J5GAQgASgJEhYKDmltcGxlbWVudGF0aW9uGAUgASgJEiIKGnJlcGxhY2VkX2J5X2ltcGxlbWVudGF0aW9uGAYgASgJInoKCkNvc3RMZWRnZXISEgoKYWN0dWFsX3VzZBgBIAEoARIUCgxiYXNlbGluZV91c2QYAiABKAESEQoJc2F2ZWRfdXNkGAMgASgBEhYKDnNhdmVkX2ZyYWN0aW9uGAQgASgBEhcKD2Jhc2VsaW5lX3NraWxscxgFIAEoBSJGCgZUaW1pbmcSFAoMc2VsZWN0aW9uX3VzGAEgASgDEhQKDGV4ZWN1dGlvbl91cxgCIAEoAxIQCgh0b3RhbF91cxgDIAEoAyKjAwoPRXhlY3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEgwKBHRleHQYAyABKAkSKAoKc2VsZWN0aW9ucxgEIAMoCzIULnJvdXRlci52MS5TZWxlY3Rpb24SJwoHcmVzdWx0cxgFIAMoCzIWLnJvdXRlci52MS5Ta2lsbFJlc3VsdBIoCgpyZWplY3Rpb25zGAYgAygLMhQucm91dGVyLnYxLlJlamVjdGlvbhIjCgRjb3N0GAcgASgLMhUucm91dGVyLnYxLkNvc3RMZWRnZXISIQoGdGltaW5nGAggASgLMhEucm91dGVyLnYxLlRpbWluZxIPCgdxdWFsaXR5GAkgASgBEgkKAWsYCiABKAUSEwoLbW9lX2VuYWJsZWQYCyABKAgSIgoEc2hlZBgMIAMoCzIULnJvdXRlci52MS5TaGVkU2tpbGwSKAoHb3V0Y29tZRgNIAEoDjIXLnJvdXRlci52MS5RdWVyeU91dGNvbWUSGgoScmVqZWN0aW9uc19vbWl0dGVkGA4gASgFIjkKDFN0YXRzUmVxdWVzdBIpCgZ3aW5kb3cYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i6AQKClNraWxsU3RhdHMSDQoFc2tpbGwYASABKAkSEQoJaW5fZmxpZ2h0GAIgASgFEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAMgASgFEhMKC3V0aWxpemF0aW9uGAQgASgBEhMKC3F1ZXVlX2RlcHRoGAUgASgFEg0KBWNhbGxzGAYgASgDEhAKCGZhaWx1cmVzGAcgASgDEhQKDHN1Y2Nlc3NfcmF0ZRgIIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgJIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgKIAEoARIQCghyZWplY3RlZBgLIAEoAxIMCgRzaGVkGAwgASgDEhEKCXRpbWVkX291dBgNIAEoAxJQChdxdWV1ZV9kZXB0aF9ieV9wcmlvcml0eRgOIAMoCzIvLnJvdXRlci52MS5Ta2lsbFN0YXRzLlF1ZXVlRGVwdGhCeVByaW9yaXR5RW50cnkSFgoOcXVldWVfY2FwYWNpdHkYDyABKAUSGgoSbWVhbl9xdWV1ZV93YWl0X21zGBAgASgBEjcKD2ltcGxlbWVudGF0aW9ucxgRIAMoCzIeLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvblN0YXRzEg8KB2JhdGNoZXMYEiABKAMSFwoPbWVhbl9iYXRjaF9zaXplGBMgASgBEhoKEm1lYW5fYmF0Y2hfd2FpdF9tcxgUIAEoARIXCg9jb2FsZXNjZWRfY2FsbHMYFSABKAMaOwoZUXVldWVEZXB0aEJ5UHJpb3JpdHlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBIs8BChNJbXBsZW1lbnRhdGlvblN0YXRzEgwKBG5hbWUYASABKAkSLgoNYnJlYWtlcl9zdGF0ZRgCIAEoDjIXLnJvdXRlci52MS5CcmVha2VyU3RhdGUSMAoMaGFsZl9vcGVuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgEIAEoBRIUCgxmYWlsdXJlX3JhdGUYBSABKAESFAoMdGltZXNfb3BlbmVkGAYgASgDIs8CCgZUb3RhbHMSDwoHcXVlcmllcxgBIAEoAxIcChRhdmdfc2tpbGxzX3Blcl9xdWVyeRgCIAEoARIQCghjb3N0X3VzZBgDIAEoARIWCg5jb3N0X3NhdmVkX3VzZBgEIAEoARIZChFiYXNlbGluZV9jb3N0X3VzZBgFIAEoARIOCgZyb3V0ZXMYBiABKAMSFgoOZmFpbGVkX3F1ZXJpZXMYByABKAMSMQoIb3V0Y29tZXMYCCADKAsyHy5yb3V0ZXIudjEuVG90YWxzLk91dGNvbWVzRW50cnkSEAoIYW5zd2VyZWQYCSABKAMSEwoLYXZnX3F1YWxpdHkYCiABKAESHgoWYXZnX2Nvc3RfcGVyX3F1ZXJ5X3VzZBgLIAEoARovCg1PdXRjb21lc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEirgEKDVN0YXRzUmVzcG9uc2USJQoGc2tpbGxzGAEgAygLMhUucm91dGVyLnYxLlNraWxsU3RhdHMSIQoGdG90YWxzGAIgASgLMhEucm91dGVyLnYxLlRvdGFscxIWCg51cHRpbWVfc2Vjb25kcxgDIAEoARITCgttb2VfZW5hYmxlZBgEIAEoCBImCgZ3aW5kb3cYBSABKAsyFi5yb3V0ZXIudjEuV2luZG93U3RhdHMijAEKC0hvdXJseVRyZW5kEigKBGhvdXIYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYAiABKAMSFAoMYXZnX2Nvc3RfdXNkGAMgASgBEhcKD2F2Z19yZXNwb25zZV9tcxgEIAEoARITCgthdmdfcXVhbGl0eRgFIAEoASKcBQoLV2luZG93U3RhdHMSEQoJYXZhaWxhYmxlGAEgASgIEg0KBXN0b3JlGAIgASgJEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgV1bnRpbBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcXVlcmllcxgFIAEoAxIOCgZlcnJvcnMYBiABKAMSGwoTYXZnX3NraWxsc19zZWxlY3RlZBgHIAEoARIeChZhdmdfY29zdF9wZXJfcXVlcnlfdXNkGAggASgBEhYKDmNvc3Rfc2F2ZWRfdXNkGAkgASgBEhoKEmF2Z19jb3N0X3NhdmVkX3VzZBgKIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYCyABKAESFwoPcDk5X3Jlc3BvbnNlX21zGAwgASgBEhMKC2F2Z19xdWFsaXR5GA0gASgBEkkKEnNraWxsX2Rpc3RyaWJ1dGlvbhgOIAMoCzItLnJvdXRlci52MS5XaW5kb3dTdGF0cy5Ta2lsbERpc3RyaWJ1dGlvbkVudHJ5EiYKBmhvdXJseRgPIAMoCzIWLnJvdXRlci52MS5Ib3VybHlUcmVuZBIUCgxyb3dzX2Ryb3BwZWQYECABKAMSNgoIb3V0Y29tZXMYESADKAsyJC5yb3V0ZXIudjEuV2luZG93U3RhdHMuT3V0Y29tZXNFbnRyeRIQCghhbnN3ZXJlZBgSIAEoAxo4ChZTa2lsbERpc3RyaWJ1dGlvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEaLwoNT3V0Y29tZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBKl4KCFByaW9yaXR5EhgKFFBSSU9SSVRZX1VOU1BFQ0lGSUVEEAASEAoMUFJJT1JJVFlfTE9XEAESEwoPUFJJT1JJVFlfTk9STUFMEAISEQoNUFJJT1JJVFlfSElHSBADKt8BCg9SZWplY3Rpb25SZWFzb24SIAocUkVKRUNUSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEiIKHlJFSkVDVElPTl9SRUFTT05fTk9UX0FDVElWQVRFRBABEiAKHFJFSkVDVElPTl9SRUFTT05fQkVMT1dfVE9QX0sQAhIdChlSRUpFQ1RJT05fUkVBU09OX0VYQ0xVREVEEAMSJgoiUkVKRUNUSU9OX1JFQVNPTl9OT19JTVBMRU1FTlRBVElPThAEEh0KGVJFSkVDVElPTl9SRUFTT05fRElTQUJMRUQQBSqzAQoLU2tpbGxTdGF0dXMSHAoYU0tJTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASEwoPU0tJTExfU1RBVFVTX09LEAESFwoTU0tJTExfU1RBVFVTX0ZBSUxFRBACEhoKFlNLSUxMX1NUQVRVU19USU1FRF9PVVQQAxIiCh5TS0lMTF9TVEFUVVNfREVBRExJTkVfRVhDRUVERUQQBBIYChRTS0lMTF9TVEFUVVNfUkVGVVNFRBAFKvMBCgpTaGVkUmVhc29uEhsKF1NIRURfUkVBU09OX1VOU1BFQ0lGSUVEEAASGgoWU0hFRF9SRUFTT05fUVVFVUVfRlVMTBABEhwKGFNIRURfUkVBU09OX0JSRUFLRVJfT1BFThACEh0KGVNIRURfUkVBU09OX0VYUEVDVEVEX1dBSVQQAxIdChlTSEVEX1JFQVNPTl9RVUVVRV9USU1FT1VUEAQSGAoUU0hFRF9SRUFTT05fREVBRExJTkUQBRIZChVTSEVEX1JFQVNPTl9ESVNQTEFDRUQQBhIbChdTSEVEX1JFQVNPTl9DQUxMX0ZBSUxFRBAHKugBCgxRdWVyeU91dGNvbWUSHQoZUVVFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEFFVRVJZX09VVENPTUVfT0sQARIZChVRVUVSWV9PVVRDT01FX1BBUlRJQUwQAhIYChRRVUVSWV9PVVRDT01FX0ZBSUxFRBADEhkKFVFVRVJZX09VVENPTUVfUkVGVVNFRBAEEhoKFlFVRVJZX09VVENPTUVfVU5ST1VURUQQBRIaChZRVUVSWV9PVVRDT01FX0RFQURMSU5FEAYSGwoXUVVFUllfT1VUQ09NRV9DQU5DRUxMRUQQByp8CgxCcmVha2VyU3RhdGUSHQoZQlJFQUtFUl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFEJSRUFLRVJfU1RBVEVfQ0xPU0VEEAESFgoSQlJFQUtFUl9TVEFURV9PUEVOEAISGwoXQlJFQUtFUl9TVEFURV9IQUxGX09QRU4QAzLJAQoNUm91dGVyU2VydmljZRI6CgVSb3V0ZRIXLnJvdXRlci52MS5Sb3V0ZVJlcXVlc3QaGC5yb3V0ZXIudjEuUm91dGVSZXNwb25zZRJACgdFeGVjdXRlEhkucm91dGVyLnYxLkV4ZWN1dGVSZXF1ZXN0Ghoucm91dGVyLnYxLkV4ZWN1dGVSZXNwb25zZRI6CgVTdGF0cxIXLnJvdXRlci52MS5TdGF0c1JlcXVlc3QaGC5yb3V0ZXIudjEuU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEi6wIKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUINCgtfY29tcGxleGl0eUITChFfcmVxdWlyZWRfcXVhbGl0eUIICgZfdG9wX2siXAoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIswBCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFIr0BCgpTY29yZVBhcnRzEhEKCWFjdGl2YXRlZBgBIAEoCBIUCgxkb21haW5fYm9udXMYAiABKAESFgoOY29tcGxleGl0eV9maXQYAyABKAESFAoMc3VjY2Vzc19yYXRlGAQgASgBEhYKDnN1Y2Nlc3NfZmFjdG9yGAUgASgBEhcKD3ByaW9yaXR5X3dlaWdodBgGIAEoARISCgpyYW5rX3Njb3JlGAcgASgBEhMKC2xvYWRfZmFjdG9yGAggASgBIqQBCg5JbXBsZW1lbnRhdGlvbhIMCgRuYW1lGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2JhY2tlbmQYAyABKAkSDwoHcXVhbGl0eRgEIAEoARIaChJjb3N0X3Blcl9xdWVyeV91c2QYBSABKAESGwoTZXhwZWN0ZWRfbGF0ZW5jeV9tcxgGIAEoARIaChJvcHRpbWFsX2NvbXBsZXhpdHkYByABKAEiwQEKFEltcGxlbWVudGF0aW9uQ2hvaWNlEjEKDmltcGxlbWVudGF0aW9uGAEgASgLMhkucm91dGVyLnYxLkltcGxlbWVudGF0aW9uEhEKCWZpdF9zY29yZRgCIAEoARIbChNtZWV0c19xdWFsaXR5X2Zsb29yGAMgASgIEg4KBnJlYXNvbhgEIAEoCRI2CgpyZWplY3Rpb25zGAUgAygLMiIucm91dGVyLnYxLkltcGxlbWVudGF0aW9uUmVqZWN0aW9uIkoKF0ltcGxlbWVudGF0aW9uUmVqZWN0aW9uEgwKBG5hbWUYASABKAkSDgoGcmVhc29uGAIgASgJEhEKCWZpdF9zY29yZRgDIAEoASKYAQoJU2VsZWN0aW9uEg0KBXNraWxsGAEgASgJEg0KBXNjb3JlGAIgASgBEiQKBXBhcnRzGAMgASgLMhUucm91dGVyLnYxLlNjb3JlUGFydHMSNwoOaW1wbGVtZW50YXRpb24YBCABKAsyHy5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25DaG9pY2USDgoGZm9yY2VkGAUgASgIInkKCVJlamVjdGlvbhINCgVza2lsbBgBIAEoCRIqCgZyZWFzb24YAiABKA4yGi5yb3V0ZXIudjEuUmVqZWN0aW9uUmVhc29uEg4KBmRldGFpbBgDIAEoCRINCgVzY29yZRgEIAEoARISCgpyYW5rX3Njb3JlGAUgASgBIl4KDkV4ZWN1dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIItQDCgtTa2lsbFJlc3VsdBINCgVza2lsbBgBIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgCIAEoCRINCgVtb2RlbBgDIAEoCRIOCgZ3ZWlnaHQYBCABKAESJgoGc3RhdHVzGAUgASgOMhYucm91dGVyLnYxLlNraWxsU3RhdHVzEg4KBm91dHB1dBgGIAEoCRINCgVlcnJvchgHIAEoCRIQCghjb3N0X3VzZBgIIAEoARISCgpsYXRlbmN5X21zGAkgASgBEhQKDGlucHV0X3Rva2VucxgKIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAsgASgDEg8KB3F1YWxpdHkYDCABKAESFQoNcXVldWVfd2FpdF9tcxgNIAEoARIQCghhdHRlbXB0cxgOIAEoBRISCgpiYXRjaF9zaXplGA8gASgFEhEKCXNoYXJlZF9ieRgQIAEoBRIWCg5zdGVwcGVkX2luX2ZvchgRIAEoCRItCg5zdGVwX2luX3JlYXNvbhgSIAEoDjIVLnJvdXRlci52MS5TaGVkUmVhc29uEg4KBmNhY2hlZBgoIAEoCBIUCgxjYWNoZV9hZ2VfbXMYKSABKAESFwoPY2FjaGVfc2F2ZWRfdXNkGCogASgBIqIBCglTaGVkU2tpbGwSDQoFc2tpbGwYASABKAkSJQoGcmVhc29uGAIgASgOMhUucm91dGVyLnYxLlNoZWRSZWFzb24SDgoGZGV0YWlsGAMgASgJEhMKC3JlcGxhY2VkX2J5GAQgASgJEhYKDmltcGxlbWVudGF0aW9uGAUgASgJEiIKGnJlcGxhY2VkX2J5X2ltcGxlbWVudGF0aW9uGAYgASgJIpMBCgpDb3N0TGVkZ2VyEhIKCmFjdHVhbF91c2QYASABKAESFAoMYmFzZWxpbmVfdXNkGAIgASgBEhEKCXNhdmVkX3VzZBgDIAEoARIWCg5zYXZlZF9mcmFjdGlvbhgEIAEoARIXCg9iYXNlbGluZV9za2lsbHMYBSABKAUSFwoPY2FjaGVfc2F2ZWRfdXNkGCggASgBIkYKBlRpbWluZxIUCgxzZWxlY3Rpb25fdXMYASABKAMSFAoMZXhlY3V0aW9uX3VzGAIgASgDEhAKCHRvdGFsX3VzGAMgASgDIqMDCg9FeGVjdXRlUmVzcG9uc2USEAoIcXVlcnlfaWQYASABKAkSEAoIdHJhY2VfaWQYAiABKAkSDAoEdGV4dBgDIAEoCRIoCgpzZWxlY3Rpb25zGAQgAygLMhQucm91dGVyLnYxLlNlbGVjdGlvbhInCgdyZXN1bHRzGAUgAygLMhYucm91dGVyLnYxLlNraWxsUmVzdWx0EigKCnJlamVjdGlvbnMYBiADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEiMKBGNvc3QYByABKAsyFS5yb3V0ZXIudjEuQ29zdExlZGdlchIhCgZ0aW1pbmcYCCABKAsyES5yb3V0ZXIudjEuVGltaW5nEg8KB3F1YWxpdHkYCSABKAESCQoBaxgKIAEoBRITCgttb2VfZW5hYmxlZBgLIAEoCBIiCgRzaGVkGAwgAygLMhQucm91dGVyLnYxLlNoZWRTa2lsbBIoCgdvdXRjb21lGA0gASgOMhcucm91dGVyLnYxLlF1ZXJ5T3V0Y29tZRIaChJyZWplY3Rpb25zX29taXR0ZWQYDiABKAUiOQoMU3RhdHNSZXF1ZXN0EikKBndpbmRvdxgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKrBQoKU2tpbGxTdGF0cxINCgVza2lsbBgBIAEoCRIRCglpbl9mbGlnaHQYAiABKAUSGQoRY29uY3VycmVuY3lfbGltaXQYAyABKAUSEwoLdXRpbGl6YXRpb24YBCABKAESEwoLcXVldWVfZGVwdGgYBSABKAUSDQoFY2FsbHMYBiABKAMSEAoIZmFpbHVyZXMYByABKAMSFAoMc3VjY2Vzc19yYXRlGAggASgBEhYKDmxhdGVuY3lfcDUwX21zGAkgASgBEhYKDmxhdGVuY3lfcDk5X21zGAogASgBEhAKCHJlamVjdGVkGAsgASgDEgwKBHNoZWQYDCABKAMSEQoJdGltZWRfb3V0GA0gASgDElAKF3F1ZXVlX2RlcHRoX2J5X3ByaW9yaXR5GA4gAygLMi8ucm91dGVyLnYxLlNraWxsU3RhdHMuUXVldWVEZXB0aEJ5UHJpb3JpdHlFbnRyeRIWCg5xdWV1ZV9jYXBhY2l0eRgPIAEoBRIaChJtZWFuX3F1ZXVlX3dhaXRfbXMYECABKAESNwoPaW1wbGVtZW50YXRpb25zGBEgAygLMh4ucm91dGVyLnYxLkltcGxlbWVudGF0aW9uU3RhdHMSDwoHYmF0Y2hlcxgSIAEoAxIXCg9tZWFuX2JhdGNoX3NpemUYEyABKAESGgoSbWVhbl9iYXRjaF93YWl0X21zGBQgASgBEhcKD2NvYWxlc2NlZF9jYWxscxgVIAEoAxISCgpjYWNoZV9oaXRzGCggASgDEhQKDGNhY2hlX21pc3NlcxgpIAEoAxIXCg9jYWNoZV9zYXZlZF91c2QYKiABKAEaOwoZUXVldWVEZXB0aEJ5UHJpb3JpdHlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBIs8BChNJbXBsZW1lbnRhdGlvblN0YXRzEgwKBG5hbWUYASABKAkSLgoNYnJlYWtlcl9zdGF0ZRgCIAEoDjIXLnJvdXRlci52MS5CcmVha2VyU3RhdGUSMAoMaGFsZl9vcGVuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgEIAEoBRIUCgxmYWlsdXJlX3JhdGUYBSABKAESFAoMdGltZXNfb3BlbmVkGAYgASgDIpIDCgZUb3RhbHMSDwoHcXVlcmllcxgBIAEoAxIcChRhdmdfc2tpbGxzX3Blcl9xdWVyeRgCIAEoARIQCghjb3N0X3VzZBgDIAEoARIWCg5jb3N0X3NhdmVkX3VzZBgEIAEoARIZChFiYXNlbGluZV9jb3N0X3VzZBgFIAEoARIOCgZyb3V0ZXMYBiABKAMSFgoOZmFpbGVkX3F1ZXJpZXMYByABKAMSMQoIb3V0Y29tZXMYCCADKAsyHy5yb3V0ZXIudjEuVG90YWxzLk91dGNvbWVzRW50cnkSEAoIYW5zd2VyZWQYCSABKAMSEwoLYXZnX3F1YWxpdHkYCiABKAESHgoWYXZnX2Nvc3RfcGVyX3F1ZXJ5X3VzZBgLIAEoARISCgpjYWNoZV9oaXRzGCggASgDEhQKDGNhY2hlX21pc3NlcxgpIAEoAxIXCg9jYWNoZV9zYXZlZF91c2QYKiABKAEaLwoNT3V0Y29tZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBIq4BCg1TdGF0c1Jlc3BvbnNlEiUKBnNraWxscxgBIAMoCzIVLnJvdXRlci52MS5Ta2lsbFN0YXRzEiEKBnRvdGFscxgCIAEoCzIRLnJvdXRlci52MS5Ub3RhbHMSFgoOdXB0aW1lX3NlY29uZHMYAyABKAESEwoLbW9lX2VuYWJsZWQYBCABKAgSJgoGd2luZG93GAUgASgLMhYucm91dGVyLnYxLldpbmRvd1N0YXRzIowBCgtIb3VybHlUcmVuZBIoCgRob3VyGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdxdWVyaWVzGAIgASgDEhQKDGF2Z19jb3N0X3VzZBgDIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYBCABKAESEwoLYXZnX3F1YWxpdHkYBSABKAEilQcKC1dpbmRvd1N0YXRzEhEKCWF2YWlsYWJsZRgBIAEoCBINCgVzdG9yZRgCIAEoCRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYBSABKAMSDgoGZXJyb3JzGAYgASgDEhsKE2F2Z19za2lsbHNfc2VsZWN0ZWQYByABKAESHgoWYXZnX2Nvc3RfcGVyX3F1ZXJ5X3VzZBgIIAEoARIWCg5jb3N0X3NhdmVkX3VzZBgJIAEoARIaChJhdmdfY29zdF9zYXZlZF91c2QYCiABKAESFwoPYXZnX3Jlc3BvbnNlX21zGAsgASgBEhcKD3A5OV9yZXNwb25zZV9tcxgMIAEoARITCgthdmdfcXVhbGl0eRgNIAEoARJJChJza2lsbF9kaXN0cmlidXRpb24YDiADKAsyLS5yb3V0ZXIudjEuV2luZG93U3RhdHMuU2tpbGxEaXN0cmlidXRpb25FbnRyeRImCgZob3VybHkYDyADKAsyFi5yb3V0ZXIudjEuSG91cmx5VHJlbmQSFAoMcm93c19kcm9wcGVkGBAgASgDEjYKCG91dGNvbWVzGBEgAygLMiQucm91dGVyLnYxLldpbmRvd1N0YXRzLk91dGNvbWVzRW50cnkSEAoIYW5zd2VyZWQYEiABKAMSOQoKY2FjaGVfaGl0cxgoIAMoCzIlLnJvdXRlci52MS5XaW5kb3dTdGF0cy5DYWNoZUhpdHNFbnRyeRI9CgxjYWNoZV9taXNzZXMYKSADKAsyJy5yb3V0ZXIudjEuV2luZG93U3RhdHMuQ2FjaGVNaXNzZXNFbnRyeRIXCg9jYWNoZV9zYXZlZF91c2QYKiABKAEaOAoWU2tpbGxEaXN0cmlidXRpb25FbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBGi8KDU91dGNvbWVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ARowCg5DYWNoZUhpdHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBGjIKEENhY2hlTWlzc2VzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASKAAgoMRXhlY3V0ZUV2ZW50EikKBnJvdXRlZBgBIAEoCzIXLnJvdXRlci52MS5TdHJlYW1Sb3V0ZWRIABImCgVkZWx0YRgCIAEoCzIVLnJvdXRlci52MS5Ta2lsbERlbHRhSAASLgoMc2tpbGxfcmVzdWx0GAMgASgLMhYucm91dGVyLnYxLlNraWxsUmVzdWx0SAASJAoEc2hlZBgEIAEoCzIULnJvdXRlci52MS5TaGVkU2tpbGxIABIqCgRkb25lGAUgASgLMhoucm91dGVyLnYxLkV4ZWN1dGVSZXNwb25zZUgAEhIKCmVsYXBzZWRfbXMYCiABKAFCBwoFZXZlbnQiwgEKDFN0cmVhbVJvdXRlZBIQCghxdWVyeV9pZBgBIAEoCRIQCgh0cmFjZV9pZBgCIAEoCRIoCgpzZWxlY3Rpb25zGAMgAygLMhQucm91dGVyLnYxLlNlbGVjdGlvbhIoCgpyZWplY3Rpb25zGAQgAygLMhQucm91dGVyLnYxLlJlamVjdGlvbhIJCgFrGAUgASgFEhMKC21vZV9lbmFibGVkGAYgASgIEhoKEnJlamVjdGlvbnNfb21pdHRlZBgHIAEoBSJSCgpTa2lsbERlbHRhEg0KBXNraWxsGAEgASgJEhYKDmltcGxlbWVudGF0aW9uGAIgASgJEgwKBHRleHQYAyABKAkSDwoHYXR0ZW1wdBgEIAEoBSpeCghQcmlvcml0eRIYChRQUklPUklUWV9VTlNQRUNJRklFRBAAEhAKDFBSSU9SSVRZX0xPVxABEhMKD1BSSU9SSVRZX05PUk1BTBACEhEKDVBSSU9SSVRZX0hJR0gQAyrfAQoPUmVqZWN0aW9uUmVhc29uEiAKHFJFSkVDVElPTl9SRUFTT05fVU5TUEVDSUZJRUQQABIiCh5SRUpFQ1RJT05fUkVBU09OX05PVF9BQ1RJVkFURUQQARIgChxSRUpFQ1RJT05fUkVBU09OX0JFTE9XX1RPUF9LEAISHQoZUkVKRUNUSU9OX1JFQVNPTl9FWENMVURFRBADEiYKIlJFSkVDVElPTl9SRUFTT05fTk9fSU1QTEVNRU5UQVRJT04QBBIdChlSRUpFQ1RJT05fUkVBU09OX0RJU0FCTEVEEAUqswEKC1NraWxsU3RhdHVzEhwKGFNLSUxMX1NUQVRVU19VTlNQRUNJRklFRBAAEhMKD1NLSUxMX1NUQVRVU19PSxABEhcKE1NLSUxMX1NUQVRVU19GQUlMRUQQAhIaChZTS0lMTF9TVEFUVVNfVElNRURfT1VUEAMSIgoeU0tJTExfU1RBVFVTX0RFQURMSU5FX0VYQ0VFREVEEAQSGAoUU0tJTExfU1RBVFVTX1JFRlVTRUQQBSrzAQoKU2hlZFJlYXNvbhIbChdTSEVEX1JFQVNPTl9VTlNQRUNJRklFRBAAEhoKFlNIRURfUkVBU09OX1FVRVVFX0ZVTEwQARIcChhTSEVEX1JFQVNPTl9CUkVBS0VSX09QRU4QAhIdChlTSEVEX1JFQVNPTl9FWFBFQ1RFRF9XQUlUEAMSHQoZU0hFRF9SRUFTT05fUVVFVUVfVElNRU9VVBAEEhgKFFNIRURfUkVBU09OX0RFQURMSU5FEAUSGQoVU0hFRF9SRUFTT05fRElTUExBQ0VEEAYSGwoXU0hFRF9SRUFTT05fQ0FMTF9GQUlMRUQQByroAQoMUXVlcnlPdXRjb21lEh0KGVFVRVJZX09VVENPTUVfVU5TUEVDSUZJRUQQABIUChBRVUVSWV9PVVRDT01FX09LEAESGQoVUVVFUllfT1VUQ09NRV9QQVJUSUFMEAISGAoUUVVFUllfT1VUQ09NRV9GQUlMRUQQAxIZChVRVUVSWV9PVVRDT01FX1JFRlVTRUQQBBIaChZRVUVSWV9PVVRDT01FX1VOUk9VVEVEEAUSGgoWUVVFUllfT1VUQ09NRV9ERUFETElORRAGEhsKF1FVRVJZX09VVENPTUVfQ0FOQ0VMTEVEEAcqfAoMQnJlYWtlclN0YXRlEh0KGUJSRUFLRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRCUkVBS0VSX1NUQVRFX0NMT1NFRBABEhYKEkJSRUFLRVJfU1RBVEVfT1BFThACEhsKF0JSRUFLRVJfU1RBVEVfSEFMRl9PUEVOEAMykAIKDVJvdXRlclNlcnZpY2USOgoFUm91dGUSFy5yb3V0ZXIudjEuUm91dGVSZXF1ZXN0Ghgucm91dGVyLnYxLlJvdXRlUmVzcG9uc2USQAoHRXhlY3V0ZRIZLnJvdXRlci52MS5FeGVjdXRlUmVxdWVzdBoaLnJvdXRlci52MS5FeGVjdXRlUmVzcG9uc2USRQoNRXhlY3V0ZVN0cmVhbRIZLnJvdXRlci52MS5FeGVjdXRlUmVxdWVzdBoXLnJvdXRlci52MS5FeGVjdXRlRXZlbnQwARI6CgVTdGF0cxIXLnJvdXRlci52MS5TdGF0c1JlcXVlc3QaGC5yb3V0ZXIudjEuU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * QueryContext is what the web app knows about a query, plus per-request
@@ -704,6 +704,28 @@ export type SkillResult = Message<"router.v1.SkillResult"> & {
    * @generated from field: router.v1.ShedReason step_in_reason = 18;
    */
   stepInReason: ShedReason;
+
+  /**
+   * True when the answer came from the response cache (no backend request:
+   * cost_usd is 0 and latency_ms the look-up's).
+   *
+   * @generated from field: bool cached = 40;
+   */
+  cached: boolean;
+
+  /**
+   * Age of the cached answer, in milliseconds (0 when not cached).
+   *
+   * @generated from field: double cache_age_ms = 41;
+   */
+  cacheAgeMs: number;
+
+  /**
+   * What the cached answer cost when it was made: the saving of this hit.
+   *
+   * @generated from field: double cache_saved_usd = 42;
+   */
+  cacheSavedUsd: number;
 };
 
 /**
@@ -813,6 +835,14 @@ export type CostLedger = Message<"router.v1.CostLedger"> & {
    * @generated from field: int32 baseline_skills = 5;
    */
   baselineSkills: number;
+
+  /**
+   * What the answers taken from the response cache would have cost (not in
+   * actual_usd: a hit costs nothing).
+   *
+   * @generated from field: double cache_saved_usd = 40;
+   */
+  cacheSavedUsd: number;
 };
 
 /**
@@ -1151,6 +1181,27 @@ export type SkillStats = Message<"router.v1.SkillStats"> & {
    * @generated from field: int64 coalesced_calls = 21;
    */
   coalescedCalls: bigint;
+
+  /**
+   * Answers taken from the response cache since start.
+   *
+   * @generated from field: int64 cache_hits = 40;
+   */
+  cacheHits: bigint;
+
+  /**
+   * Cache look-ups that found nothing (the call was made or joined).
+   *
+   * @generated from field: int64 cache_misses = 41;
+   */
+  cacheMisses: bigint;
+
+  /**
+   * What the cache hits would have cost, in US dollars.
+   *
+   * @generated from field: double cache_saved_usd = 42;
+   */
+  cacheSavedUsd: number;
 };
 
 /**
@@ -1302,6 +1353,27 @@ export type Totals = Message<"router.v1.Totals"> & {
    * @generated from field: double avg_cost_per_query_usd = 11;
    */
   avgCostPerQueryUsd: number;
+
+  /**
+   * Skill answers taken from the response cache.
+   *
+   * @generated from field: int64 cache_hits = 40;
+   */
+  cacheHits: bigint;
+
+  /**
+   * Cache look-ups that found nothing.
+   *
+   * @generated from field: int64 cache_misses = 41;
+   */
+  cacheMisses: bigint;
+
+  /**
+   * What the cache hits would have cost, in US dollars.
+   *
+   * @generated from field: double cache_saved_usd = 42;
+   */
+  cacheSavedUsd: number;
 };
 
 /**
@@ -1541,6 +1613,27 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
    * @generated from field: int64 answered = 18;
    */
   answered: bigint;
+
+  /**
+   * Per skill: answers taken from the response cache in the window.
+   *
+   * @generated from field: map<string, int64> cache_hits = 40;
+   */
+  cacheHits: { [key: string]: bigint };
+
+  /**
+   * Per skill: cache look-ups that found nothing in the window.
+   *
+   * @generated from field: map<string, int64> cache_misses = 41;
+   */
+  cacheMisses: { [key: string]: bigint };
+
+  /**
+   * What the cache hits of the window would have cost, in US dollars.
+   *
+   * @generated from field: double cache_saved_usd = 42;
+   */
+  cacheSavedUsd: number;
 };
 
 /**
@@ -1549,6 +1642,182 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
  */
 export const WindowStatsSchema: GenMessage<WindowStats> = /*@__PURE__*/
   messageDesc(file_router_v1_router, 21);
+
+/**
+ * ExecuteEvent is one event of ExecuteStream.
+ *
+ * @generated from message router.v1.ExecuteEvent
+ */
+export type ExecuteEvent = Message<"router.v1.ExecuteEvent"> & {
+  /**
+   * @generated from oneof router.v1.ExecuteEvent.event
+   */
+  event: {
+    /**
+     * The routing decision, first and at once.
+     *
+     * @generated from field: router.v1.StreamRouted routed = 1;
+     */
+    value: StreamRouted;
+    case: "routed";
+  } | {
+    /**
+     * A piece of one skill's answer, as its backend streams it.
+     *
+     * @generated from field: router.v1.SkillDelta delta = 2;
+     */
+    value: SkillDelta;
+    case: "delta";
+  } | {
+    /**
+     * One skill's whole result, as soon as it has one: answered, failed
+     * (a stream that broke mid-way fails that skill only), timed out, or
+     * from the cache. A failed skill may be followed by the one that
+     * stepped in (see shed). weight is 0 here; `done` has the weights.
+     *
+     * @generated from field: router.v1.SkillResult skill_result = 3;
+     */
+    value: SkillResult;
+    case: "skillResult";
+  } | {
+    /**
+     * A skill shed (refused, or its call failed) and who stepped in.
+     *
+     * @generated from field: router.v1.ShedSkill shed = 4;
+     */
+    value: ShedSkill;
+    case: "shed";
+  } | {
+    /**
+     * The last event: what Execute would have returned.
+     *
+     * @generated from field: router.v1.ExecuteResponse done = 5;
+     */
+    value: ExecuteResponse;
+    case: "done";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * Milliseconds since the sidecar received the call.
+   *
+   * @generated from field: double elapsed_ms = 10;
+   */
+  elapsedMs: number;
+};
+
+/**
+ * Describes the message router.v1.ExecuteEvent.
+ * Use `create(ExecuteEventSchema)` to create a new message.
+ */
+export const ExecuteEventSchema: GenMessage<ExecuteEvent> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 22);
+
+/**
+ * StreamRouted is the routing decision of a streamed Execute.
+ *
+ * @generated from message router.v1.StreamRouted
+ */
+export type StreamRouted = Message<"router.v1.StreamRouted"> & {
+  /**
+   * Unique id of this query (the same as done.query_id).
+   *
+   * @generated from field: string query_id = 1;
+   */
+  queryId: string;
+
+  /**
+   * Trace id of the query's trace when tracing is on.
+   *
+   * @generated from field: string trace_id = 2;
+   */
+  traceId: string;
+
+  /**
+   * The chosen skills, best first (as planned; done.selections lists the
+   * skills that ran).
+   *
+   * @generated from field: repeated router.v1.Selection selections = 3;
+   */
+  selections: Selection[];
+
+  /**
+   * The skills considered but not chosen.
+   *
+   * @generated from field: repeated router.v1.Rejection rejections = 4;
+   */
+  rejections: Rejection[];
+
+  /**
+   * The k that was applied.
+   *
+   * @generated from field: int32 k = 5;
+   */
+  k: number;
+
+  /**
+   * False when top-k routing is disabled.
+   *
+   * @generated from field: bool moe_enabled = 6;
+   */
+  moeEnabled: boolean;
+
+  /**
+   * Skills not chosen that rejections does not list (see explain_all).
+   *
+   * @generated from field: int32 rejections_omitted = 7;
+   */
+  rejectionsOmitted: number;
+};
+
+/**
+ * Describes the message router.v1.StreamRouted.
+ * Use `create(StreamRoutedSchema)` to create a new message.
+ */
+export const StreamRoutedSchema: GenMessage<StreamRouted> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 23);
+
+/**
+ * SkillDelta is a piece of one skill's answer.
+ *
+ * @generated from message router.v1.SkillDelta
+ */
+export type SkillDelta = Message<"router.v1.SkillDelta"> & {
+  /**
+   * The skill answering.
+   *
+   * @generated from field: string skill = 1;
+   */
+  skill: string;
+
+  /**
+   * Its implementation.
+   *
+   * @generated from field: string implementation = 2;
+   */
+  implementation: string;
+
+  /**
+   * The text to append to what this skill has said so far.
+   *
+   * @generated from field: string text = 3;
+   */
+  text: string;
+
+  /**
+   * Backend attempt the piece belongs to (1 first). A higher attempt than
+   * before means a retry started the answer over: drop the earlier text.
+   *
+   * @generated from field: int32 attempt = 4;
+   */
+  attempt: number;
+};
+
+/**
+ * Describes the message router.v1.SkillDelta.
+ * Use `create(SkillDeltaSchema)` to create a new message.
+ */
+export const SkillDeltaSchema: GenMessage<SkillDelta> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 24);
 
 /**
  * Priority of a query. Higher-priority queries are admitted first.
@@ -1911,6 +2180,8 @@ export const RouterService: GenService<{
    * Execute routes the query, calls each chosen skill's implementation
    * concurrently within the caller's deadline, and synthesizes their outputs.
    * It fails only when every chosen skill failed.
+   * ExecuteStream takes the same request.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    *
    * @generated from rpc router.v1.RouterService.Execute
    */
@@ -1918,6 +2189,27 @@ export const RouterService: GenService<{
     methodKind: "unary";
     input: typeof ExecuteRequestSchema;
     output: typeof ExecuteResponseSchema;
+  },
+  /**
+   * ExecuteStream is Execute (the same routing, admission, deadline and
+   * accounting) whose answer arrives as it is made: first the routing
+   * decision, then per skill its token deltas (openai backends stream) or
+   * its whole result (http skills, batched implementations, cache hits),
+   * skills shed and who stepped in as it happens, and last `done`: exactly
+   * the ExecuteResponse Execute would have returned. Cancelling the call
+   * cancels every backend request still open (the query is recorded as
+   * cancelled). Errors come as the call's status, as for Execute.
+   * The names are the contract (issue 14): the request is Execute's own.
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   *
+   * @generated from rpc router.v1.RouterService.ExecuteStream
+   */
+  executeStream: {
+    methodKind: "server_streaming";
+    input: typeof ExecuteRequestSchema;
+    output: typeof ExecuteEventSchema;
   },
   /**
    * Stats reports the live state of every skill and the totals since start.
