@@ -24,6 +24,7 @@ from router.core.errors import BackendConnectionError, BackendError, BackendStat
 from router.core.retry import RetryPolicy
 from router.core.routing import SkillIndex
 from router.core.types import ImplementationSpec, RoutingPolicy, SkillSpec
+from router.runtime.cache import CacheOptions, CacheStore
 from router.runtime.calls import BatchingOptions
 from router.runtime.observer import Observer, QueryRecord
 from router.runtime.pipeline import Pipeline
@@ -199,9 +200,12 @@ def make_pipeline(
     observer: Observer | None = None,
     sink: ListSink | None = None,
     seed: int = 0,
+    cache: CacheStore | None = None,
+    cache_options: CacheOptions = CacheOptions(enabled=True),
 ) -> Pipeline:
     """A pipeline over ``skills`` whose calls go to ``backends`` (keyed by
-    (skill, implementation)), with a ``ListSink`` unless one is given."""
+    (skill, implementation)), with a ``ListSink`` unless one is given; with
+    ``cache``, every skill answers through it (``cache_options``)."""
     clock = clock or FakeClock()
     rng = random.Random(seed)
     registry = LiveRegistry([s.name for s in skills], default_success_rate=policy.default_success_rate)
@@ -211,8 +215,9 @@ def make_pipeline(
         settings = SkillSettings(spec=s, concurrency_limit=s.concurrency_limit, queue_depth=s.queue_depth,
                                  queue_timeout_s=queue_timeout_s, breaker=breaker, retry=retry, batching=batching,
                                  batchable=frozenset(i.name for i in s.implementations
-                                                     if getattr(backends[(s.name, i.name)], "supports_batch", False)))
+                                                     if getattr(backends[(s.name, i.name)], "supports_batch", False)),
+                                 cache=cache_options)
         runtimes[s.name] = SkillRuntime(settings, build_gate(settings, clock), lookup, observer=observer,
-                                        on_transition=registry.breaker_moved, clock=clock, rng=rng)
+                                        on_transition=registry.breaker_moved, clock=clock, rng=rng, cache=cache)
     return Pipeline(SkillIndex(skills), policy, runtimes, registry, observer=observer,
                     sink=sink if sink is not None else ListSink(), clock=clock)

@@ -190,11 +190,9 @@ class CachingCaller:
                               error="no answer before the caller's deadline", latency_s=self._clock() - t0)
         except ShuttingDown as exc:
             return CallResult(CallOutcome.FAILED, self.implementation, error=str(exc), latency_s=self._clock() - t0)
-        result = fr.value
-        if not fr.leader:
-            # Joined a fetch in flight: it shares that call (and its cost).
-            result = dataclasses.replace(result, shared_by=fr.sharers, streamed=False)
-        return dataclasses.replace(result, latency_s=self._clock() - t0, cache_missed=True)
+        # The callers that shared the fetch share its cost (as single flight does).
+        return dataclasses.replace(fr.value, shared_by=fr.sharers, streamed=fr.value.streamed and fr.leader,
+                                   latency_s=self._clock() - t0, cache_missed=True)
 
     async def _lookup(self, key: str, request: CallRequest, t0: float) -> CallResult | None:
         entry = await self._store.get(key)
