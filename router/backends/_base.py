@@ -232,11 +232,15 @@ class PooledBackend:
             self._in_flight -= 1
 
     async def _lines(self, response: httpx.Response) -> AsyncIterator[str]:
+        n = 0
         try:
             async for line in response.aiter_lines():
+                n += 1
                 yield line
-        except aiohttp.ClientError as exc:  # the transport's own, when the body breaks off
-            raise BackendConnectionError(f"{self._where}: the answer's stream broke: {exc}") from exc
+        except (httpx.TransportError, aiohttp.ClientError) as exc:  # the body broke off
+            raise BackendConnectionError(
+                f"{self._where}: the answer's stream broke off mid-way (after {n} lines): "
+                f"{type(exc).__name__}") from exc
 
     async def _post_json(self, path: str, payload: Any, headers: Mapping[str, str] | None, timeout_s: float) -> Any:
         response = await self._send("POST", path, payload, headers, timeout_s)

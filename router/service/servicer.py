@@ -100,7 +100,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             totals=pb.Totals(queries=t.queries, avg_skills_per_query=t.avg_skills_per_query, cost_usd=t.cost,
                              cost_saved_usd=t.cost_saved, baseline_cost_usd=t.baseline_cost, routes=t.routes,
                              failed_queries=t.failed_queries, outcomes=dict(t.outcomes), answered=t.answered,
-                             avg_quality=t.avg_quality, avg_cost_per_query_usd=t.avg_cost_per_query),
+                             avg_quality=t.avg_quality, avg_cost_per_query_usd=t.avg_cost_per_query,
+                             cache_hits=t.cache_hits, cache_misses=t.cache_misses, cache_saved_usd=t.cache_saved),
             uptime_seconds=snap.uptime_s, moe_enabled=snap.moe_enabled, window=window_pb(agg, store, dropped),
         )
 
