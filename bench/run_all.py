@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 # In the order of docs/benchmarks.md; a module not present is skipped.
-BENCHMARKS = ("route_overhead", "execute_overhead", "overload", "batching", "tracing_overhead", "admin_overhead")
+BENCHMARKS = ("route_overhead", "execute_overhead", "overload", "batching", "tracing_overhead", "admin_overhead",
+              "stream_cache")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 TIMEOUT_S = 300
 

@@ -55,7 +55,8 @@ class ModelProfile:
 
     Streaming (``stream: true`` chat completions, server-sent events): the
     latency is the time to the first token; each further piece of the
-    answer (a word) follows ``token_ms`` later. ``stream_break_after``
+    answer (a word) follows ``token_ms`` later. A whole (non-streamed) chat
+    answer takes as long: latency plus ``token_ms`` per further word. ``stream_break_after``
     breaks the connection off after that many pieces (a stream that fails
     mid-way).
 

@@ -450,6 +450,10 @@ class Emulator:
             if stream:
                 return await self._stream_chat(request, model, flight.profile, output, (tokens_in, tokens_out),
                                                bool(options.get("include_usage")))
+            # Whole or streamed, the model takes as long to write the answer.
+            writing = flight.profile.token_ms * (len(output.split(" ")) - 1) * self.config.latency_scale / 1000.0
+            if writing > 0:
+                await asyncio.sleep(writing)
             return web.json_response(
                 {
                     "id": f"chatcmpl-emu-{next(self._ids)}",
