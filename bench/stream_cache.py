@@ -228,7 +228,7 @@ def table(r: Mapping[str, Any]) -> str:
 
 
 def markdown(r: Mapping[str, Any]) -> str:
-    return "\n\n".join([f"Measured {r['timestamp']}.", md_table(TTFB_HEADERS, _ttfb_rows(r)),
+    return "\n\n".join([f"Measured {r['timestamp']} with `.venv/bin/python -m bench.stream_cache`.", md_table(TTFB_HEADERS, _ttfb_rows(r)),
                         md_table(ZIPF_HEADERS, _zipf_rows(r)), _note(r) + "."])
 
 
