@@ -144,3 +144,41 @@ async def test_without_events_a_streaming_backend_is_called_whole():
     p = make_pipeline([s], {("s", "s-impl"): backend})
     out = await asyncio.wait_for(p.execute(query(), 5.0), GUARD_S)
     assert out.outcomes[0].output == "whole answer" and len(backend.calls) == 1
+
+
+def test_cache_config_defaults_and_per_skill_overrides():
+    from support.configs import config_data
+
+    from router.app import skill_settings
+    from router.config import parse_config
+
+    off = skill_settings(parse_config(config_data("http://127.0.0.1:9"), "<cache tests>", {}))
+    assert not any(s.cache.enabled for s in off.values())
+    data = config_data("http://127.0.0.1:9", cache={"enabled": True, "ttl_s": 60, "max_entries": 7})
+    data["skills"]["trm"]["cache"] = {"enabled": False}  # its answers depend on the user
+    data["skills"]["ace"]["cache"] = {"ttl_s": 5}
+    cfg = parse_config(data, "<cache tests>", {})
+    s = skill_settings(cfg)
+    assert cfg.cache.max_entries == 7
+    assert s["trm"].cache == CacheOptions(enabled=False, ttl_s=60)
+    assert s["ace"].cache == CacheOptions(enabled=True, ttl_s=5)
+    assert s["kimiK2"].cache == CacheOptions(enabled=True, ttl_s=60)
+
+
+def test_bad_cache_settings_name_the_key():
+    from support.configs import config_data
+
+    from router.config import InvalidConfig, parse_config
+
+    for sections, path in (({"cache": {"ttl_s": -1}}, "cache.ttl_s"),
+                           ({"cache": {"max_entries": 0}}, "cache.max_entries"),
+                           ({"cache": {"enabled": "sometimes"}}, "cache.enabled"),
+                           ({"cache": {"ttl": 5}}, "cache.ttl")):
+        with pytest.raises(InvalidConfig) as info:
+            parse_config(config_data("http://127.0.0.1:9", **sections), "<cache tests>", {})
+        assert info.value.path == path, (path, str(info.value))
+    data = config_data("http://127.0.0.1:9")
+    data["skills"]["trm"]["cache"] = {"ttl_s": 0}
+    with pytest.raises(InvalidConfig) as info:
+        parse_config(data, "<cache tests>", {})
+    assert info.value.path == "skills.trm.cache.ttl_s"

@@ -421,6 +421,10 @@ class SkillCallSpan:
             if outcome.stepped_in_for:
                 attrs["router.stepped_in_for"] = outcome.stepped_in_for
                 attrs["router.step_in.reason"] = outcome.step_in_reason
+            if outcome.cached:  # answered from the response cache: no backend request
+                attrs["router.cache.hit"] = True
+                attrs["router.cache.age_ms"] = outcome.cache_age_ms
+                attrs["router.cache.saved_usd"] = outcome.cache_saved
             span.set_attributes(attrs)
             if not outcome.ok:
                 span.set_attribute(ERROR_TYPE, status)
