@@ -225,3 +225,30 @@ async def test_a_repeated_question_is_answered_from_the_cache_and_counted(sideca
     assert dict(stats.window.cache_hits) == {"cachey": 2} and stats.window.cache_misses["cachey"] == 2
     assert "fresh" not in stats.window.cache_misses  # opted out: never looked up
     assert math.isclose(stats.window.cache_saved_usd, 0.08)
+
+
+async def test_at_the_deadline_the_stream_ends_with_what_answered_and_the_slow_request_is_cancelled(sidecar) -> None:
+    emu, _, client = sidecar
+    emu.pause("slowpoke")
+    try:
+        events: list[Any] = []
+        try:
+            async for ev in client.execute_stream("stream against the clock", timeout=1.0, **THREE):
+                events.append(ev)
+        except grpc.aio.AioRpcError as exc:
+            # The sidecar answers a little before the deadline; on a busy
+            # machine the answer may still arrive after it.
+            assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            done = events[-1].done
+            by_skill = {r.skill: r for r in done.results}
+            assert by_skill["slowpoke"].status == pb.SKILL_STATUS_DEADLINE_EXCEEDED
+            assert by_skill["quick"].status == pb.SKILL_STATUS_OK and done.outcome == pb.QUERY_OUTCOME_PARTIAL
+        assert any(e.WhichOneof("event") == "skill_result" and e.skill_result.skill == "quick" for e in events)
+        for _ in range(500):
+            if emu.stats()["slowpoke"].concurrent == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert emu.stats()["slowpoke"].concurrent == 0
+    finally:
+        emu.resume("slowpoke")

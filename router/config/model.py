@@ -217,6 +217,11 @@ class RouterConfig:
                 f"key {b.key}, priority bypass {'on' if b.priority_bypass else 'off'}"
             ),
             (
+                f"cache: {'on' if self.cache.enabled else 'off'} by default, "
+                f"{sum(o.cache_enabled for o in self.skill_opts.values())} skills opted in; "
+                f"ttl {self.cache.ttl_s:g}s, max {self.cache.max_entries} entries (in-process)"
+            ),
+            (
                 f"storage: sqlite {st.sqlite_path or 'off'}; postgres {'on' if st.postgres_dsn else 'off'}; "
                 f"retention {f'{st.retention_days} days' if st.retention_days else 'forever'}"
             ),
