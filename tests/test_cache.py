@@ -182,3 +182,16 @@ def test_bad_cache_settings_name_the_key():
     with pytest.raises(InvalidConfig) as info:
         parse_config(data, "<cache tests>", {})
     assert info.value.path == "skills.trm.cache.ttl_s"
+
+
+async def test_a_retried_stream_starts_over_with_the_next_attempt_number():
+    from router.core.retry import RetryPolicy
+
+    s = skill("s")
+    backend = FakeBackend(s.implementations[0], [fail(503), reply("second try")], stream=True)
+    p = make_pipeline([s], {("s", "s-impl"): backend},
+                      retry=RetryPolicy(max_attempts=2, base_delay_s=0.001, max_delay_s=0.001))
+    ev = Events()
+    out = await asyncio.wait_for(p.execute(query(), 5.0, events=ev), GUARD_S)
+    assert [e for e in ev.seen if e[0] == "delta"] == [("delta", "s", "second", 2), ("delta", "s", " try", 2)]
+    assert out.outcomes[0].attempts == 2 and out.outcomes[0].output == "second try"
