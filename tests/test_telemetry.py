@@ -638,7 +638,13 @@ async def test_a_cache_hit_is_marked_on_the_skill_span(receiver):
     p = make_pipeline([s], {("cached", "cached-impl"): backend}, observer=tel.observer, cache=MemoryCache(10))
     await p.execute(query("the same question"), 5.0)
     await p.execute(query("the same question"), 5.0)
+    await tel.aflush()
+    await receiver.wait_for_metric("router.skill.calls")
     await tel.aclose()
+    calls = [(a.get("router.cache.hit", False), v) for a, v in receiver.metric_points("router.skill.calls")]
+    assert set(calls) == {(False, 1), (True, 1)}  # (cumulative points; each export repeats them)
+    # The hit called no model: the GenAI operation metric has the one real call.
+    assert {v["count"] for _, v in receiver.metric_points("gen_ai.client.operation.duration")} == {1}
     spans = [x for x in await receiver.wait_for_spans(2) if x.name == "chat model-cached-impl"]
     assert len(spans) == 2 and len(backend.calls) == 1
     miss, hit = sorted(spans, key=lambda x: "router.cache.hit" in x.attributes)
