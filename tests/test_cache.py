@@ -195,3 +195,15 @@ async def test_a_retried_stream_starts_over_with_the_next_attempt_number():
     out = await asyncio.wait_for(p.execute(query(), 5.0, events=ev), GUARD_S)
     assert [e for e in ev.seen if e[0] == "delta"] == [("delta", "s", "second", 2), ("delta", "s", " try", 2)]
     assert out.outcomes[0].attempts == 2 and out.outcomes[0].output == "second try"
+
+
+async def test_a_failed_skill_is_reported_then_shed_then_its_stand_in_answers():
+    a, b = skill("a", optimal=5), skill("b", optimal=8)
+    backends = {("a", "a-impl"): FakeBackend(a.implementations[0], [fail(503)]),
+                ("b", "b-impl"): FakeBackend(b.implementations[0], [reply("b here")])}
+    p = make_pipeline([a, b], backends)
+    ev = Events()
+    out = await asyncio.wait_for(p.execute(query(top_k=1), 5.0, events=ev), GUARD_S)
+    assert ev.seen == [("routed", ("a",)), ("result", "a", Status.FAILED, False), ("shed", "a", "b"),
+                       ("result", "b", Status.OK, False)]
+    assert [o.skill for o in out.outcomes] == ["b"]
