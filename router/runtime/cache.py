@@ -29,14 +29,12 @@ import math
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
-from router.core.errors import ShuttingDown
-
 from .batcher import SingleFlight
-from .calls import Caller, CallOutcome, CallRequest, CallResult, _Expired, _within
+from .calls import Caller, CallOutcome, CallRequest, CallResult, join_flight
 from .ports import SkillCall, SkillReply
 
 __all__ = ["CacheEntry", "CacheOptions", "CacheStats", "CacheStore", "CachingCaller", "MemoryCache", "cache_key",
@@ -162,7 +160,7 @@ class CachingCaller:
         self._options = options
         self._clock = clock
         self._wall = wall
-        self.flights: SingleFlight[str, CallResult] = SingleFlight(f"cache:{name}")
+        self.flights: SingleFlight[Hashable, CallResult] = SingleFlight(f"cache:{name}")
         self.stats = CacheStats()
 
     @property
@@ -177,19 +175,11 @@ class CachingCaller:
             return hit
         self.stats.misses += 1
         request.observation.event("cache.miss", {"router.cache.key": key})
-        # The fetch is shared by the misses of the same key; it is not bound
-        # to its first caller's deadline (each waits no longer than its own),
-        # and it is cancelled when every caller has gone.
-        shared = dataclasses.replace(request, deadline_at=max(request.deadline_at,
-                                                             t0 + self.implementation.timeout_s))
-        try:
-            fr = await _within(request.deadline_at - t0,
-                               self.flights.run_detailed(key, lambda: self._fetch(key, shared)))
-        except _Expired:
-            return CallResult(CallOutcome.DEADLINE, self.implementation,
-                              error="no answer before the caller's deadline", latency_s=self._clock() - t0)
-        except ShuttingDown as exc:
-            return CallResult(CallOutcome.FAILED, self.implementation, error=str(exc), latency_s=self._clock() - t0)
+        # One fetch per key: the misses of a key being fetched wait for it.
+        fr = await join_flight(self.flights, key, request, lambda r: self._fetch(key, r), self.implementation,
+                               self._clock, t0)
+        if isinstance(fr, CallResult):
+            return fr
         # The callers that shared the fetch share its cost (as single flight does).
         return dataclasses.replace(fr.value, shared_by=fr.sharers, streamed=fr.value.streamed and fr.leader,
                                    latency_s=self._clock() - t0, cache_missed=True)

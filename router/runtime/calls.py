@@ -44,7 +44,7 @@ from router.core.retry import RetryDecision, RetryPolicy
 from router.core.types import ImplementationSpec, Priority
 
 from .admit import Door, Pass, Refusal, Settle
-from .batcher import Batch, Batcher, BatcherGroup, BatcherStats, SingleFlight
+from .batcher import Batch, Batcher, BatcherGroup, BatcherStats, FlightResult, SingleFlight
 from .observer import Observer, SkillObservation
 from .ports import Backend, DeltaSink, SkillCall, SkillReply
 from .retry import RetryResult, call_with_retries
@@ -265,6 +265,24 @@ class DirectCaller:
         return f"<DirectCaller {self._door!r}>"
 
 
+async def join_flight(flights: SingleFlight[Hashable, CallResult], key: Hashable, request: CallRequest,
+                      fetch: Callable[[CallRequest], Awaitable[CallResult]], impl: ImplementationSpec,
+                      clock: Callable[[], float], t0: float) -> FlightResult[CallResult] | CallResult:
+    """Start the shared call of ``key`` or join the one in flight. The
+    shared call is not bound to its first caller's deadline (it may serve
+    later ones) but to the implementation's timeout; each caller waits no
+    longer than its own deadline, and the call is cancelled when every
+    caller has gone. A caller that could not wait gets its CallResult."""
+    shared = dataclasses.replace(request, deadline_at=max(request.deadline_at, t0 + impl.timeout_s))
+    try:
+        return await _within(request.deadline_at - t0, flights.run_detailed(key, lambda: fetch(shared)))
+    except _Expired:
+        return CallResult(CallOutcome.DEADLINE, impl, error="no answer before the caller's deadline",
+                          latency_s=clock() - t0)
+    except ShuttingDown as exc:
+        return CallResult(CallOutcome.FAILED, impl, error=str(exc), latency_s=clock() - t0)
+
+
 def flight_key(call: SkillCall) -> Hashable:
     """Calls that would send the same request: same query, context and
     metadata (metadata reaches ``http`` backends, so it must match)."""
@@ -288,16 +306,10 @@ class CoalescedCaller:
     async def call(self, request: CallRequest) -> CallResult:
         t0 = self._clock()
         # A shared call answers whole: its deltas would reach one caller only.
-        shared = dataclasses.replace(request, deadline_at=max(request.deadline_at,
-                                                             t0 + self.implementation.timeout_s), on_delta=None)
-        try:
-            fr = await _within(request.deadline_at - t0, self.flights.run_detailed(
-                flight_key(request.call), lambda: self._direct.call(shared)))
-        except _Expired:
-            return CallResult(CallOutcome.DEADLINE, self.implementation,
-                              error="no answer before the caller's deadline", latency_s=self._clock() - t0)
-        except ShuttingDown as exc:
-            return CallResult(CallOutcome.FAILED, self.implementation, error=str(exc), latency_s=self._clock() - t0)
+        fr = await join_flight(self.flights, flight_key(request.call), dataclasses.replace(request, on_delta=None),
+                               self._direct.call, self.implementation, self._clock, t0)
+        if isinstance(fr, CallResult):
+            return fr
         return dataclasses.replace(fr.value, shared_by=fr.sharers, latency_s=self._clock() - t0)
 
     async def aclose(self) -> None:
