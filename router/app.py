@@ -49,6 +49,7 @@ from router.core.retry import RetryPolicy
 from router.core.routing import SkillIndex
 from router.core.signals import DEFAULT_OUT_OF_SCOPE_THRESHOLD
 from router.core.types import ImplementationSpec, SkillSpec
+from router.runtime.cache import CacheOptions, CacheStore, MemoryCache
 from router.runtime.calls import BatchingOptions
 from router.runtime.pipeline import Pipeline
 from router.runtime.ports import Backend, Understanding
@@ -171,10 +172,12 @@ class App:
                  store: MetricsStore | None, front: FrontDoor, *,
                  loader: Callable[[], RouterConfig] | None = None,
                  hash_query: Callable[[str], str] | None = None, shared: SharedState | None = None,
-                 worker: Worker = Worker(), state_sync: StateSync | None = None) -> None:
+                 worker: Worker = Worker(), state_sync: StateSync | None = None,
+                 cache: CacheStore | None = None) -> None:
         self._generation = Generation(1, config, dict(runtimes), dict(pool.items()), pipeline)
         self.front = front
         self._hash_query = hash_query
+        self.cache = cache  # the response cache, shared by every generation's runtimes
         self.pool = pool
         self.registry = registry
         self.telemetry = telemetry
@@ -387,7 +390,8 @@ class App:
             lookup = BackendPool(backends)
             for name in rebuild:
                 runtimes[name] = _runtime(settings[name], lookup, self.telemetry, self.registry,
-                                          lambda: self._generation.runtimes, self.shared, self.state_sync)
+                                          lambda: self._generation.runtimes, self.shared, self.state_sync,
+                                          self.cache)
             # Query understanding is fitted on the new file's examples before the swap.
             understanding = build_understanding(config)
             if understanding is not None:
@@ -529,7 +533,8 @@ def skill_settings(config: RouterConfig, worker: Worker = Worker()) -> dict[str,
             batchable=frozenset(i.name for i in s.implementations
                                 if config.implementation_options(s.name, i.name).can_batch),
             limit_algorithm=limit_algorithm(limit),
-            asks=asks(s, s.concurrency_limit if adm.enabled else None, share))
+            asks=asks(s, s.concurrency_limit if adm.enabled else None, share),
+            cache=CacheOptions(enabled=o.cache_enabled, ttl_s=o.cache_ttl_s))
 
     return {s.name: one(s) for s in config.skills}
 
@@ -586,7 +591,7 @@ def _reread(config: RouterConfig) -> RouterConfig:
 
 def _runtime(settings: SkillSettings, backends: BackendPool, telemetry: Telemetry, registry: LiveRegistry,
              current: Callable[[], Mapping[str, SkillRuntime]], shared: SharedState | None = None,
-             sync: StateSync | None = None) -> SkillRuntime:
+             sync: StateSync | None = None, cache: CacheStore | None = None) -> SkillRuntime:
     """One skill's runtime; its breakers tell the live registry of their moves
     while it is the skill's runtime in the generation serving (``current``),
     so a retired runtime never marks the new one impaired."""
@@ -602,7 +607,7 @@ def _runtime(settings: SkillSettings, backends: BackendPool, telemetry: Telemetr
                      transition.from_state, transition.to_state)
 
     rt = SkillRuntime(settings, build_gate(settings), backends, observer=telemetry.observer, on_transition=moved,
-                      shared=shared)
+                      shared=shared, cache=cache)
     mine.append(rt)
     return rt
 
@@ -666,13 +671,16 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
         redact=redact)
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
+    # One response cache for every skill that opts in (in-process LRU; a
+    # store shared by replicas, Redis at state.redis_url, is not built yet).
+    cache = MemoryCache(config.cache.max_entries) if any(s.cache.enabled for s in settings.values()) else None
     # Breakers that open here are published, those other processes open trip here; success
     # windows are exchanged (Redis only).
     sync = StateSync(shared, registry=registry) if isinstance(shared, RedisState) else None
     runtimes: dict[str, SkillRuntime] = {}
     current: Callable[[], Mapping[str, SkillRuntime]] = lambda: app.runtimes if app is not None else runtimes  # noqa: E731
     for name, s in settings.items():
-        runtimes[name] = _runtime(s, pool, telemetry, registry, current, shared, sync)
+        runtimes[name] = _runtime(s, pool, telemetry, registry, current, shared, sync, cache)
     if sync is not None:
         sync.breakers = {(name, impl): b for name, rt in runtimes.items() for impl, b in rt.breakers.items()}
     st = store_settings(config)
@@ -684,7 +692,7 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
                         understanding=build_understanding(config))
     front = FrontDoor(listen or config.server.listen, redact=redact, tls=_tls(config), token=token)
     app = App(config, pool, registry, runtimes, pipeline, telemetry, store, front, loader=loader,
-              hash_query=hash_query, shared=shared, worker=worker, state_sync=sync)
+              hash_query=hash_query, shared=shared, worker=worker, state_sync=sync, cache=cache)
     if isinstance(shared, RedisState):
         shared.on_change = app.state_changed
     return app

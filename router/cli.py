@@ -4,7 +4,7 @@
     skill-router reload [--admin HOST:PORT [--token T] | --pid-file PATH]  (read the config file again)
     skill-router route "QUERY" [--domain D] [--complexity C] [--target HOST:PORT] [--json]
                                [--tls-ca CA] [--tls-cert CERT --tls-key KEY] [--token-env NAME]
-    skill-router execute "QUERY" [...]
+    skill-router execute "QUERY" [...] [--stream]
     skill-router stats [--window 1h] [--target HOST:PORT] [--json]
     skill-router check-config PATH
     skill-router health [--target HOST:PORT]     (exit 0 when SERVING: container health checks)
@@ -371,14 +371,29 @@ def route(query: str, target: str, timeout: float, as_json: bool, **kw: object) 
 
 @main.command()
 @_query_options
-def execute(query: str, target: str, timeout: float, as_json: bool, **kw: object) -> None:
+@click.option("--stream", is_flag=True, help="Use ExecuteStream: print each skill's answer as it arrives "
+              "(with --json: one event per line).")
+def execute(query: str, target: str, timeout: float, as_json: bool, stream: bool, **kw: object) -> None:
     """Route QUERY, call the chosen skills and print the synthesis."""
     with _client(target, timeout, _split(kw)) as c:
+        if stream:
+            return _rpc(lambda: _execute_stream(c, query, _context(kw), as_json))
         resp = _rpc(lambda: c.execute(query, context=_context(kw)))
     if as_json:
         return _print_json(resp)
     from router.render import render_execute
     render_execute(resp)
+
+
+def _execute_stream(client, query: str, context, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    from router.render import render_event, render_execute
+    for event in client.execute_stream(query, context=context):
+        if as_json:
+            click.echo(json_format.MessageToJson(event, preserving_proto_field_name=True, indent=None))
+        elif event.WhichOneof("event") == "done":
+            render_execute(event.done)
+        else:
+            render_event(event)
 
 
 @main.command()

@@ -581,3 +581,57 @@ async def test_backend_pool_rejects_duplicates(emu):
     with pytest.raises(ValueError, match="already has a backend"):
         pool.add("s", build_backend(impl(emu.url)))
     await pool.aclose()
+
+
+# -- streaming (openai kind, server-sent events) ------------------------------------------
+
+
+async def test_streamed_chat_hands_out_deltas_and_returns_the_whole_answer(emu, backends):
+    emu.set_profile("stream-model", ModelProfile(latency_ms=0, token_ms=1, input_tokens=50, output_tokens=9))
+    spec = impl(emu.url, model="stream-model", price_per_input_token=0.001, price_per_output_token=0.003)
+    backend = backends(spec)
+    assert backend.supports_stream
+    deltas: list[str] = []
+    streamed = await backend.call_stream(skill_call(spec, "Explain top-k gating"), 5, deltas.append)
+    whole = await backend.call(skill_call(spec, "Explain top-k gating"), 5)
+    assert len(deltas) > 3 and "".join(deltas) == streamed.output == whole.output
+    assert (streamed.input_tokens, streamed.output_tokens) == (50, 9)
+    assert streamed.cost == pytest.approx(50 * 0.001 + 9 * 0.003) and streamed.model == "stream-model"
+
+
+async def test_a_stream_that_breaks_off_is_a_connection_error_after_its_first_deltas(emu, backends):
+    emu.set_profile("breaks", ModelProfile(latency_ms=0, stream_break_after=2))
+    spec = impl(emu.url, model="breaks")
+    deltas: list[str] = []
+    with pytest.raises(BackendConnectionError, match="broke off mid-way"):
+        await backends(spec).call_stream(skill_call(spec), 5, deltas.append)
+    assert deltas == ["breaks", " answers:"]
+
+
+async def test_a_refused_stream_is_a_status_error(emu, backends):
+    emu.set_profile("limited", ModelProfile(latency_ms=0, rate_limit_rate=1.0, retry_after_s=2))
+    spec = impl(emu.url, model="limited")
+    with pytest.raises(BackendStatusError) as info:
+        await backends(spec).call_stream(skill_call(spec), 5, lambda _: None)
+    assert info.value.status_code == 429 and info.value.retry_after_s == 2
+
+
+async def test_a_cancelled_or_timed_out_stream_releases_the_backend_request(emu, backends):
+    emu.set_profile("dribble", ModelProfile(latency_ms=0, token_ms=60_000))
+    spec = impl(emu.url, model="dribble")
+    backend = backends(spec)
+    with pytest.raises(BackendTimeout):
+        await backend.call_stream(skill_call(spec), 0.2, lambda _: None)
+    await eventually(lambda: emu.stats()["dribble"].concurrent == 0, what="the timed-out stream released")
+    got: list[str] = []
+    task = asyncio.ensure_future(backend.call_stream(skill_call(spec), 30, got.append))
+    await eventually(lambda: bool(got), what="the first delta")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await eventually(lambda: emu.stats()["dribble"].concurrent == 0, what="the cancelled stream released")
+    assert emu.stats()["dribble"].peak_concurrent == 1
+
+
+async def test_http_skills_do_not_stream(emu, backends):
+    assert not backends(impl(emu.url, backend="http", model="skill-model")).supports_stream

@@ -67,8 +67,15 @@ async def test_route_execute_stats_against_a_running_sidecar(app) -> None:
     assert body["text"] and float(body["cost"]["baseline_usd"]) >= float(body["cost"]["actual_usd"])
     rc, out, err = await run("execute", "Why does my parser leak?", "--domain", "code", *target)
     assert rc == 0 and "cost $" in out and "### " in out, err
+    rc, out, err = await run("execute", "Why does my parser leak?", "--domain", "code", "--stream", *target)
+    assert rc == 0 and "routed:" in out and "cost $" in out and "### " in out, err
+    rc, out, err = await run("execute", "Why does my parser leak?", "--domain", "code", "--stream", "--json",
+                             *target)
+    assert rc == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert "routed" in events[0] and "done" in events[-1] and events[-1]["done"]["text"]
     rc, out, err = await run("stats", *target)
-    assert rc == 0 and "live load" in out and "queries 2" in out, err
+    assert rc == 0 and "live load" in out and "queries 4" in out, err
     assert "limits: in-process (one process)" in out
 
 

@@ -6,13 +6,15 @@ answers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+import aiohttp
 import httpx
 
 from router.backends._errors import decode_json, map_httpx_exceptions, protocol_error, status_error
@@ -196,6 +198,13 @@ class PooledBackend:
     async def call_batch(self, calls: Sequence[SkillCall], timeout_s: float) -> list[SkillReply | BackendError]:
         raise NotImplementedError(f"{self._where} is not configured for batching")
 
+    @property
+    def supports_stream(self) -> bool:
+        return False
+
+    async def call_stream(self, call: SkillCall, timeout_s: float, on_delta: Callable[[str], None]) -> SkillReply:
+        raise NotImplementedError(f"{self._where} cannot stream")
+
     async def aclose(self) -> None:
         self._closed = True
         await self._client.aclose()
@@ -273,6 +282,50 @@ class PooledBackend:
             chunks.append(chunk)
         # What httpx's own aread() does; the body is now .content/.text.
         response._content = b"".join(chunks)
+
+    @contextlib.asynccontextmanager
+    async def _stream_lines(self, path: str, payload: Any, headers: Mapping[str, str] | None,
+                            timeout_s: float) -> AsyncIterator[AsyncIterator[str]]:
+        """POST ``payload`` and read the answer line by line as it arrives
+        (server-sent events). The whole request, the reading included, is
+        bounded by ``timeout_s``; a non-2xx answer raises its status error;
+        a connection that breaks mid-way raises ``BackendConnectionError``.
+        Leaving the block (done, failed or cancelled) closes the response,
+        which gives the connection back to the pool or drops it."""
+        if not timeout_s > 0:
+            raise BackendTimeout(f"{self._where}: no time left for the call ({timeout_s:g}s)")
+        if self._closed:
+            raise BackendConnectionError(f"{self._where}: the backend's client is closed")
+        self._in_flight += 1
+        try:
+            with map_httpx_exceptions(self._where, self._redact):
+                async with asyncio.timeout(timeout_s):
+                    request = self._client.build_request("POST", path, json=payload,
+                                                         headers=dict(headers) if headers else None,
+                                                         timeout=timeout_s)
+                    response = await self._client.send(request, stream=True)
+                    try:
+                        if not response.is_success:
+                            await response.aread()
+                            raise status_error(response, self._where, self._redact)
+                        yield self._lines(response)
+                    finally:
+                        await response.aclose()
+        except TimeoutError as exc:
+            raise BackendTimeout(f"{self._where}: no answer within {timeout_s:g}s") from exc
+        finally:
+            self._in_flight -= 1
+
+    async def _lines(self, response: httpx.Response) -> AsyncIterator[str]:
+        n = 0
+        try:
+            async for line in response.aiter_lines():
+                n += 1
+                yield line
+        except (httpx.TransportError, aiohttp.ClientError) as exc:  # the body broke off
+            raise BackendConnectionError(
+                f"{self._where}: the answer's stream broke off mid-way (after {n} lines): "
+                f"{type(exc).__name__}") from exc
 
     async def _post_json(self, path: str, payload: Any, headers: Mapping[str, str] | None, timeout_s: float) -> Any:
         response = await self._send("POST", path, payload, headers, timeout_s)

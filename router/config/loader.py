@@ -345,6 +345,8 @@ def _router_config(cfg: ConfigFile, source: str, overrides: tuple[EnvOverride, .
             concurrency_limit_set=s.concurrency_limit is not None,
             queue_depth_set=s.queue_depth is not None,
             pinned=tuple(s.pinned),
+            cache_enabled=cfg.cache.enabled if s.cache.enabled is None else s.cache.enabled,
+            cache_ttl_s=cfg.cache.ttl_s if s.cache.ttl_s is None else s.cache.ttl_s,
         )
     return RouterConfig(
         skills=tuple(skills),
@@ -360,4 +362,5 @@ def _router_config(cfg: ConfigFile, source: str, overrides: tuple[EnvOverride, .
         env_overrides=overrides,
         skill_opts=skill_opts,
         implementation_opts=impl_opts,
+        cache=cfg.cache,
     )

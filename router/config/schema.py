@@ -32,6 +32,7 @@ __all__ = [
     "AuthSettings",
     "BatchingSettings",
     "BreakerSettings",
+    "CacheSettings",
     "ConfigFile",
     "DomainEntry",
     "DynamicKSettings",
@@ -43,6 +44,7 @@ __all__ = [
     "RoutingSettings",
     "ServerSettings",
     "SkillBatchingOverride",
+    "SkillCacheOverride",
     "SkillEntry",
     "StateSettings",
     "StorageSettings",
@@ -478,6 +480,14 @@ class StateSettings(Section):
     lease_s: Annotated[float, _range(1, 3600)] = 30.0
 
 
+class CacheSettings(Section):
+    """The response cache: answers reused instead of paid for twice."""
+
+    enabled: bool = False  # the skills' default; a skill's own cache.enabled wins
+    max_entries: PositiveInt = 10000  # in-process LRU bound
+    ttl_s: PositiveFloat = 300.0  # the skills' default time to live
+
+
 # --- skills --------------------------------------------------------------------
 
 
@@ -495,6 +505,14 @@ class ActivationEntry(Section):
                 f"must be at least min_complexity ({_num(self.min_complexity)}), got {_num(self.max_complexity)}",
             )
         return self
+
+
+class SkillCacheOverride(Section):
+    """Opt a skill in or out of the cache (a skill whose answers depend on
+    time or on the user says no)."""
+
+    enabled: bool | None = None  # None: cache.enabled
+    ttl_s: PositiveFloat | None = None  # None: cache.ttl_s
 
 
 class SkillBatchingOverride(Section):
@@ -632,6 +650,7 @@ class SkillEntry(Section):
     queue_depth: NonNegativeInt | None = None  # None: admission.default_queue_depth
     queue_timeout_s: PositiveFloat | None = None  # None: admission.queue_timeout_s
     batching: SkillBatchingOverride = SkillBatchingOverride()
+    cache: SkillCacheOverride = SkillCacheOverride()
     # Settings of this skill that the BRAIN_* variables must not replace.
     pinned: list[Literal["concurrency_limit", "queue_depth", "batching"]] = []
     system_prompt: str = ""
@@ -687,6 +706,7 @@ class ConfigFile(Section):
     understanding: UnderstandingSettings = UnderstandingSettings()
     domains: dict[Annotated[str, _name("domain")], DomainEntry] = {}
     state: StateSettings = StateSettings()
+    cache: CacheSettings = CacheSettings()
     skills: dict[SkillName, SkillEntry] = {}
 
     @model_validator(mode="after")

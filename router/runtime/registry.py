@@ -79,6 +79,9 @@ class Totals:
     cost_saved: float = 0.0  # over answered queries: baseline − spent
     quality_sum: float = 0.0  # over answered queries
     outcomes: Counter[str] = field(default_factory=Counter)
+    cache_hits: int = 0  # skill answers taken from the response cache
+    cache_misses: int = 0
+    cache_saved: float = 0.0  # what those answers would have cost
 
     @property
     def failed_queries(self) -> int:
@@ -181,6 +184,9 @@ class LiveRegistry:
         t.outcomes[record.status] += 1
         t.skills_selected += record.skills_selected
         t.cost += record.total_cost
+        t.cache_hits += len(record.skills_cached)
+        t.cache_misses += len(record.skills_cache_missed)
+        t.cache_saved += record.cache_saved
         if QueryOutcome(record.status).answered:
             t.answered += 1
             t.baseline_cost += record.baseline_cost
