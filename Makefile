@@ -38,7 +38,7 @@ check-gen: setup
 lint: $(STAMP)
 	$(VENV)/bin/ruff check router clients tests bench
 
-# PostgreSQL on 127.0.0.1 for the metrics-store tests (installs it when missing).
+# PostgreSQL and Redis on 127.0.0.1 for the metrics-store and shared-state tests (installs them when missing).
 services:
 	bash scripts/services.sh
 

@@ -34,6 +34,7 @@ import os
 import platform
 import pstats
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -282,8 +283,10 @@ class LoadGenerator:
 
 
 def _worker_entry(conn: Any) -> None:
+    from router.app import run
+
     quiet_logs()
-    asyncio.run(_Worker(conn).serve())
+    run(_Worker(conn).serve())  # on uvloop when installed: the client is not the bottleneck
 
 
 class _Worker:
@@ -320,9 +323,60 @@ class _Worker:
             one = self._http_call(job)
         elif kind == "aiohttp":
             one = await self._aiohttp_call(job)
+        elif kind == "burst":
+            return await self._burst(job)
         else:
             raise ValueError(f"unknown job kind {kind!r}")
         return await closed_loop(one, int(job["concurrency"]), float(job["duration_s"]))
+
+    async def _burst(self, job: dict[str, Any]) -> dict[str, Any]:
+        """``calls`` Executes started at once over ``channels`` channels;
+        every answer's status code, whether a refusal carried RetryInfo,
+        and the latencies of the OK ones."""
+        import grpc
+        from skill_router_client import error_details
+
+        from router.v1 import router_pb2 as pb
+        from router.v1 import router_pb2_grpc as pb_grpc
+
+        # Many concurrent streams per channel: let each channel open more
+        # HTTP/2 connections rather than queue in the client.
+        options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_concurrent_streams", 1 << 20)]
+        channels = [grpc.aio.insecure_channel(job["target"], options=[*options, ("grpc.channel_id", i)])
+                    for i in range(int(job["channels"]))]
+        stubs = [pb_grpc.RouterServiceStub(ch) for ch in channels]
+        request = pb.ExecuteRequest.FromString(job["request"])
+        timeout = float(job["timeout_s"])
+        codes: collections.Counter = collections.Counter()
+        retry_info = 0
+        ok_ms: list[float] = []
+        results_short = 0
+        perf = time.perf_counter
+
+        async def one(i: int) -> None:
+            nonlocal retry_info, results_short
+            t0 = perf()
+            try:
+                resp = await stubs[i % len(stubs)].Execute(request, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                codes[exc.code().name] += 1
+                if error_details(exc).retry_delay_s is not None:
+                    retry_info += 1
+                return
+            codes["OK"] += 1
+            ok_ms.append((perf() - t0) * 1000.0)
+            if any(r.status != pb.SKILL_STATUS_OK for r in resp.results):
+                results_short += 1
+
+        cpu0 = time.process_time()
+        t0 = perf()
+        try:
+            await asyncio.gather(*(one(i) for i in range(int(job["calls"]))))
+        finally:
+            for ch in channels:
+                await ch.close()
+        return {"codes": dict(codes), "retry_info": retry_info, "ok_ms": ok_ms, "wall_s": perf() - t0,
+                "degraded": results_short, "client_cpu_s": time.process_time() - cpu0}
 
     def _grpc_call(self, job: dict[str, Any]) -> Callable[[], Any]:
         import grpc
@@ -331,19 +385,26 @@ class _Worker:
         from router.v1 import router_pb2_grpc as pb_grpc
 
         target = job["target"]
-        if target not in self._channels:
-            self._channels[target] = grpc.aio.insecure_channel(target)
-        stub = pb_grpc.RouterServiceStub(self._channels[target])
+        # "channels" > 1: that many connections (server.workers: SO_REUSEPORT
+        # spreads connections, not calls, among the workers), calls round robin.
+        n = int(job.get("channels", 1))
+        for i in range(n):
+            key = target if i == 0 else f"{target}#{i}"
+            if key not in self._channels:
+                opts = [("grpc.use_local_subchannel_pool", 1)] if n > 1 else []
+                self._channels[key] = grpc.aio.insecure_channel(target, options=opts)
+        stubs = [pb_grpc.RouterServiceStub(self._channels[target if i == 0 else f"{target}#{i}"]) for i in range(n)]
         method = job["method"]
         request_type = {"Route": pb.RouteRequest, "Execute": pb.ExecuteRequest}[method]
         request = request_type.FromString(job["request"])
-        rpc = getattr(stub, method)
+        rpcs = [getattr(stub, method) for stub in stubs]
+        turn = iter(range(1 << 62))
         timeout = float(job.get("timeout_s", 30.0))
         expect = int(job.get("expect_results", 0))
         ok = pb.SKILL_STATUS_OK
 
         async def one() -> None:
-            resp = await rpc(request, timeout=timeout)
+            resp = await rpcs[next(turn) % n](request, timeout=timeout)
             if expect and (len(resp.results) != expect or any(r.status != ok for r in resp.results)):
                 raise _Degraded()
 
@@ -534,9 +595,12 @@ async def measure(
     emulator: psutil.Process | None = None,
     profiler: Profiler | None = None,
     profiled: str | None = None,
+    servers: Mapping[str, psutil.Process] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Measure every variant (name → load job without concurrency/duration)
-    at ``concurrency`` in ``rounds`` interleaved rounds; pooled summaries."""
+    at ``concurrency`` in ``rounds`` interleaved rounds; pooled summaries.
+    The server CPU of a variant is this process's, or that of its process in
+    ``servers`` (a sidecar running as a subprocess)."""
     me = psutil.Process()
     names = list(variants)
     for name in names:  # warm connections, caches and the JIT-less interpreter's branch state alike
@@ -545,18 +609,123 @@ async def measure(
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
             job = {**variants[name], "concurrency": concurrency, "duration_s": duration_s}
-            server0, emu0 = cpu_seconds(me), cpu_seconds(emulator)
+            server = (servers or {}).get(name, me)
+            server0, emu0 = cpu_seconds(server), cpu_seconds(emulator)
             with profiler.active(name == profiled) if profiler else contextlib.nullcontext():
                 res = await gen.run(job)
             m = acc[name]
-            m.server_cpu_s += cpu_seconds(me) - server0
+            m.server_cpu_s += cpu_seconds(server) - server0
             m.emulator_cpu_s += cpu_seconds(emulator) - emu0
             m.client_cpu_s += res["client_cpu_s"]
             m.latencies_ms.extend(res["latencies_ms"])
             m.wall_s += res["wall_s"]
             m.errors.update(res["errors"])
             m.rounds.append(round_summary(res["latencies_ms"], res["wall_s"]))
+            last = m.rounds[-1]
+            progress(f"  c={concurrency} round {r + 1}/{rounds} {name}: p50 {fmt(last['p50_ms'])} ms, "
+                     f"{fmt(len(res['latencies_ms']) / res['wall_s'] if res['wall_s'] else 0, '.0f')} calls/s"
+                     + (f", errors {res['errors']}" if res["errors"] else ""))
     return {name: acc[name].summary() for name in names}
+
+
+def progress(line: str) -> None:
+    """A progress line on stderr (the result goes to stdout)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+# -- the sidecar as a subprocess of its own ---------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def _sidecar_files(tmp: str, config: Mapping[str, Any]) -> tuple[str, Any]:
+    """The config file and the open log file, in ``tmp``. YAML, not JSON: a
+    JSON float such as ``1e-07`` is a string to YAML 1.1."""
+    import yaml
+
+    path = os.path.join(tmp, "config.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.dump(config, f, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
+    return path, open(os.path.join(tmp, "log"), "w+", encoding="utf-8")  # closed by the caller
+
+
+@contextlib.asynccontextmanager
+async def sidecar_process(config: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
+                          start_timeout_s: float = 60.0) -> AsyncIterator[tuple[str, psutil.Process]]:
+    """``skill-router serve`` with ``config`` (a mapping, written as YAML) on
+    a free loopback port; yields its address once health says
+    SERVING, and its process. ``env`` is added to this process's environment."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with tempfile.TemporaryDirectory(prefix="bench-sidecar-") as tmp:
+        path, log_file = _sidecar_files(tmp, config)
+        address = f"{LOOPBACK}:{free_port()}"
+        with log_file as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "from router.cli import main; main()", "--log-level", "ERROR",
+                "serve", "--config", path, "--listen", address, stdout=log, stderr=log,
+                env={**os.environ, **(env or {})})
+            try:
+                # Reconnect at once (gRPC's default backoff grows to 120 s).
+                options = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20),
+                           ("grpc.max_reconnect_backoff_ms", 50)]
+                async with grpc.aio.insecure_channel(address, options=options) as ch:
+                    health = health_pb2_grpc.HealthStub(ch)
+                    deadline = time.monotonic() + start_timeout_s
+                    while True:
+                        if proc.returncode is not None or time.monotonic() > deadline:
+                            log.seek(0)
+                            raise RuntimeError(f"the sidecar did not start: {log.read()[-2000:]}")
+                        with contextlib.suppress(grpc.aio.AioRpcError):
+                            resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                            if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                                break
+                        await asyncio.sleep(0.05)
+                yield address, psutil.Process(proc.pid)
+            finally:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        await asyncio.wait_for(proc.wait(), 15)
+                    except TimeoutError:
+                        proc.kill()
+                        await proc.wait()
+
+
+# -- plots ------------------------------------------------------------------------------------------
+
+
+def docs_dir() -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+
+
+def save_plot(fig: Any, name: str) -> str:
+    """Write ``fig`` (matplotlib) as ``docs/<name>.png``; returns the path."""
+    path = os.path.join(docs_dir(), f"{name}.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    progress(f"plot written: {os.path.relpath(path)}")
+    return path
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 # -- command line and output -----------------------------------------------------------------
@@ -622,8 +791,10 @@ def footer(result: Mapping[str, Any], per: str | None = "variant", *, extra: str
 def bench_main(doc: str, argv: Sequence[str] | None, run: Callable[..., Any], table: Callable[[Mapping[str, Any]], str],
                *, full: Plan, quick: Plan) -> dict[str, Any]:
     """The command line every closed-loop benchmark shares: parse, run, print."""
+    from router.app import run as run_loop
+
     args, plan = parse_args(doc.splitlines()[0], argv, full=full, quick=quick)
-    result = asyncio.run(run(plan, profile=args.profile, quick=args.quick))
+    result = run_loop(run(plan, profile=args.profile, quick=args.quick))  # uvloop unless SKILL_ROUTER_UVLOOP=0
     emit(result, args.json, table)
     return result
 

@@ -8,7 +8,7 @@ loop, serving ``router.v1.RouterService/Route`` with a canned
 request, so both send the same bytes back, and the baseline does no routing,
 validation, error mapping, health or reflection. A separate load-generator
 process drives both with the same generated stub, closed-loop at concurrency
-1 and 32, in interleaved rounds.
+1 and 64 (the concurrencies of issue 12's table), in interleaved rounds.
 
     .venv/bin/python -m bench.route_overhead [--quick] [--json] [--profile [STATS_FILE]]
 """
@@ -44,7 +44,7 @@ from bench._common import (
 
 NAME = "route_overhead"
 COMMAND = ".venv/bin/python -m bench.route_overhead"
-CONCURRENCY = (1, 32)
+CONCURRENCY = (1, 64)
 FULL = Plan(rounds=6, duration_s=1.5, warmup_s=0.5)
 QUICK = Plan(rounds=2, duration_s=0.25, warmup_s=0.1)
 REQUEST = {"query": "Review this NDA clause for risks in a leasing deal", "domain": "legal", "complexity": 6.0}

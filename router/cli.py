@@ -4,7 +4,7 @@
     skill-router reload [--admin HOST:PORT [--token T] | --pid-file PATH]  (read the config file again)
     skill-router route "QUERY" [--domain D] [--complexity C] [--target HOST:PORT] [--json]
                                [--tls-ca CA] [--tls-cert CERT --tls-key KEY] [--token-env NAME]
-    skill-router execute "QUERY" [...]
+    skill-router execute "QUERY" [...] [--stream]
     skill-router stats [--window 1h] [--target HOST:PORT] [--json]
     skill-router check-config PATH
     skill-router health [--target HOST:PORT]     (exit 0 when SERVING: container health checks)
@@ -126,25 +126,37 @@ def _startup_failed(lines: list[str]) -> None:
 def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen: str | None,
           pid_file: str | None) -> None:
     """Run the sidecar until SIGTERM/SIGINT; SIGHUP reloads the config file."""
+    from router.app import Worker, gc_paused
     from router.app import serve as run
     from router.config import RouterConfig
     from router.core.errors import ConfigError, StartupError
     from router.preflight import problems
     from router.storage import StoreError
     from router.telemetry import TelemetryConfigError
+    from router.workers import WORKER_ENV, notify_ready, parse_worker, resolve_listen, supervise, worker_argv
 
     def with_flags(config: RouterConfig) -> RouterConfig:
         # The command line's overrides hold for every generation of the config.
         return config.with_admin_listen(admin_listen) if admin_listen is not None else config
 
-    config = _load(config_path)
+    with gc_paused():  # reading and validating 10,000 skills makes no garbage worth collecting
+        config = _load(config_path)
     try:
         config = with_flags(config)
     except ConfigError as exc:
         raise click.ClickException(f"bad config: {exc}") from None
-    found = problems(config, os.environ, listen)
-    if found:
-        _startup_failed([str(p) for p in found])
+    try:
+        me = parse_worker(os.environ.get(WORKER_ENV))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if me is None:  # a worker skips the checks: its supervisor made them, and its siblings hold the port
+        found = problems(config, os.environ, listen)
+        if found:
+            _startup_failed([str(p) for p in found])
+        if config.server.workers > 1 and not demo:
+            sys.exit(supervise(worker_argv(), config.server.workers, resolve_listen(listen or config.server.listen),
+                               config.server.grace_period_s))
+    worker = Worker(*me) if me is not None else Worker()
     # Which of the seed's BRAIN_* variables took effect, and on what.
     log = logging.getLogger("router")
     for o in config.env_overrides:
@@ -162,12 +174,13 @@ def serve(config_path: str | None, listen: str | None, demo: bool, admin_listen:
                 await run(with_emulator(config, emu.url), listen,
                           loader=lambda: with_emulator(with_flags(load_config(path)), emu.url))
         else:
-            await run(config, listen, loader=lambda: with_flags(load_config(path)))
+            await run(config, listen, worker, notify_ready, loader=lambda: with_flags(load_config(path)))
 
     if pid_file:
         _write_pid(pid_file)
+    from router.app import run as run_loop
     try:
-        asyncio.run(go())
+        run_loop(go())  # on uvloop when installed (SKILL_ROUTER_UVLOOP=0: asyncio's loop)
     except StartupError as exc:
         _startup_failed([str(exc)])
     except StoreError as exc:
@@ -358,14 +371,29 @@ def route(query: str, target: str, timeout: float, as_json: bool, **kw: object) 
 
 @main.command()
 @_query_options
-def execute(query: str, target: str, timeout: float, as_json: bool, **kw: object) -> None:
+@click.option("--stream", is_flag=True, help="Use ExecuteStream: print each skill's answer as it arrives "
+              "(with --json: one event per line).")
+def execute(query: str, target: str, timeout: float, as_json: bool, stream: bool, **kw: object) -> None:
     """Route QUERY, call the chosen skills and print the synthesis."""
     with _client(target, timeout, _split(kw)) as c:
+        if stream:
+            return _rpc(lambda: _execute_stream(c, query, _context(kw), as_json))
         resp = _rpc(lambda: c.execute(query, context=_context(kw)))
     if as_json:
         return _print_json(resp)
     from router.render import render_execute
     render_execute(resp)
+
+
+def _execute_stream(client, query: str, context, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    from router.render import render_event, render_execute
+    for event in client.execute_stream(query, context=context):
+        if as_json:
+            click.echo(json_format.MessageToJson(event, preserving_proto_field_name=True, indent=None))
+        elif event.WhichOneof("event") == "done":
+            render_execute(event.done)
+        else:
+            render_event(event)
 
 
 @main.command()

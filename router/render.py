@@ -65,7 +65,10 @@ def render_execute(resp: pb.ExecuteResponse) -> None:
     for col in ("skill", "implementation", "weight", "status", "cost $", "latency ms", "queue ms", "tries", "error"):
         t.add_column(col)
     for r in resp.results:
-        t.add_row(r.skill, r.implementation, f"{r.weight:.2f}", pb.SkillStatus.Name(r.status).removeprefix("SKILL_STATUS_"),
+        status = pb.SkillStatus.Name(r.status).removeprefix("SKILL_STATUS_")
+        if r.cached:
+            status += f" (cached, {r.cache_age_ms / 1000:.0f}s old)"
+        t.add_row(r.skill, r.implementation, f"{r.weight:.2f}", status,
                   f"{r.cost_usd:.4f}", f"{r.latency_ms:.0f}", f"{r.queue_wait_ms:.0f}", str(r.attempts), r.error)
     console.print(t)
     for s in resp.shed:
@@ -75,10 +78,34 @@ def render_execute(resp: pb.ExecuteResponse) -> None:
     console.print(resp.text)
     c, tm = resp.cost, resp.timing
     console.print(f"cost ${c.actual_usd:.4f} vs all-skills ${c.baseline_usd:.4f} → saved ${c.saved_usd:.4f} "
-                  f"({c.saved_fraction:.0%}) · quality {resp.quality:.2f}")
+                  f"({c.saved_fraction:.0%}) · quality {resp.quality:.2f}"
+                  + (f" · cache saved ${c.cache_saved_usd:.4f}" if c.cache_saved_usd else ""))
     console.print(f"selection {tm.selection_us} µs · execution {tm.execution_us / 1000:.1f} ms · "
                   f"total {tm.total_us / 1000:.1f} ms · query {resp.query_id}"
                   + (f" · trace {resp.trace_id}" if resp.trace_id else ""))
+
+
+def render_event(event: pb.ExecuteEvent) -> None:
+    """One ExecuteStream event as it arrives (``done`` is ``render_execute``'s)."""
+    kind = event.WhichOneof("event")
+    at = f"[dim]{event.elapsed_ms:7.1f} ms[/dim]"
+    if kind == "routed":
+        r = event.routed
+        console.print(f"{at} routed: {', '.join(s.skill for s in r.selections)} (k={r.k}) · query {r.query_id}")
+    elif kind == "delta":
+        d = event.delta
+        console.print(f"{at} [cyan]{d.skill}[/cyan] {d.text!r}" + (f" (attempt {d.attempt})" if d.attempt > 1 else ""),
+                      markup=True, highlight=False)
+    elif kind == "skill_result":
+        r = event.skill_result
+        status = pb.SkillStatus.Name(r.status).removeprefix("SKILL_STATUS_")
+        console.print(f"{at} [bold]{r.skill}[/bold] {status}" + (" (cached)" if r.cached else "")
+                      + (f": {r.error}" if r.error else ""), highlight=False)
+    elif kind == "shed":
+        s = event.shed
+        why = pb.ShedReason.Name(s.reason).removeprefix("SHED_REASON_").lower()
+        console.print(f"{at} [yellow]shed: {s.skill} ({why})"
+                      + (f" → {s.replaced_by} stepped in" if s.replaced_by else "") + "[/yellow]")
 
 
 _BREAKER = {pb.BREAKER_STATE_CLOSED: "closed", pb.BREAKER_STATE_OPEN: "OPEN", pb.BREAKER_STATE_HALF_OPEN: "half-open"}
@@ -111,6 +138,17 @@ def render_stats(resp: pb.StatsResponse) -> None:
     console.print(f"since start: queries {tt.queries} (failed {tt.failed_queries}) · routes {tt.routes} · "
                   f"skills/query {tt.avg_skills_per_query:.2f} · cost ${tt.cost_usd:.4f} · "
                   f"saved ${tt.cost_saved_usd:.4f} of ${tt.baseline_cost_usd:.4f}")
+    st = resp.shared_state
+    if st.backend:
+        where = f"worker {st.worker + 1} of {st.workers}" if st.workers > 1 else "one process"
+        if st.backend == "in_process":
+            console.print(f"limits: in-process ({where}{', split among the workers' if st.workers > 1 else ''})")
+        elif st.connected:
+            console.print(f"limits: shared in {st.backend} ({where})"
+                          + (f" · fallbacks {st.fallbacks}, reconnects {st.reconnects}" if st.fallbacks else ""))
+        else:
+            console.print(f"[bold]limits: {st.backend} unreachable, serving on local limits[/bold] ({where}; "
+                          f"{st.detail}; fallbacks {st.fallbacks})")
     # ... and the dashboard over a window (the seed's /api/brain/moe-metrics).
     w = resp.window
     if not w.available:

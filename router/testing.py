@@ -24,6 +24,7 @@ from router.core.errors import BackendConnectionError, BackendError, BackendStat
 from router.core.retry import RetryPolicy
 from router.core.routing import SkillIndex
 from router.core.types import ImplementationSpec, RoutingPolicy, SkillSpec
+from router.runtime.cache import CacheOptions, CacheStore
 from router.runtime.calls import BatchingOptions
 from router.runtime.observer import Observer, QueryRecord
 from router.runtime.pipeline import Pipeline
@@ -98,8 +99,9 @@ class FakeBackend:
     repeats), and records what it was asked."""
 
     def __init__(self, implementation: ImplementationSpec, script: Iterable[Step] | Step = (), *,
-                 batch: bool = False) -> None:
+                 batch: bool = False, stream: bool = False) -> None:
         self.implementation = implementation
+        self._stream = stream  # call_stream hands out the answer word by word
         steps = [script] if isinstance(script, Step) else list(script)
         self._script: deque[Step] = deque(steps or [reply(f"{implementation.name} answers")])
         self._batch = batch
@@ -140,6 +142,17 @@ class FakeBackend:
     async def call(self, call: SkillCall, timeout_s: float) -> SkillReply:
         self.calls.append(call)
         return await self._play(self._next())
+
+    @property
+    def supports_stream(self) -> bool:
+        return self._stream
+
+    async def call_stream(self, call: SkillCall, timeout_s: float, on_delta: Callable[[str], None]) -> SkillReply:
+        self.calls.append(call)
+        got = await self._play(self._next())
+        for i, word in enumerate(got.output.split(" ")):
+            on_delta(word if i == 0 else " " + word)
+        return got
 
     async def call_batch(self, calls: Sequence[SkillCall], timeout_s: float) -> list[SkillReply | BackendError]:
         if not self._batch:
@@ -187,9 +200,12 @@ def make_pipeline(
     observer: Observer | None = None,
     sink: ListSink | None = None,
     seed: int = 0,
+    cache: CacheStore | None = None,
+    cache_options: CacheOptions = CacheOptions(enabled=True),
 ) -> Pipeline:
     """A pipeline over ``skills`` whose calls go to ``backends`` (keyed by
-    (skill, implementation)), with a ``ListSink`` unless one is given."""
+    (skill, implementation)), with a ``ListSink`` unless one is given; with
+    ``cache``, every skill answers through it (``cache_options``)."""
     clock = clock or FakeClock()
     rng = random.Random(seed)
     registry = LiveRegistry([s.name for s in skills], default_success_rate=policy.default_success_rate)
@@ -199,8 +215,9 @@ def make_pipeline(
         settings = SkillSettings(spec=s, concurrency_limit=s.concurrency_limit, queue_depth=s.queue_depth,
                                  queue_timeout_s=queue_timeout_s, breaker=breaker, retry=retry, batching=batching,
                                  batchable=frozenset(i.name for i in s.implementations
-                                                     if getattr(backends[(s.name, i.name)], "supports_batch", False)))
+                                                     if getattr(backends[(s.name, i.name)], "supports_batch", False)),
+                                 cache=cache_options)
         runtimes[s.name] = SkillRuntime(settings, build_gate(settings, clock), lookup, observer=observer,
-                                        on_transition=registry.breaker_moved, clock=clock, rng=rng)
+                                        on_transition=registry.breaker_moved, clock=clock, rng=rng, cache=cache)
     return Pipeline(SkillIndex(skills), policy, runtimes, registry, observer=observer,
                     sink=sink if sink is not None else ListSink(), clock=clock)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Start the services the tests need, on loopback: PostgreSQL for the metrics
-# store's PostgreSQL tests; and install Chromium (headless) for the admin
+# store's PostgreSQL tests; Redis for the shared state (limits across
+# replicas and workers, issue 12); and install Chromium (headless) for the admin
 # dashboard's browser test.
 #
-#   eval "$(scripts/services.sh)"      # exports SKILL_ROUTER_TEST_PG_DSN
+#   eval "$(scripts/services.sh)"      # exports SKILL_ROUTER_TEST_PG_DSN and SKILL_ROUTER_TEST_REDIS_URL
 #   scripts/services.sh                # ... and writes it to .services.env (make test reads that)
-#   scripts/services.sh stop           # stops the test cluster
+#   scripts/services.sh stop           # stops the test cluster and Redis
 #
 # Installs PostgreSQL with apt-get when it is missing, then runs a private
 # cluster (initdb + pg_ctl, as the postgres user) in $SKILL_ROUTER_PG_DIR on
@@ -25,6 +26,9 @@ PG_DB="${SKILL_ROUTER_PG_DB:-skill_router_test}"
 DATA="$PG_DIR/data"
 SOCKET_DIR="$PG_DIR/run"
 LOG="$PG_DIR/postgres.log"
+
+REDIS_DIR="${SKILL_ROUTER_REDIS_DIR:-/var/tmp/skill-router-redis}"
+REDIS_PORT="${SKILL_ROUTER_REDIS_PORT:-56379}"
 
 say() { echo "services.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -75,6 +79,49 @@ install_chromium() {
   { as_root apt-get update -qq >&2 \
       && as_root apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >&2; } \
     || say "could not install Chromium (browser test will skip)"
+}
+
+# Redis (or Valkey) for router/state: a private, unpersisted server on
+# 127.0.0.1:$REDIS_PORT, run as a daemon from $REDIS_DIR.
+redis_bin() {
+  local b
+  for b in redis-server valkey-server; do
+    if command -v "$b" >/dev/null 2>&1; then command -v "$b"; return; fi
+  done
+}
+
+install_redis() {
+  [ -n "$(redis_bin)" ] && return
+  command -v apt-get >/dev/null 2>&1 || die "Redis is not installed and apt-get is not available"
+  say "installing Redis (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -qq >&2
+  as_root apt-get install -y -qq --no-install-recommends redis-server >&2
+  [ -n "$(redis_bin)" ] || die "Redis installed but redis-server not found"
+}
+
+redis_up() {
+  python3 - "$REDIS_PORT" <<'PY' >/dev/null 2>&1
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1)
+s.sendall(b"PING\r\n")
+sys.exit(0 if s.recv(16).startswith(b"+PONG") else 1)
+PY
+}
+
+start_redis() {
+  if redis_up; then say "Redis already running on 127.0.0.1:$REDIS_PORT"; return; fi
+  mkdir -p "$REDIS_DIR"
+  say "starting Redis on 127.0.0.1:$REDIS_PORT"
+  "$(redis_bin)" --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --daemonize yes \
+    --dir "$REDIS_DIR" --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" >&2
+  for _ in $(seq 1 50); do redis_up && return; sleep 0.1; done
+  tail -n 30 "$REDIS_DIR/redis.log" >&2 || true
+  die "Redis did not start"
+}
+
+stop_redis() {
+  if [ -f "$REDIS_DIR/redis.pid" ]; then kill "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null || true; fi
 }
 
 # Run a command as the cluster's owner (initdb and postgres refuse root).
@@ -138,15 +185,19 @@ start_cluster() {
 case "${1:-start}" in
   start)
     install_postgres
+    install_redis
     install_chromium
     start_cluster
+    start_redis
     dsn="postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
-    echo "SKILL_ROUTER_TEST_PG_DSN=$dsn" > "$ENV_FILE"
-    say "PostgreSQL ready; DSN written to $ENV_FILE"
-    echo "export SKILL_ROUTER_TEST_PG_DSN='$dsn'"
+    redis_url="redis://127.0.0.1:$REDIS_PORT/0"
+    printf 'SKILL_ROUTER_TEST_PG_DSN=%s\nSKILL_ROUTER_TEST_REDIS_URL=%s\n' "$dsn" "$redis_url" > "$ENV_FILE"
+    say "PostgreSQL and Redis ready; DSN and URL written to $ENV_FILE"
+    echo "export SKILL_ROUTER_TEST_PG_DSN='$dsn' SKILL_ROUTER_TEST_REDIS_URL='$redis_url'"
     ;;
   stop)
     stop_cluster
+    stop_redis
     ;;
   dsn)
     echo "postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"

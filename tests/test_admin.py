@@ -68,6 +68,8 @@ async def test_metrics_read_the_live_state(sidecar: Sidecar) -> None:
         assert sample(got, "skill_router_skill_failures_total", skill=s.skill) == s.failures
         assert sample(got, "skill_router_skill_concurrency_limit", skill=s.skill) == s.concurrency_limit
         assert sample(got, "skill_router_skill_queue_depth", skill=s.skill) == s.queue_depth
+        assert sample(got, "skill_router_skill_cache_hits_total", skill=s.skill) == s.cache_hits
+        assert sample(got, "skill_router_skill_cache_misses_total", skill=s.skill) == s.cache_misses
         for impl in s.implementations:
             states = {st: sample(got, "skill_router_breaker_state", skill=s.skill, implementation=impl.name,
                                  state=st) for st in ("closed", "open", "half_open")}

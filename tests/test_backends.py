@@ -483,7 +483,9 @@ async def test_backend_pool(emu):
         with pytest.raises(KeyError, match="nope"):
             pool.get("explain", "nope")
         assert await pool.warm_all(concurrency=2) == {}
-        assert sorted(r.path for r in emu.received) == ["/healthz", "/v1/models", "/v1/models"]
+        # The two openai implementations share the origin's pool, path and
+        # credentials: one warm request checks both.
+        assert sorted(r.path for r in emu.received) == ["/healthz", "/v1/models"]
         reply = await pool.get("review", "main").call(skill_call(openai_impl), timeout_s=5)
         assert reply.output
     finally:
@@ -504,9 +506,132 @@ async def test_backend_pool_warm_failures(emu):
         await pool.aclose()
 
 
+async def test_implementations_on_one_origin_share_a_pool_each_within_its_limit(emu):
+    a, b = impl(emu.url, name="a", max_connections=2), impl(emu.url, name="b", max_connections=3)
+    other = impl(emu.url.replace("127.0.0.1", "localhost"), name="c")  # another origin: a pool of its own
+    pool = BackendPool.from_skills([make_skill("explain", a, b), make_skill("review", other)])
+    try:
+        first, second = pool.get("explain", "a"), pool.get("explain", "b")
+        assert first.transport.shared is second.transport.shared
+        assert pool.get("review", "c").transport.shared is not first.transport.shared
+        assert first.transport.shared.limit == 5
+        emu.pause("chat-model")
+        tasks = [asyncio.create_task(backend.call(skill_call(backend.implementation, f"{name}{i}"), timeout_s=10))
+                 for name, backend in (("a", first), ("b", second)) for i in range(6)]
+        await eventually(lambda: emu.stats().get("chat-model") and emu.stats()["chat-model"].concurrent == 5,
+                         what="2 of a's and 3 of b's calls in")
+        assert "in-flight 6/2" in repr(first) and "in-flight 6/3" in repr(second)
+        emu.resume("chat-model")
+        replies = await asyncio.gather(*tasks)
+        assert len(replies) == 12 and emu.stats()["chat-model"].peak_concurrent == 5
+        ports = {r.client_port for r in emu.received if r.path == "/v1/chat/completions"}
+        assert len(ports) <= 5  # connections kept alive and shared, never more than the sum of the limits
+    finally:
+        await pool.aclose()
+    assert first.transport.shared.users == 0
+
+
+async def test_a_backend_joining_an_open_pool_grows_it(emu):
+    from router.backends._transport import TransportRegistry
+
+    transports = TransportRegistry()
+    first = build_backend(impl(emu.url, name="a", max_connections=2), transports=transports)
+    second = None
+    try:
+        await first.call(skill_call(first.implementation), timeout_s=5)  # the shared session is open now
+        second = build_backend(impl(emu.url, name="b", max_connections=3), transports=transports)
+        assert second.transport.shared is first.transport.shared and second.transport.shared.limit == 5
+        assert second.transport.shared.session().connector.limit == 5
+        assert (await second.call(skill_call(second.implementation), timeout_s=5)).output
+        await first.aclose()  # one user leaving keeps the pool open for the other
+        assert (await second.call(skill_call(second.implementation), timeout_s=5)).output
+    finally:
+        await first.aclose()
+        if second is not None:
+            await second.aclose()
+    assert first.transport.shared.users == 0
+
+
+def test_no_ssl_context_for_http_and_one_for_every_https_backend():
+    from router.backends._transport import shared_ssl_context
+
+    plain = build_backend(impl("http://127.0.0.1:1"))
+    assert plain.transport.shared._ssl is False
+    secure = [build_backend(impl(f"https://host{i}.example:443")) for i in range(3)]
+    assert {id(b.transport.shared._ssl) for b in secure} == {id(shared_ssl_context())}
+
+
+async def test_a_dead_origin_is_one_warm_request_and_one_log_line(caplog):
+    dead = f"http://127.0.0.1:{free_port()}"
+    impls = [impl(dead, name=f"i{n}") for n in range(5)]
+    pool = BackendPool.from_skills([make_skill("explain", *impls)])
+    caplog.set_level(logging.WARNING, logger="router.backends")
+    try:
+        failures = await pool.warm_all(strict=False)
+        assert sorted(failures) == [("explain", f"i{n}") for n in range(5)]
+        lines = [r.getMessage() for r in caplog.records if "did not warm" in r.getMessage()]
+        assert len(lines) == 1 and "explain/i0, explain/i1, explain/i2 (and 2 more" in lines[0]
+    finally:
+        await pool.aclose()
+
+
 async def test_backend_pool_rejects_duplicates(emu):
     pool = BackendPool()
     pool.add("s", build_backend(impl(emu.url)))
     with pytest.raises(ValueError, match="already has a backend"):
         pool.add("s", build_backend(impl(emu.url)))
     await pool.aclose()
+
+
+# -- streaming (openai kind, server-sent events) ------------------------------------------
+
+
+async def test_streamed_chat_hands_out_deltas_and_returns_the_whole_answer(emu, backends):
+    emu.set_profile("stream-model", ModelProfile(latency_ms=0, token_ms=1, input_tokens=50, output_tokens=9))
+    spec = impl(emu.url, model="stream-model", price_per_input_token=0.001, price_per_output_token=0.003)
+    backend = backends(spec)
+    assert backend.supports_stream
+    deltas: list[str] = []
+    streamed = await backend.call_stream(skill_call(spec, "Explain top-k gating"), 5, deltas.append)
+    whole = await backend.call(skill_call(spec, "Explain top-k gating"), 5)
+    assert len(deltas) > 3 and "".join(deltas) == streamed.output == whole.output
+    assert (streamed.input_tokens, streamed.output_tokens) == (50, 9)
+    assert streamed.cost == pytest.approx(50 * 0.001 + 9 * 0.003) and streamed.model == "stream-model"
+
+
+async def test_a_stream_that_breaks_off_is_a_connection_error_after_its_first_deltas(emu, backends):
+    emu.set_profile("breaks", ModelProfile(latency_ms=0, stream_break_after=2))
+    spec = impl(emu.url, model="breaks")
+    deltas: list[str] = []
+    with pytest.raises(BackendConnectionError, match="broke off mid-way"):
+        await backends(spec).call_stream(skill_call(spec), 5, deltas.append)
+    assert deltas == ["breaks", " answers:"]
+
+
+async def test_a_refused_stream_is_a_status_error(emu, backends):
+    emu.set_profile("limited", ModelProfile(latency_ms=0, rate_limit_rate=1.0, retry_after_s=2))
+    spec = impl(emu.url, model="limited")
+    with pytest.raises(BackendStatusError) as info:
+        await backends(spec).call_stream(skill_call(spec), 5, lambda _: None)
+    assert info.value.status_code == 429 and info.value.retry_after_s == 2
+
+
+async def test_a_cancelled_or_timed_out_stream_releases_the_backend_request(emu, backends):
+    emu.set_profile("dribble", ModelProfile(latency_ms=0, token_ms=60_000))
+    spec = impl(emu.url, model="dribble")
+    backend = backends(spec)
+    with pytest.raises(BackendTimeout):
+        await backend.call_stream(skill_call(spec), 0.2, lambda _: None)
+    await eventually(lambda: emu.stats()["dribble"].concurrent == 0, what="the timed-out stream released")
+    got: list[str] = []
+    task = asyncio.ensure_future(backend.call_stream(skill_call(spec), 30, got.append))
+    await eventually(lambda: bool(got), what="the first delta")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await eventually(lambda: emu.stats()["dribble"].concurrent == 0, what="the cancelled stream released")
+    assert emu.stats()["dribble"].peak_concurrent == 1
+
+
+async def test_http_skills_do_not_stream(emu, backends):
+    assert not backends(impl(emu.url, backend="http", model="skill-model")).supports_stream

@@ -67,8 +67,16 @@ async def test_route_execute_stats_against_a_running_sidecar(app) -> None:
     assert body["text"] and float(body["cost"]["baseline_usd"]) >= float(body["cost"]["actual_usd"])
     rc, out, err = await run("execute", "Why does my parser leak?", "--domain", "code", *target)
     assert rc == 0 and "cost $" in out and "### " in out, err
+    rc, out, err = await run("execute", "Why does my parser leak?", "--domain", "code", "--stream", *target)
+    assert rc == 0 and "routed:" in out and "cost $" in out and "### " in out, err
+    rc, out, err = await run("execute", "Why does my parser leak?", "--domain", "code", "--stream", "--json",
+                             *target)
+    assert rc == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert "routed" in events[0] and "done" in events[-1] and events[-1]["done"]["text"]
     rc, out, err = await run("stats", *target)
-    assert rc == 0 and "live load" in out and "queries 2" in out, err
+    assert rc == 0 and "live load" in out and "queries 4" in out, err
+    assert "limits: in-process (one process)" in out
 
 
 async def test_cli_reports_bad_input_with_the_field(app) -> None:
@@ -144,6 +152,7 @@ async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) 
         assert rc == 0
         log = (await proc.stdout.read()).decode()  # type: ignore[union-attr]
         assert "shutting down" in log
+        assert "event loop: uvloop" in log  # the default when installed (it is a dependency)
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -153,7 +162,7 @@ async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) 
 async def test_serve_logs_the_environment_overrides_and_applies_them() -> None:
     address = f"127.0.0.1:{_free_port()}"
     env = {**os.environ, "BRAIN_MOE_MAX_CONCURRENT_PER_SKILL": "4", "BRAIN_MOE_BATCHING_WINDOW_MS": "20",
-           "BRAIN_MOE_TOP_K": ""}
+           "BRAIN_MOE_TOP_K": "", "SKILL_ROUTER_UVLOOP": "0"}
     proc = await asyncio.create_subprocess_exec(
         CLI, "serve", "--demo", "--listen", address, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -169,6 +178,7 @@ async def test_serve_logs_the_environment_overrides_and_applies_them() -> None:
         assert "environment override: BRAIN_MOE_BATCHING_WINDOW_MS=20 → batching.window_ms = 20.0, " \
                "batching.enabled = True" in log, log
         assert "BRAIN_MOE_TOP_K" not in log  # empty counts as unset
+        assert "event loop: asyncio" in log  # SKILL_ROUTER_UVLOOP=0: asyncio's own loop
         async with AsyncRouterClient(address, timeout=10) as c:
             limits = {s.skill: s.concurrency_limit for s in (await c.stats()).skills}
         assert limits["kimiK2"] == 5 and {v for k, v in limits.items() if k != "kimiK2"} == {4}
@@ -222,3 +232,30 @@ async def test_stats_window_reads_the_store_over_that_stretch(emulator, tmp_path
         assert rc == 1 and "INVALID_ARGUMENT" in err and "(field window)" in err
     finally:
         await app.stop(1)
+
+
+def test_the_event_loop_is_uvloop_unless_turned_off() -> None:
+    import uvloop
+
+    from router.app import loop_factory
+
+    assert loop_factory({}) is uvloop.new_event_loop
+    for off in ("0", "false", "No", " off "):
+        assert loop_factory({"SKILL_ROUTER_UVLOOP": off}) is None, off
+    assert loop_factory({"SKILL_ROUTER_UVLOOP": "1"}) is uvloop.new_event_loop
+
+
+def test_start_up_pauses_the_gc_and_freezes_what_it_built() -> None:
+    import gc
+
+    from router.app import gc_paused
+
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+            built = [[i] for i in range(1000)]
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(built)
+    finally:
+        gc.unfreeze()

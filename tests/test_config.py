@@ -15,6 +15,7 @@ from router.config import (
     ENV_VARS,
     AdmissionSettings,
     BatchingSettings,
+    CacheSettings,
     InvalidConfig,
     RouterConfig,
     ServerSettings,
@@ -86,6 +87,7 @@ def test_default_sections_equal_the_documented_defaults(default: RouterConfig) -
     assert default.batching == BatchingSettings()
     assert default.telemetry == TelemetrySettings()
     assert default.storage == StorageSettings()
+    assert default.cache == CacheSettings()
     assert default.env_overrides == ()
 
 

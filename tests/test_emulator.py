@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import subprocess
@@ -75,6 +76,24 @@ async def test_chat_completion_shape_usage_and_echo(emu, client):
     assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
     s = emu.stats()["alpha"]
     assert (s.requests, s.concurrent, s.peak_concurrent, s.input_tokens, s.output_tokens) == (1, 0, 1, 11, 7)
+
+
+async def test_streamed_chat_is_server_sent_events_ending_with_done(emu, client):
+    headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    r = await client.post("/v1/chat/completions", headers=headers,
+                          json=chat("alpha", "Stream this", stream=True, stream_options={"include_usage": True}))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["x-received-traceparent"] == headers["traceparent"]
+    lines = [line for line in r.text.split("\n") if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    text = "".join(ch["delta"].get("content", "") for c in chunks for ch in c["choices"])
+    whole = (await client.post("/v1/chat/completions", json=chat("alpha", "Stream this"))).json()
+    assert text == whole["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 7
+    bad = await client.post("/v1/chat/completions", json=chat("alpha", "x", stream="yes"))
+    assert bad.status_code == 400 and "'stream'" in bad.json()["error"]["message"]
 
 
 async def test_token_estimate_follows_prompt_length(client):

@@ -309,3 +309,39 @@ async def test_unwritable_sqlite_path_fails_at_open(tmp_path):
 def test_settings_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         StoreSettings(**{field: value})
+
+
+async def test_cache_columns_round_trip_and_aggregate_per_skill(backend):
+    make, _ = backend
+    rows = [replace(rec(NOW - 30, skills=("kimiK2", "trm")), skills_cached=("kimiK2",), skills_cache_missed=("trm",),
+                    cache_saved=0.05),
+            replace(rec(NOW - 20, skills=("kimiK2", "trm")), skills_cached=("kimiK2", "trm"), cache_saved=0.07),
+            replace(rec(NOW - 10, skills=("ace",)), skills_cache_missed=("ace",)),
+            rec(NOW - 5)]
+    store = await open_store(make())
+    for r in rows:
+        store.submit(r)
+    await store.flush()
+    agg = await store.aggregate(HOUR, NOW)
+    got = await store.recent(10)
+    await store.aclose()
+    assert dict(agg.cache_hits) == {"kimiK2": 2, "trm": 1}
+    assert dict(agg.cache_misses) == {"trm": 1, "ace": 1}
+    assert agg.cache_saved_total == pytest.approx(0.12)
+    assert agg.to_dict()["cache_hits"] == {"kimiK2": 2, "trm": 1}
+    assert [(g.skills_cached, g.skills_cache_missed) for g in got] == [
+        ((), ()), ((), ("ace",)), (("kimiK2", "trm"), ()), (("kimiK2",), ("trm",))]
+
+
+async def test_an_older_table_gains_the_cache_columns(backend):
+    make, raw_sql = backend
+    store = await open_store(make())
+    await store.aclose()
+    for column in ("skills_cached", "skills_cache_missed", "cache_saved"):
+        raw_sql(f"ALTER TABLE brain_moe_metrics DROP COLUMN {column}")
+    again = await open_store(make())  # migrates the missing columns
+    again.submit(replace(rec(NOW - 1), skills_cached=("trm",), cache_saved=0.01))
+    await again.flush()
+    agg = await again.aggregate(HOUR, NOW)
+    await again.aclose()
+    assert dict(agg.cache_hits) == {"trm": 1} and agg.cache_saved_total == pytest.approx(0.01)

@@ -626,3 +626,29 @@ async def test_disabled_interceptor_passes_handlers_through():
 
     details = type("Details", (), {"method": METHOD, "invocation_metadata": ()})()
     assert await tel.server_interceptor().intercept_service(continuation, details) is handler
+
+
+async def test_a_cache_hit_is_marked_on_the_skill_span(receiver):
+    from router.runtime.cache import MemoryCache
+    from router.testing import FakeBackend, make_pipeline, reply
+
+    tel = setup_telemetry(TelemetrySettings(), env=grpc_env(receiver))
+    s = skill("cached", implementations=(impl("cached-impl", cost=0.03),))
+    backend = FakeBackend(s.implementations[0], [reply("kept", cost=0.03)])
+    p = make_pipeline([s], {("cached", "cached-impl"): backend}, observer=tel.observer, cache=MemoryCache(10))
+    await p.execute(query("the same question"), 5.0)
+    await p.execute(query("the same question"), 5.0)
+    await tel.aflush()
+    await receiver.wait_for_metric("router.skill.calls")
+    await tel.aclose()
+    calls = [(a.get("router.cache.hit", False), v) for a, v in receiver.metric_points("router.skill.calls")]
+    assert set(calls) == {(False, 1), (True, 1)}  # (cumulative points; each export repeats them)
+    # The hit called no model: the GenAI operation metric has the one real call.
+    assert {v["count"] for _, v in receiver.metric_points("gen_ai.client.operation.duration")} == {1}
+    spans = [x for x in await receiver.wait_for_spans(2) if x.name == "chat model-cached-impl"]
+    assert len(spans) == 2 and len(backend.calls) == 1
+    miss, hit = sorted(spans, key=lambda x: "router.cache.hit" in x.attributes)
+    assert "router.cache.hit" not in miss.attributes and "cache.miss" in [e[0] for e in miss.events]
+    assert hit.attributes["router.cache.hit"] is True and hit.attributes["router.cost_usd"] == 0
+    assert hit.attributes["router.cache.saved_usd"] == pytest.approx(0.03)
+    assert "cache.hit" in [e[0] for e in hit.events]

@@ -42,6 +42,7 @@ def _skill(s: SkillSnapshot) -> dict[str, Any]:
         "latency_p50_ms": s.latency_p50_ms, "latency_p99_ms": s.latency_p99_ms,
         "rejected": s.rejected, "shed": s.shed, "timed_out": s.timed_out,
         "batches": s.batches, "mean_batch_size": s.mean_batch_size, "coalesced_calls": s.coalesced_calls,
+        "cache_hits": s.cache_hits, "cache_misses": s.cache_misses, "cache_saved_usd": s.cache_saved,
         "breaker": skill_breaker(s),
         "implementations": [
             {"name": i.name, "breaker_state": str(i.breaker_state), "half_open_in_s": i.half_open_in_s,

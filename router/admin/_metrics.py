@@ -35,6 +35,10 @@ _SKILL_COUNTERS = (
     ("skill_timed_out", "Calls that waited past their queue timeout or deadline.", "timed_out"),
     ("skill_batches", "Batched backend requests sent.", "batches"),
     ("skill_coalesced_calls", "Calls answered by an identical call already in flight.", "coalesced_calls"),
+    ("skill_cache_hits", "Answers taken from the response cache (no backend request).", "cache_hits"),
+    ("skill_cache_misses", "Response-cache look-ups that found nothing (the call was made or joined).",
+     "cache_misses"),
+    ("skill_cache_saved_usd", "What the response cache's hits would have cost (USD).", "cache_saved"),
 )
 
 

@@ -6,16 +6,19 @@ answers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from router.backends._errors import decode_json, map_httpx_exceptions, protocol_error, status_error
+from router.backends._transport import PooledTransport, TransportRegistry
 from router.core.errors import BackendConnectionError, BackendError, BackendProtocolError, BackendTimeout
 from router.core.redact import Redactor
 from router.core.types import ImplementationSpec
@@ -44,6 +47,11 @@ def _base_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
+def _json_bytes(payload: Any) -> bytes:
+    """The body httpx's ``json=`` sends (compact, UTF-8)."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
 def price(implementation: ImplementationSpec, input_tokens: int, output_tokens: int) -> float | None:
     """Cost from usage when the implementation has per-token prices, else None."""
     p_in = implementation.price_per_input_token
@@ -69,6 +77,8 @@ class PooledBackend:
                            (the sidecar's secrets by value and shape; see
                            ``router.core.redact``). This backend's own key is
                            always redacted.
+      ``transports``       the shared per-origin pools (``TransportRegistry``) this
+                           backend's connections come from; None: a pool of its own.
     """
 
     kind: ClassVar[str] = ""
@@ -86,6 +96,7 @@ class PooledBackend:
         trust_env: bool = True,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         redact: Callable[[str], str] | None = None,
+        transports: TransportRegistry | None = None,
     ) -> None:
         self.implementation = implementation
         self._batch = batch
@@ -119,16 +130,38 @@ class PooledBackend:
             max_keepalive_connections=implementation.max_connections,
             keepalive_expiry=keepalive_expiry,
         )
+        # httpx's API over aiohttp's connection pool, shared per origin, with
+        # one SSL context for the process and none for http:// (_transport).
+        if transports is None:
+            transports = TransportRegistry()
+        self.transport: PooledTransport = transports.transport(
+            implementation.url, max_connections=implementation.max_connections,
+            keepalive_expiry=keepalive_expiry, trust_env=trust_env)
         self._client = httpx.AsyncClient(
             base_url=_base_url(implementation.url),
             headers=headers,
             timeout=httpx.Timeout(implementation.timeout_s),
             limits=limits,
             trust_env=trust_env,
-            # httpx's API over aiohttp's connection pool: the same calls cost
-            # about half the CPU of httpcore's pool (bench/execute_overhead).
-            transport=AiohttpTransport(limits=limits, trust_env=trust_env),
+            transport=self.transport,
         )
+        # Requests go straight to the transport as httpx.Request objects:
+        # the client's redirect, auth, cookie-jar and hook layers cost about
+        # a third of the HTTP path's CPU (py-spy, docs/benchmarks.md) and
+        # none of them applies to a backend API. Not when the environment sets a proxy for this URL: then the
+        # client's proxy mount is used, as before.
+        self._headers = {"User-Agent": _USER_AGENT, "Accept": "application/json", **headers}
+        self._direct = not any(pattern.matches(httpx.URL(implementation.url))
+                               for pattern in self._client._mounts)
+
+    @property
+    def warm_key(self) -> tuple[object, ...] | None:
+        """Backends with equal keys share what ``warm()`` checks and opens
+        (the same pool, path and credentials): ``BackendPool`` warms one of
+        them. None: nothing to warm."""
+        if self.warm_path is None:
+            return None
+        return (id(self.transport.shared), self.warm_path, self.implementation.api_key_env)
 
     # -- Backend port ------------------------------------------------------------
 
@@ -165,6 +198,13 @@ class PooledBackend:
     async def call_batch(self, calls: Sequence[SkillCall], timeout_s: float) -> list[SkillReply | BackendError]:
         raise NotImplementedError(f"{self._where} is not configured for batching")
 
+    @property
+    def supports_stream(self) -> bool:
+        return False
+
+    async def call_stream(self, call: SkillCall, timeout_s: float, on_delta: Callable[[str], None]) -> SkillReply:
+        raise NotImplementedError(f"{self._where} cannot stream")
+
     async def aclose(self) -> None:
         self._closed = True
         await self._client.aclose()
@@ -200,14 +240,19 @@ class PooledBackend:
         try:
             with map_httpx_exceptions(self._where, self._redact):
                 async with asyncio.timeout(timeout_s):
-                    request = self._client.build_request(
-                        method,
-                        url,
-                        json=payload,
-                        headers=dict(headers) if headers else None,
-                        timeout=timeout_s,
-                    )
-                    response = await self._client.send(request, stream=True)
+                    if not self._direct:
+                        request = self._client.build_request(
+                            method, url, json=payload, headers=dict(headers) if headers else None, timeout=timeout_s)
+                        response = await self._client.send(request, stream=True)
+                    else:
+                        request = httpx.Request(
+                            method, url, headers={**self._headers, **headers} if headers else self._headers,
+                            content=None if payload is None else _json_bytes(payload),
+                            extensions={"timeout": {"connect": timeout_s, "read": timeout_s, "write": timeout_s,
+                                                    "pool": timeout_s}})
+                        if payload is not None:
+                            request.headers["Content-Type"] = "application/json"
+                        response = await self.transport.handle_async_request(request)
                     try:
                         await self._read_bounded(response)
                     finally:
@@ -237,6 +282,50 @@ class PooledBackend:
             chunks.append(chunk)
         # What httpx's own aread() does; the body is now .content/.text.
         response._content = b"".join(chunks)
+
+    @contextlib.asynccontextmanager
+    async def _stream_lines(self, path: str, payload: Any, headers: Mapping[str, str] | None,
+                            timeout_s: float) -> AsyncIterator[AsyncIterator[str]]:
+        """POST ``payload`` and read the answer line by line as it arrives
+        (server-sent events). The whole request, the reading included, is
+        bounded by ``timeout_s``; a non-2xx answer raises its status error;
+        a connection that breaks mid-way raises ``BackendConnectionError``.
+        Leaving the block (done, failed or cancelled) closes the response,
+        which gives the connection back to the pool or drops it."""
+        if not timeout_s > 0:
+            raise BackendTimeout(f"{self._where}: no time left for the call ({timeout_s:g}s)")
+        if self._closed:
+            raise BackendConnectionError(f"{self._where}: the backend's client is closed")
+        self._in_flight += 1
+        try:
+            with map_httpx_exceptions(self._where, self._redact):
+                async with asyncio.timeout(timeout_s):
+                    request = self._client.build_request("POST", path, json=payload,
+                                                         headers=dict(headers) if headers else None,
+                                                         timeout=timeout_s)
+                    response = await self._client.send(request, stream=True)
+                    try:
+                        if not response.is_success:
+                            await response.aread()
+                            raise status_error(response, self._where, self._redact)
+                        yield self._lines(response)
+                    finally:
+                        await response.aclose()
+        except TimeoutError as exc:
+            raise BackendTimeout(f"{self._where}: no answer within {timeout_s:g}s") from exc
+        finally:
+            self._in_flight -= 1
+
+    async def _lines(self, response: httpx.Response) -> AsyncIterator[str]:
+        n = 0
+        try:
+            async for line in response.aiter_lines():
+                n += 1
+                yield line
+        except (httpx.TransportError, aiohttp.ClientError) as exc:  # the body broke off
+            raise BackendConnectionError(
+                f"{self._where}: the answer's stream broke off mid-way (after {n} lines): "
+                f"{type(exc).__name__}") from exc
 
     async def _post_json(self, path: str, payload: Any, headers: Mapping[str, str] | None, timeout_s: float) -> Any:
         response = await self._send("POST", path, payload, headers, timeout_s)

@@ -9,6 +9,11 @@ emulator).
   prompts (``system prompt + blank line + query``); choice ``index`` i
   answers call i. The answer's usage is shared among the items in proportion
   to their prompt and answer lengths. A batch fails or succeeds as a whole.
+- ``call_stream``: the same request with ``stream: true`` (and
+  ``stream_options.include_usage``); the answer comes as server-sent events,
+  ``data: {chunk}`` lines whose ``choices[0].delta.content`` pieces are
+  handed to ``on_delta`` as they arrive, ending with ``data: [DONE]``. A
+  stream that ends without ``[DONE]`` or breaks off fails the call.
 - ``warm``: ``GET {url}/v1/models``.
 - ``Authorization: Bearer $<api_key_env>`` when the variable is set.
 - Cost from usage when the implementation has per-token prices, else None.
@@ -16,12 +21,13 @@ emulator).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from router.backends._base import PooledBackend, price, split_tokens, token_count
 from router.backends._errors import protocol_error
-from router.core.errors import BackendError, BackendProtocolError
+from router.core.errors import BackendConnectionError, BackendError, BackendProtocolError
 from router.core.types import BackendKind
 from router.runtime.ports import SkillCall, SkillReply
 
@@ -37,14 +43,63 @@ class OpenAIBackend(PooledBackend):
     kind = BackendKind.OPENAI
     default_warm_path = "/v1/models"
 
-    async def call(self, call: SkillCall, timeout_s: float) -> SkillReply:
-        impl = self.implementation
+    @staticmethod
+    def _messages(call: SkillCall) -> list[dict[str, str]]:
         messages = []
         if call.system_prompt:
             messages.append({"role": "system", "content": call.system_prompt})
         messages.append({"role": "user", "content": call.query})
+        return messages
+
+    @property
+    def supports_stream(self) -> bool:
+        return True
+
+    async def call_stream(self, call: SkillCall, timeout_s: float, on_delta: Callable[[str], None]) -> SkillReply:
+        impl, where = self.implementation, self._where
+        payload = {"model": impl.model, "messages": self._messages(call), "stream": True,
+                   "stream_options": {"include_usage": True}}
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
+        model = impl.model
+        done = False
+        async with self._stream_lines("/v1/chat/completions", payload, call.headers, timeout_s) as lines:
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, event names
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    raise protocol_error(where, f"stream chunk is not JSON: {data[:80]!r}") from None
+                if not isinstance(chunk, dict):
+                    raise protocol_error(where, "stream chunk is not a JSON object")
+                if "error" in chunk:
+                    err = chunk["error"]
+                    msg = err.get("message") if isinstance(err, dict) else err
+                    raise protocol_error(where, f"the stream reported an error: {msg}")
+                if isinstance(chunk.get("usage"), dict):
+                    usage = {"usage": chunk["usage"]}
+                model = _model(chunk, model)
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") if isinstance(choice, dict) else None
+                    text = delta.get("content") if isinstance(delta, dict) else None
+                    if isinstance(text, str) and text:
+                        parts.append(text)
+                        on_delta(text)
+        if not done:
+            raise BackendConnectionError(f"{where}: the answer's stream ended before [DONE]")
+        tokens_in, tokens_out, priced = self._usage(usage)
+        return SkillReply(output="".join(parts), input_tokens=tokens_in, output_tokens=tokens_out,
+                          cost=price(impl, tokens_in, tokens_out) if priced else None, model=model)
+
+    async def call(self, call: SkillCall, timeout_s: float) -> SkillReply:
+        impl = self.implementation
         data = await self._post_json(
-            "/v1/chat/completions", {"model": impl.model, "messages": messages}, call.headers, timeout_s
+            "/v1/chat/completions", {"model": impl.model, "messages": self._messages(call)}, call.headers, timeout_s
         )
         where = self._where
         if not isinstance(data, dict):

@@ -10,6 +10,7 @@ from typing import Any
 from router.backends._base import PooledBackend
 from router.backends._http import HttpBackend
 from router.backends._openai import OpenAIBackend
+from router.backends._transport import TransportRegistry
 from router.core.errors import BackendConnectionError, BackendError
 from router.core.types import BackendKind, ImplementationSpec, SkillSpec
 from router.runtime.ports import Backend, BackendFactory
@@ -22,7 +23,7 @@ _KINDS: dict[BackendKind, type[PooledBackend]] = {BackendKind.OPENAI: OpenAIBack
 def build_backend(implementation: ImplementationSpec, *, batch: bool = False, **options: Any) -> Backend:
     """The backend for ``implementation.backend`` ("openai" or "http").
     ``options`` go to ``PooledBackend`` (warm_path, warm_connections,
-    warm_timeout_s, keepalive_expiry, trust_env)."""
+    warm_timeout_s, keepalive_expiry, trust_env, transports)."""
     cls = _KINDS[implementation.backend]
     return cls(implementation, batch=batch, **options)
 
@@ -51,15 +52,17 @@ class BackendPool:
         ``factory``, ``build_backend`` is used with ``batch`` (a flag, or a
         function of the skill and implementation), ``max_response_bytes``
         (a function of the same; None: the default) and ``redact`` (applied
-        to backend text in errors)."""
+        to backend text in errors); the implementations
+        that call one origin (scheme, host, port) share its connection pool."""
         pool = cls()
+        transports = TransportRegistry()
         for skill in skills:
             for impl in skill.implementations:
                 if factory is not None:
                     backend = factory(impl)
                 else:
                     wants_batch = batch(skill, impl) if callable(batch) else batch
-                    options: dict[str, Any] = {"redact": redact}
+                    options: dict[str, Any] = {"redact": redact, "transports": transports}
                     if max_response_bytes is not None:
                         options["max_response_bytes"] = max_response_bytes(skill, impl)
                     backend = build_backend(impl, batch=wants_batch, **options)
@@ -91,24 +94,35 @@ class BackendPool:
         return self._backends.items()
 
     async def warm_all(self, *, concurrency: int = 16, strict: bool = True) -> dict[Key, BackendError]:
-        """Warm every backend, at most ``concurrency`` at once. Returns the
-        failures; with ``strict`` (the default) raises one
-        ``BackendConnectionError`` naming every backend that failed."""
+        """Warm every backend, at most ``concurrency`` at once. Backends
+        that share a pool, warm path and credentials (``warm_key``) are
+        warmed once, and share the outcome. Returns the failures; with
+        ``strict`` (the default) raises one ``BackendConnectionError`` naming
+        every backend that failed."""
         limit = asyncio.Semaphore(max(1, concurrency))
         failures: dict[Key, BackendError] = {}
+        groups: dict[object, list[tuple[Key, Backend]]] = {}
+        for key, backend in self._backends.items():
+            shared = getattr(backend, "warm_key", None)
+            groups.setdefault(key if shared is None else shared, []).append((key, backend))
 
-        async def warm(key: Key, backend: Backend) -> None:
+        async def warm(members: list[tuple[Key, Backend]]) -> None:
             async with limit:
                 try:
-                    await backend.warm()
+                    await members[0][1].warm()
                 except BackendError as exc:
-                    failures[key] = exc
+                    for key, _ in members:
+                        failures[key] = exc
 
         async with asyncio.TaskGroup() as group:
-            for key, backend in self._backends.items():
-                group.create_task(warm(key, backend))
-        for (skill, impl), exc in failures.items():
-            logger.warning("backend %s/%s did not warm: %s", skill, impl, exc)  # exc: redacted by the backend
+            for members in groups.values():
+                group.create_task(warm(members))
+        for members in groups.values():  # one line per warm request that failed
+            exc = failures.get(members[0][0])
+            if exc is not None:
+                names = ", ".join(f"{s}/{i}" for (s, i), _ in members[:3])
+                more = f" (and {len(members) - 3} more on the same pool)" if len(members) > 3 else ""
+                logger.warning("backend %s%s did not warm: %s", names, more, exc)
         if failures and strict:
             detail = "; ".join(f"{skill}/{impl}: {exc}" for (skill, impl), exc in failures.items())
             raise BackendConnectionError(

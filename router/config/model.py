@@ -23,8 +23,10 @@ from .problems import ConfigIssue, InvalidConfig, format_path, translate
 from .schema import (
     AdmissionSettings,
     BatchingSettings,
+    CacheSettings,
     RoutingSettings,
     ServerSettings,
+    StateSettings,
     StorageSettings,
     TelemetrySettings,
     UnderstandingSettings,
@@ -52,6 +54,8 @@ class SkillOptions:
     queue_depth_set: bool = False
     # Settings the BRAIN_* variables leave alone in this skill (``pinned``).
     pinned: tuple[str, ...] = ()
+    cache_enabled: bool = False  # the response cache (``cache:`` and the skill's own ``cache:``)
+    cache_ttl_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,12 @@ class ImplementationOptions:
     expected_output_tokens: int | None = None
     cost_derived: bool = False  # cost_per_query was computed from per-token prices
     max_response_bytes: int = 4 * 1024 * 1024
+    rpm: int | None = None  # the provider's rate limit (rate_limit.rpm / tpm)
+    tpm: int | None = None
+
+    @property
+    def expected_tokens(self) -> int:
+        return (self.expected_input_tokens or 0) + (self.expected_output_tokens or 0)
 
     @property
     def can_batch(self) -> bool:
@@ -82,6 +92,7 @@ class RouterConfig:
     telemetry: TelemetrySettings
     storage: StorageSettings
     source: str
+    state: StateSettings = StateSettings()
     env_overrides: tuple[EnvOverride, ...] = ()
     skill_opts: Mapping[str, SkillOptions] = field(default_factory=dict, repr=False)
     implementation_opts: Mapping[tuple[str, str], ImplementationOptions] = field(default_factory=dict, repr=False)
@@ -91,6 +102,7 @@ class RouterConfig:
     skill_examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     domain_examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     base_dir: str = "."  # the config file's directory: relative paths (examples, cache) start here
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skill_opts", MappingProxyType(dict(self.skill_opts)))
@@ -242,6 +254,11 @@ class RouterConfig:
             (
                 f"batching: {'on' if b.enabled else 'off'}; window {b.window_ms:g} ms, max {b.max_batch_size}, "
                 f"key {b.key}, priority bypass {'on' if b.priority_bypass else 'off'}"
+            ),
+            (
+                f"cache: {'on' if self.cache.enabled else 'off'} by default, "
+                f"{sum(o.cache_enabled for o in self.skill_opts.values())} skills opted in; "
+                f"ttl {self.cache.ttl_s:g}s, max {self.cache.max_entries} entries (in-process)"
             ),
             (
                 f"storage: sqlite {st.sqlite_path or 'off'}; postgres {'on' if st.postgres_dsn else 'off'}; "

@@ -32,17 +32,21 @@ __all__ = [
     "AuthSettings",
     "BatchingSettings",
     "BreakerSettings",
+    "CacheSettings",
     "ConfigFile",
     "DomainEntry",
     "DynamicKSettings",
     "EmbeddingsSettings",
     "FieldProblem",
     "ImplementationEntry",
+    "RateLimitEntry",
     "RetrySettings",
     "RoutingSettings",
     "ServerSettings",
     "SkillBatchingOverride",
+    "SkillCacheOverride",
     "SkillEntry",
+    "StateSettings",
     "StorageSettings",
     "TelemetrySettings",
     "TlsSettings",
@@ -291,6 +295,10 @@ class ServerSettings(Section):
     # A plaintext port serving grpc.health.v1 only (for probes without TLS).
     health_listen: Annotated[str, AfterValidator(_listen)] | None = None
     grpc_options: Annotated[dict[str, GrpcOptionValue], AfterValidator(_grpc_option_names)] = {}
+    # Processes serving the one port (SO_REUSEPORT), supervised by the
+    # parent. Limits never multiply by it: shared through state.redis_url,
+    # else split exactly among the workers.
+    workers: Annotated[int, _range(1, 64)] = 1
 
 
 # --- admission -----------------------------------------------------------------
@@ -450,6 +458,36 @@ class DomainEntry(Section):
         return self
 
 
+def _redis_url(v: str | None) -> str | None:
+    if v is None:
+        return v
+    if not v.startswith(("redis://", "rediss://", "unix://")):
+        shown = _url_without_userinfo(v)
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {shown[:200]!r}")
+    return v
+
+
+class StateSettings(Section):
+    """Shared state (limits, leases, rate limits) across replicas and
+    workers. No redis_url: in-process."""
+
+    redis_url: Annotated[str | None, AfterValidator(_redis_url)] = None
+    key_prefix: NonEmptyStr = "skill-router"
+    # Every Redis command's bound; past it the call is decided on local limits.
+    timeout_ms: Annotated[float, _range(1, 10_000)] = 100.0
+    # How long a slot stays taken if its process dies before giving it back
+    # (a live process renews the leases it holds every third of it).
+    lease_s: Annotated[float, _range(1, 3600)] = 30.0
+
+
+class CacheSettings(Section):
+    """The response cache: answers reused instead of paid for twice."""
+
+    enabled: bool = False  # the skills' default; a skill's own cache.enabled wins
+    max_entries: PositiveInt = 10000  # in-process LRU bound
+    ttl_s: PositiveFloat = 300.0  # the skills' default time to live
+
+
 # --- skills --------------------------------------------------------------------
 
 
@@ -467,6 +505,14 @@ class ActivationEntry(Section):
                 f"must be at least min_complexity ({_num(self.min_complexity)}), got {_num(self.max_complexity)}",
             )
         return self
+
+
+class SkillCacheOverride(Section):
+    """Opt a skill in or out of the cache (a skill whose answers depend on
+    time or on the user says no)."""
+
+    enabled: bool | None = None  # None: cache.enabled
+    ttl_s: PositiveFloat | None = None  # None: cache.ttl_s
 
 
 class SkillBatchingOverride(Section):
@@ -503,6 +549,19 @@ def check_url(v: str) -> str:
     return v
 
 
+class RateLimitEntry(Section):
+    """A provider's rate limit for one implementation (e.g. OpenRouter's)."""
+
+    rpm: PositiveInt | None = None  # requests per minute
+    tpm: PositiveInt | None = None  # tokens per minute (expected_input_tokens + expected_output_tokens per call)
+
+    @model_validator(mode="after")
+    def _some(self) -> RateLimitEntry:
+        if self.rpm is None and self.tpm is None:
+            raise FieldProblem(("rpm",), "set rpm, tpm or both (or drop rate_limit)")
+        return self
+
+
 class ImplementationEntry(Section):
     name: ImplementationName
     backend: Literal["openai", "http"]
@@ -522,6 +581,7 @@ class ImplementationEntry(Section):
     batch: Literal["none", "openai_completions", "http_batch"] = "none"
     # Bound of one answer's (decoded) body; over it the call fails.
     max_response_bytes: PositiveInt = 4 * 1024 * 1024
+    rate_limit: RateLimitEntry | None = None
 
     @field_validator("api_key_env")
     @classmethod
@@ -548,6 +608,10 @@ class ImplementationEntry(Section):
             raise FieldProblem(("batch",), f"'openai_completions' needs backend 'openai', not {self.backend!r}")
         if self.batch == "http_batch" and self.backend != "http":
             raise FieldProblem(("batch",), f"'http_batch' needs backend 'http', not {self.backend!r}")
+        if self.rate_limit is not None and self.rate_limit.tpm is not None and (
+                self.expected_input_tokens is None and self.expected_output_tokens is None):
+            raise FieldProblem(("rate_limit", "tpm"), "needs expected_input_tokens or expected_output_tokens "
+                                                      "(what one call counts against tpm)")
         if self.cost_per_query is None:
             missing = [
                 k for k in ("price_per_input_token", "price_per_output_token", "expected_input_tokens", "expected_output_tokens")
@@ -586,6 +650,7 @@ class SkillEntry(Section):
     queue_depth: NonNegativeInt | None = None  # None: admission.default_queue_depth
     queue_timeout_s: PositiveFloat | None = None  # None: admission.queue_timeout_s
     batching: SkillBatchingOverride = SkillBatchingOverride()
+    cache: SkillCacheOverride = SkillCacheOverride()
     # Settings of this skill that the BRAIN_* variables must not replace.
     pinned: list[Literal["concurrency_limit", "queue_depth", "batching"]] = []
     system_prompt: str = ""
@@ -640,6 +705,8 @@ class ConfigFile(Section):
     storage: StorageSettings = StorageSettings()
     understanding: UnderstandingSettings = UnderstandingSettings()
     domains: dict[Annotated[str, _name("domain")], DomainEntry] = {}
+    state: StateSettings = StateSettings()
+    cache: CacheSettings = CacheSettings()
     skills: dict[SkillName, SkillEntry] = {}
 
     @model_validator(mode="after")

@@ -75,6 +75,11 @@ class RejectReason(enum.StrEnum):
     # Not an admission refusal: the skill's call failed while time remained,
     # so its next implementation or the next-best skill stepped in.
     CALL_FAILED = "call failed"
+    # The shared state (every replica and worker together) refused: the
+    # skill's concurrency limit is taken elsewhere, or the implementation's
+    # provider rate limit (rpm/tpm) is spent.
+    SHARED_LIMIT = "shared concurrency limit reached"
+    RATE_LIMITED = "provider rate limit reached"
 
 
 class TicketState(enum.Enum):

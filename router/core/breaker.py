@@ -191,6 +191,18 @@ class CircuitBreaker:
         if self._state is BreakerState.HALF_OPEN and self._probes:
             self._probes.popleft()
 
+    def trip(self, now: float, open_for_s: float, reason: str) -> Transition | None:
+        """Another process sharing this implementation opened its breaker:
+        open this one too, half-opening when that one does (in
+        ``open_for_s``). Only a CLOSED breaker trips; one already open or
+        probing keeps its own course."""
+        self._advance(now)
+        if self._state is not BreakerState.CLOSED or open_for_s <= 0:
+            return None
+        t = self._to(BreakerState.OPEN, now, reason)
+        self._opened_at = now - max(0.0, self.config.cooldown_s - open_for_s)
+        return t
+
     # ---- internals ---------------------------------------------------------
 
     def _advance(self, now: float) -> None:

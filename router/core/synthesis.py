@@ -68,6 +68,11 @@ class SkillOutcome:
     # why (a RejectReason value: shed, or "call failed").
     stepped_in_for: str = ""
     step_in_reason: str = ""
+    # Answered from the response cache: ``cost`` is 0, ``cache_saved`` is
+    # what the cached call cost when it was made, ``cache_age_ms`` its age.
+    cached: bool = False
+    cache_age_ms: float = 0.0
+    cache_saved: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -79,6 +84,7 @@ class CostLedger:
     actual: float
     baseline: float
     baseline_skills: int
+    cache_saved: float = 0.0  # what the answers taken from the cache would have cost
 
     @property
     def saved(self) -> float:
@@ -131,7 +137,8 @@ def synthesize(outcomes: Sequence[SkillOutcome], baseline: float, baseline_skill
     else:
         quality = 0.0
     actual = sum(o.cost for o in outcomes)
-    return Synthesis("\n\n".join(parts), weights, quality, CostLedger(actual, baseline, baseline_skills))
+    cache_saved = sum(o.cache_saved for o in outcomes if o.cached)
+    return Synthesis("\n\n".join(parts), weights, quality, CostLedger(actual, baseline, baseline_skills, cache_saved))
 
 
 @dataclass(frozen=True, slots=True)

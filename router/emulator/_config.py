@@ -53,6 +53,13 @@ class ModelProfile:
     (``"wrong_shape"``). Above ``max_concurrency`` requests in flight the
     model answers 429 at once.
 
+    Streaming (``stream: true`` chat completions, server-sent events): the
+    latency is the time to the first token; each further piece of the
+    answer (a word) follows ``token_ms`` later. A whole (non-streamed) chat
+    answer takes as long: latency plus ``token_ms`` per further word. ``stream_break_after``
+    breaks the connection off after that many pieces (a stream that fails
+    mid-way).
+
     Usage: ``input_tokens``/``output_tokens`` when set, else about one token
     per four characters of the prompt/answer. With prices set, ``/skill``
     answers carry a ``cost``.
@@ -72,6 +79,8 @@ class ModelProfile:
     per_item_ms: float = 0.0
     price_per_input_token: float | None = None
     price_per_output_token: float | None = None
+    token_ms: float = 0.0
+    stream_break_after: int | None = None
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -102,6 +111,10 @@ class ModelProfile:
             out.append(("batch_overhead_ms", f"must be >= 0, got {self.batch_overhead_ms!r}"))
         if not self.per_item_ms >= 0:
             out.append(("per_item_ms", f"must be >= 0, got {self.per_item_ms!r}"))
+        if not self.token_ms >= 0:
+            out.append(("token_ms", f"must be >= 0, got {self.token_ms!r}"))
+        if self.stream_break_after is not None and self.stream_break_after < 0:
+            out.append(("stream_break_after", f"must be >= 0, got {self.stream_break_after!r}"))
         return out
 
     def sample_latency_ms(self, rng: random.Random) -> float:
@@ -216,7 +229,7 @@ class EmulatorConfig:
 
 
 _PROFILE_FIELDS = {f.name: f for f in fields(ModelProfile)}
-_INT_FIELDS = {"max_concurrency", "input_tokens", "output_tokens"}
+_INT_FIELDS = {"max_concurrency", "input_tokens", "output_tokens", "stream_break_after"}
 _STR_FIELDS = {"malformed_kind"}
 
 

@@ -5,6 +5,10 @@ as ``x-received-traceparent``/``x-received-tracestate``):
 
 - ``POST /v1/chat/completions``  OpenAI chat: ``{model, messages}`` →
   ``{id, object, created, model, choices[0].message.content, usage}``.
+  With ``stream: true``: server-sent events, one ``chat.completion.chunk``
+  per word (``choices[0].delta.content``) ``token_ms`` apart after the
+  first, a usage chunk when ``stream_options.include_usage``, then
+  ``data: [DONE]`` (``stream_break_after``: the connection breaks off).
 - ``POST /v1/completions``  OpenAI/vLLM completions: ``prompt`` is a string
   or a list of strings (a batch: one choice per prompt, with ``index``).
   A batch fails or succeeds as a whole.
@@ -439,7 +443,7 @@ class Emulator:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         })
 
-    async def _chat(self, request: web.Request) -> web.Response:
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._json_object(request)
         model = self._model_of(request, body, required=True)
         messages = body.get("messages")
@@ -454,6 +458,12 @@ class Emulator:
                 raise self._bad(f"'messages[{i}].content' must be a string")
             contents.append(content)
         user = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), contents[-1])
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise self._bad("'stream' must be a boolean")
+        options = body.get("stream_options") or {}
+        if not isinstance(options, dict):
+            raise self._bad("'stream_options' must be an object")
         async with self._flight(model, items=None, texts=contents) as flight:
             if flight.fail:
                 return self._server_error(model)
@@ -462,6 +472,13 @@ class Emulator:
             output = self._answer(model, user)
             tokens_in, tokens_out = self._usage(flight.profile, "\n".join(contents), output)
             self._count_tokens(model, tokens_in, tokens_out)
+            if stream:
+                return await self._stream_chat(request, model, flight.profile, output, (tokens_in, tokens_out),
+                                               bool(options.get("include_usage")))
+            # Whole or streamed, the model takes as long to write the answer.
+            writing = flight.profile.token_ms * (len(output.split(" ")) - 1) * self.config.latency_scale / 1000.0
+            if writing > 0:
+                await asyncio.sleep(writing)
             return web.json_response(
                 {
                     "id": f"chatcmpl-emu-{next(self._ids)}",
@@ -478,6 +495,43 @@ class Emulator:
                     },
                 }
             )
+
+    async def _stream_chat(self, request: web.Request, model: str, profile: ModelProfile, output: str,
+                           usage: tuple[int, int], include_usage: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        for name in ("traceparent", "tracestate"):  # the middleware cannot add headers once sent
+            if name in request.headers:
+                response.headers[f"x-received-{name}"] = request.headers[name]
+        await response.prepare(request)
+        cid = f"chatcmpl-emu-{next(self._ids)}"
+        created = int(time.time())
+
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": choices, **extra}
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        words = output.split(" ")
+        pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        delay = profile.token_ms * self.config.latency_scale / 1000.0
+        await response.write(chunk([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]))
+        for i, piece in enumerate(pieces):
+            if profile.stream_break_after is not None and i >= profile.stream_break_after:
+                self._counter(model).errors += 1
+                assert request.transport is not None
+                request.transport.close()  # broken off mid-way: no [DONE], no end of the body
+                return response
+            if i and delay > 0:
+                await asyncio.sleep(delay)
+            await response.write(chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}]))
+        await response.write(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+        if include_usage:
+            tokens_in, tokens_out = usage
+            await response.write(chunk([], usage={"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+                                                  "total_tokens": tokens_in + tokens_out}))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def _completions(self, request: web.Request) -> web.Response:
         body = await self._json_object(request)

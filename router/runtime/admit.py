@@ -31,6 +31,7 @@ from router.core.retry import RetryBudget
 from router.core.types import Priority
 
 from .gate import Gate, Permit
+from .shared import Ask, Denied, Grant, SharedState
 
 __all__ = ["Door", "Pass", "Refusal", "Settle"]
 
@@ -59,11 +60,12 @@ class Pass:
     """A call let through the door. Settled exactly once; a ``with`` block
     settles it IGNORED if the block leaves without settling."""
 
-    __slots__ = ("_door", "_permit", "_settled", "queue_wait_s")
+    __slots__ = ("_door", "_grant", "_permit", "_settled", "queue_wait_s")
 
-    def __init__(self, door: Door, permit: Permit) -> None:
+    def __init__(self, door: Door, permit: Permit, grant: Grant | None = None) -> None:
         self._door = door
         self._permit = permit
+        self._grant = grant
         self._settled = False
         self.queue_wait_s = permit.queue_wait_s
 
@@ -87,6 +89,9 @@ class Pass:
             door.breaker.on_ignore(now)
             transition = None
             self._permit.settle(Outcome.IGNORED)
+        grant = self._grant
+        if grant is not None and grant.lease and door.shared is not None and door.ask is not None:
+            door.shared.release(door.ask, grant)  # scheduled: settle stays one synchronous step
         return transition
 
     def __enter__(self) -> Pass:
@@ -103,17 +108,25 @@ class Pass:
 class Door:
     """The way in for one implementation of one skill: the skill's gate (its
     concurrency limit and queue), the implementation's breaker, the skill's
-    retry budget."""
+    retry budget; and, when limits are shared (across workers or replicas)
+    or the implementation has a provider rate limit, the shared state's
+    slot and rate, asked once the local gate and the breaker said yes (the
+    local gate still queues and orders by priority; the shared lease bounds
+    the sum over every process)."""
 
-    __slots__ = ("breaker", "budget", "clock", "gate", "name")
+    __slots__ = ("ask", "breaker", "budget", "clock", "gate", "name", "shared")
 
     def __init__(self, name: str, gate: Gate, breaker: CircuitBreaker, budget: RetryBudget,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 shared: SharedState | None = None, ask: Ask | None = None) -> None:
         self.name = name
         self.gate = gate
         self.breaker = breaker
         self.budget = budget
         self.clock = clock
+        needed = shared is not None and ask is not None and ask.needed
+        self.shared = shared if needed else None
+        self.ask = ask if needed else None
 
     def check(self, priority: Priority, deadline_at: float, *, queues: bool = True) -> Refusal | None:
         """Would a call be refused now? Changes nothing. ``queues`` False:
@@ -148,7 +161,20 @@ class Door:
         if not ok:
             permit.settle(Outcome.IGNORED)
             return Refusal(RejectReason.BREAKER_OPEN, why, self.gate.retry_after_s())
-        return Pass(self, permit)
+        shared = self.shared
+        if shared is None:
+            return Pass(self, permit)
+        try:
+            got = await shared.admit(self.ask)  # type: ignore[arg-type]
+        except BaseException:  # cancelled while asking: a lease taken meanwhile expires
+            self.breaker.on_ignore(self.clock())
+            permit.settle(Outcome.IGNORED)
+            raise
+        if isinstance(got, Denied):
+            self.breaker.on_ignore(self.clock())
+            permit.settle(Outcome.IGNORED)
+            return Refusal(got.reason, got.detail, got.retry_after_s)
+        return Pass(self, permit, got)
 
     def shed(self, refusal: Refusal) -> None:
         """The skill was shed for a query because of ``refusal`` (Stats)."""

@@ -44,9 +44,9 @@ from router.core.retry import RetryDecision, RetryPolicy
 from router.core.types import ImplementationSpec, Priority
 
 from .admit import Door, Pass, Refusal, Settle
-from .batcher import Batch, Batcher, BatcherGroup, BatcherStats, SingleFlight
+from .batcher import Batch, Batcher, BatcherGroup, BatcherStats, FlightResult, SingleFlight
 from .observer import Observer, SkillObservation
-from .ports import Backend, SkillCall, SkillReply
+from .ports import Backend, DeltaSink, SkillCall, SkillReply
 from .retry import RetryResult, call_with_retries
 
 __all__ = [
@@ -89,6 +89,10 @@ class CallRequest:
     deadline_at: float  # the caller's deadline, on the pipeline's clock
     observation: SkillObservation  # the query's skill span: events go there
     skill_set: tuple[str, ...] = ()  # the query's chosen skills (the seed's batch key)
+    # Set when the caller wants the answer as it arrives (ExecuteStream): a
+    # backend that streams is called with ``call_stream``; the attempt number
+    # comes with each delta (a retry starts the answer over).
+    on_delta: Callable[[str, int], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,10 @@ class CallResult:
     batch_size: int = 1
     shared_by: int = 1
     latency_s: float = 0.0
+    cached: bool = False  # answered from the response cache (no backend request)
+    cache_missed: bool = False  # looked up in the cache, not there: fetched
+    cache_age_s: float = 0.0
+    streamed: bool = False  # the reply came as a stream of deltas
 
     @property
     def ok(self) -> bool:
@@ -228,19 +236,51 @@ class DirectCaller:
         got = await self._door.enter(request.priority, request.deadline_at)
         if isinstance(got, Refusal):
             return _refused(self.implementation, got, self._clock() - t0)
+        backend, on_delta = self._backend, request.on_delta
+        streamed = on_delta is not None and getattr(backend, "supports_stream", False)
         with got:
-            sent = await self._sender.send(lambda t: self._backend.call(request.call, t), request.deadline_at,
-                                           request.observation)
+            if streamed:
+                assert on_delta is not None
+                attempt = 0
+
+                def send(t: float) -> Awaitable[SkillReply]:
+                    nonlocal attempt
+                    attempt += 1
+                    n = attempt
+                    sink: DeltaSink = lambda d: on_delta(d, n)  # noqa: E731
+                    return backend.call_stream(request.call, t, sink)
+            else:
+                def send(t: float) -> Awaitable[SkillReply]:
+                    return backend.call(request.call, t)
+            sent = await self._sender.send(send, request.deadline_at, request.observation)
             _settle(got, sent, request.observation)
         return CallResult(_outcome_of(sent.error), self.implementation, reply=sent.value,
                           error=str(sent.error or ""), attempts=sent.attempts, queue_wait_s=got.queue_wait_s,
-                          latency_s=self._clock() - t0)
+                          latency_s=self._clock() - t0, streamed=streamed)
 
     async def aclose(self) -> None:
         pass
 
     def __repr__(self) -> str:
         return f"<DirectCaller {self._door!r}>"
+
+
+async def join_flight(flights: SingleFlight[Hashable, CallResult], key: Hashable, request: CallRequest,
+                      fetch: Callable[[CallRequest], Awaitable[CallResult]], impl: ImplementationSpec,
+                      clock: Callable[[], float], t0: float) -> FlightResult[CallResult] | CallResult:
+    """Start the shared call of ``key`` or join the one in flight. The
+    shared call is not bound to its first caller's deadline (it may serve
+    later ones) but to the implementation's timeout; each caller waits no
+    longer than its own deadline, and the call is cancelled when every
+    caller has gone. A caller that could not wait gets its CallResult."""
+    shared = dataclasses.replace(request, deadline_at=max(request.deadline_at, t0 + impl.timeout_s))
+    try:
+        return await _within(request.deadline_at - t0, flights.run_detailed(key, lambda: fetch(shared)))
+    except _Expired:
+        return CallResult(CallOutcome.DEADLINE, impl, error="no answer before the caller's deadline",
+                          latency_s=clock() - t0)
+    except ShuttingDown as exc:
+        return CallResult(CallOutcome.FAILED, impl, error=str(exc), latency_s=clock() - t0)
 
 
 def flight_key(call: SkillCall) -> Hashable:
@@ -265,16 +305,11 @@ class CoalescedCaller:
 
     async def call(self, request: CallRequest) -> CallResult:
         t0 = self._clock()
-        shared = dataclasses.replace(request, deadline_at=max(request.deadline_at,
-                                                             t0 + self.implementation.timeout_s))
-        try:
-            fr = await _within(request.deadline_at - t0, self.flights.run_detailed(
-                flight_key(request.call), lambda: self._direct.call(shared)))
-        except _Expired:
-            return CallResult(CallOutcome.DEADLINE, self.implementation,
-                              error="no answer before the caller's deadline", latency_s=self._clock() - t0)
-        except ShuttingDown as exc:
-            return CallResult(CallOutcome.FAILED, self.implementation, error=str(exc), latency_s=self._clock() - t0)
+        # A shared call answers whole: its deltas would reach one caller only.
+        fr = await join_flight(self.flights, flight_key(request.call), dataclasses.replace(request, on_delta=None),
+                               self._direct.call, self.implementation, self._clock, t0)
+        if isinstance(fr, CallResult):
+            return fr
         return dataclasses.replace(fr.value, shared_by=fr.sharers, latency_s=self._clock() - t0)
 
     async def aclose(self) -> None:

@@ -50,6 +50,10 @@ class QueryRecord:
     domain_source: str = ""
     complexity_source: str = ""
     signal_method: str = ""
+    # The response cache (new columns at the end: older tables gain them).
+    skills_cached: tuple[str, ...] = ()  # skills answered from the cache
+    skills_cache_missed: tuple[str, ...] = ()  # skills looked up in the cache and fetched
+    cache_saved: float = 0.0  # what the cached answers would have cost
 
 
 class SkillObservation(Protocol):

@@ -44,6 +44,7 @@ from router.core.synthesis import QueryOutcome, SkillOutcome, Status, Synthesis,
 from router.core.types import ImplementationSpec, Query, RoutingPolicy
 
 from .calls import CallOutcome, CallRequest, CallResult
+from .events import QueryEvents
 from .observer import NullObserver, NullSink, Observer, QueryObservation, QueryRecord, RecordSink
 from .ports import SkillCall, Understanding
 from .registry import LiveRegistry
@@ -117,6 +118,9 @@ class _QueryRun:
     outcomes: list[SkillOutcome] = field(default_factory=list)
     shed: list[ShedSkill] = field(default_factory=list)
     synthesis: Synthesis | None = None
+    events: QueryEvents | None = None  # a streaming caller (ExecuteStream); None for Execute
+    cache_hits: list[str] = field(default_factory=list)  # skills answered from the cache
+    cache_misses: list[str] = field(default_factory=list)  # skills looked up and fetched
 
 
 class _Utilization:
@@ -231,7 +235,11 @@ class Pipeline:
 
     # ---- execute ---------------------------------------------------------
 
-    async def execute(self, query: Query, timeout_s: float | None, *, explain_all: bool = False) -> ExecuteOutcome:
+    async def execute(self, query: Query, timeout_s: float | None, *, explain_all: bool = False,
+                      events: QueryEvents | None = None) -> ExecuteOutcome:
+        """Run one query. ``events`` (ExecuteStream) is told the routing
+        decision, each skill's deltas and result and each shed skill as they
+        happen; the run itself is the same."""
         timeout_s = self.default_deadline_s if timeout_s is None else timeout_s
         now = self._clock()
         # Keep a margin so the skills that did answer are returned before the
@@ -239,7 +247,7 @@ class Pipeline:
         budget_s = max(0.0, timeout_s - min(DEADLINE_MARGIN_S + timeout_s * DEADLINE_MARGIN_FRACTION, timeout_s / 2))
         qid = self._new_id()
         run = _QueryRun(qid, query, self.observer.start_query("execute", qid), self._wall(), time.monotonic_ns(),
-                        now + budget_s, now + timeout_s)
+                        now + budget_s, now + timeout_s, events=events)
         self.in_flight += 1
         outcome = QueryOutcome.FAILED
         error: BaseException | None = None
@@ -281,6 +289,8 @@ class Pipeline:
             raise NoSkillActivated(query.domain, query.complexity,
                                    {r.name: r.detail for r in plan.rejected
                                     if r.reason is RejectionReason.NOT_ACTIVATED})
+        if run.events is not None:
+            run.events.routed(run.qid, run.obs.trace_id, plan)
         gates = [self.runtimes[p.name].gate for p in plan.planned]
         run.standby = StandbyQueue(plan)
         run.skill_set = tuple(p.name for p in plan.planned)
@@ -355,8 +365,11 @@ class Pipeline:
             if nxt is None and why is RejectReason.CALL_FAILED:
                 return failed
             nxt_impl = nxt.choice.implementation if nxt is not None else None
-            run.shed.append(ShedSkill(current.name, impl.name, why, detail, nxt.name if nxt else "",
-                                      nxt_impl.name if nxt_impl else ""))
+            shed = ShedSkill(current.name, impl.name, why, detail, nxt.name if nxt else "",
+                             nxt_impl.name if nxt_impl else "")
+            run.shed.append(shed)
+            if run.events is not None:
+                run.events.shed(shed)
             run.obs.event("skill.shed", {"router.skill": current.name, "router.shed.reason": str(why),
                                          "router.shed.replaced_by": nxt.name if nxt else ""})
             replaced, reason = f"{current.name}/{impl.name}", str(why)
@@ -394,10 +407,20 @@ class Pipeline:
             call = SkillCall(query_id=run.qid, skill=planned.name, implementation=impl, query=q.text,
                              domain=q.domain, complexity=q.complexity, system_prompt=planned.skill.system_prompt,
                              metadata=q.metadata, headers=sk.headers)
-            result = await rt.callers[impl.name].call(CallRequest(call, q.priority, run.deadline_at, sk, run.skill_set))
+            events = run.events
+            on_delta = None if events is None else (
+                lambda text, attempt, skill=planned.name, impl=impl.name: events.delta(skill, impl, text, attempt))
+            result = await rt.callers[impl.name].call(CallRequest(call, q.priority, run.deadline_at, sk, run.skill_set,
+                                                                  on_delta))
             outcome = self._outcome(planned, impl, result, replaced, reason)
-            if result.outcome in (CallOutcome.OK, CallOutcome.FAILED, CallOutcome.TIMED_OUT):
-                # The skill's own record: refusals and the caller's deadline say nothing of it.
+            if result.cached:
+                run.cache_hits.append(planned.name)
+            elif result.cache_missed:
+                run.cache_misses.append(planned.name)
+            if events is not None and result.outcome is not CallOutcome.REFUSED:
+                events.skill_result(outcome)
+            if result.outcome in (CallOutcome.OK, CallOutcome.FAILED, CallOutcome.TIMED_OUT) and not result.cached:
+                # The skill's own record: refusals, the caller's deadline and cache hits say nothing of it.
                 self.registry.record_call(planned.name, outcome.ok, outcome.latency_ms)
             sk.finish(outcome, queue_wait_ms=outcome.queue_wait_ms, attempts=outcome.attempts)
         return result, outcome
@@ -413,6 +436,11 @@ class Pipeline:
             return SkillOutcome(planned.name, impl.name, impl.model, score, _STATUS[r.outcome], error=r.error, **common)
         reply = r.reply
         cost = reply.cost if reply.cost is not None else impl.cost_per_query
+        if r.cached:  # a hit costs nothing; the ledger counts what it saved
+            return SkillOutcome(planned.name, impl.name, reply.model or impl.model, score, Status.OK,
+                                output=reply.output, cost=0.0, input_tokens=reply.input_tokens,
+                                output_tokens=reply.output_tokens, cached=True, cache_age_ms=r.cache_age_s * 1000,
+                                cache_saved=cost, **common)
         return SkillOutcome(planned.name, impl.name, reply.model or impl.model, score, Status.OK, output=reply.output,
                             cost=split_cost(cost, r.shared_by), input_tokens=reply.input_tokens,
                             output_tokens=reply.output_tokens, **common)
@@ -445,7 +473,9 @@ class Pipeline:
             total_cost=acc.cost, cost_saved=acc.saved, baseline_cost=baseline, quality_score=acc.quality,
             max_utilization=run.max_utilization, avg_queue_depth=run.avg_queue_depth,
             skills=tuple(p.name for p in run.ran), skills_ok=tuple(o.skill for o in run.outcomes if o.ok),
-            trace_id=run.obs.trace_id,
+            trace_id=run.obs.trace_id, skills_cached=tuple(run.cache_hits),
+            skills_cache_missed=tuple(run.cache_misses),
+            cache_saved=run.synthesis.ledger.cache_saved if run.synthesis is not None else 0.0,
             **_signal_columns(plan),
         )
 

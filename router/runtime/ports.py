@@ -4,7 +4,7 @@ runtime never imports an edge library."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +41,10 @@ class SkillReply:
     model: str = ""
 
 
+# Told each piece of an answer as the backend streams it (a token delta).
+DeltaSink = Callable[[str], None]
+
+
 class Backend(Protocol):
     """A warm, pooled client for one implementation's backend."""
 
@@ -58,6 +62,15 @@ class Backend(Protocol):
 
     @property
     def supports_batch(self) -> bool: ...
+
+    @property
+    def supports_stream(self) -> bool:
+        """Whether ``call_stream`` streams (``openai``); else it is not called."""
+
+    async def call_stream(self, call: SkillCall, timeout_s: float, on_delta: DeltaSink) -> SkillReply:
+        """One call whose answer is streamed: ``on_delta`` gets each piece
+        as it arrives, the whole reply is returned at the end. A stream that
+        breaks mid-way raises a ``BackendError`` like any failed call."""
 
     async def aclose(self) -> None: ...
 

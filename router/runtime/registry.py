@@ -57,6 +57,10 @@ class SkillLive:
     def success_rate(self, default: float) -> float:
         return self._successes / len(self._outcomes) if self._outcomes else default
 
+    def window(self) -> tuple[int, int]:
+        """(successes, calls) in the success window."""
+        return self._successes, len(self._outcomes)
+
     def latency_quantiles(self, *qs: float) -> tuple[float, ...]:
         values = sorted(self._latencies)
         return tuple(quantile(values, q) for q in qs)
@@ -75,6 +79,9 @@ class Totals:
     cost_saved: float = 0.0  # over answered queries: baseline − spent
     quality_sum: float = 0.0  # over answered queries
     outcomes: Counter[str] = field(default_factory=Counter)
+    cache_hits: int = 0  # skill answers taken from the response cache
+    cache_misses: int = 0
+    cache_saved: float = 0.0  # what those answers would have cost
 
     @property
     def failed_queries(self) -> int:
@@ -103,6 +110,9 @@ class LiveRegistry:
         # Success rates of the skills that have had calls (the rest score
         # with the default): kept as calls report, read as is by scoring.
         self.rates: dict[str, float] = {}
+        # Other processes' success windows (skill → (successes, calls)), when
+        # the shared state exchanges them: scoring reads the merged rate.
+        self.peers: dict[str, tuple[int, int]] = {}
         # skill → implementations whose breaker is not closed: the only ones
         # a query must look at to know what is unavailable.
         self._impaired: dict[str, set[str]] = {}
@@ -126,8 +136,31 @@ class LiveRegistry:
 
     def record_call(self, skill: str, ok: bool, latency_ms: float) -> None:
         live = self.skills.get(skill)
-        if live is not None:  # None: a call of a query in flight on a retired config, for a removed skill
-            self.rates[skill] = live.record(ok, latency_ms)
+        if live is None:  # a call of a query in flight on a retired config, for a removed skill
+            return
+        rate = live.record(ok, latency_ms)
+        merged = self._merged(skill) if self.peers else None
+        self.rates[skill] = rate if merged is None else merged
+
+    def _merged(self, skill: str) -> float | None:
+        s, n = self.skills[skill].window()
+        ps, pn = self.peers.get(skill, (0, 0))
+        return (s + ps) / (n + pn) if n + pn else None
+
+    def windows(self) -> dict[str, tuple[int, int]]:
+        """This process's success windows, for the other processes."""
+        return {name: w for name, live in self.skills.items() if (w := live.window())[1]}
+
+    def set_peers(self, peers: dict[str, tuple[int, int]]) -> None:
+        """The other processes' success windows: the rates scoring reads
+        become the merged ones (successes over calls, every process's)."""
+        self.peers = {k: v for k, v in peers.items() if k in self.skills}
+        for skill in set(self.rates) | set(self.peers):
+            rate = self._merged(skill)
+            if rate is None:
+                self.rates.pop(skill, None)
+            else:
+                self.rates[skill] = rate
 
     def breaker_moved(self, skill: str, implementation: str, transition: Transition) -> None:
         log.info("breaker %s: %s → %s (%s)", transition.breaker, transition.from_state, transition.to_state,
@@ -151,6 +184,9 @@ class LiveRegistry:
         t.outcomes[record.status] += 1
         t.skills_selected += record.skills_selected
         t.cost += record.total_cost
+        t.cache_hits += len(record.skills_cached)
+        t.cache_misses += len(record.skills_cache_missed)
+        t.cache_saved += record.cache_saved
         if QueryOutcome(record.status).answered:
             t.answered += 1
             t.baseline_cost += record.baseline_cost

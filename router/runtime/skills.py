@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from router.core.breaker import BreakerConfig, BreakerState, CircuitBreaker, Transition
@@ -21,12 +21,14 @@ from router.core.types import SkillSpec
 
 from .admit import Door, Refusal
 from .batcher import BatcherStats
+from .cache import CacheOptions, CacheStats, CacheStore, CachingCaller
 from .calls import BatchedCaller, BatchingOptions, Caller, CoalescedCaller, DirectCaller, Sender
 from .gate import Gate
 from .observer import NullObserver, Observer
 from .ports import Backend
+from .shared import Ask, SharedState
 
-__all__ = ["BackendLookup", "BatchingOptions", "SkillRuntime", "SkillSettings", "build_gate"]
+__all__ = ["BackendLookup", "BatchingOptions", "CacheOptions", "SkillRuntime", "SkillSettings", "build_gate"]
 
 # (skill, implementation, transition): told of every breaker state change.
 TransitionListener = Callable[[str, str, Transition], None]
@@ -53,6 +55,11 @@ class SkillSettings:
     batching: BatchingOptions = BatchingOptions()
     batchable: frozenset[str] = frozenset()  # implementations whose backend takes batches
     limit_algorithm: Callable[[], LimitAlgorithm] | None = None  # an adaptive limit, made per gate
+    # Per implementation: what its door asks of the shared state (the limit
+    # over every process, this process's share, the provider rate limit).
+    # Empty: nothing beyond the local gate.
+    asks: Mapping[str, Ask] = field(default_factory=dict)
+    cache: CacheOptions = CacheOptions()  # the response cache (used when a store is given)
 
     @property
     def name(self) -> str:
@@ -74,7 +81,8 @@ class SkillRuntime:
 
     def __init__(self, settings: SkillSettings, gate: Gate, backends: BackendLookup, *,
                  observer: Observer | None = None, on_transition: TransitionListener | None = None,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 shared: SharedState | None = None, cache: CacheStore | None = None) -> None:
         spec = settings.spec
         self.settings = settings
         self.spec = spec
@@ -91,7 +99,8 @@ class SkillRuntime:
             listener = None if on_transition is None else (
                 lambda t, impl=impl.name: on_transition(spec.name, impl, t))
             breaker = CircuitBreaker(f"{spec.name}/{impl.name}", settings.breaker, on_transition=listener)
-            door = Door(f"{spec.name}/{impl.name}", gate, breaker, self.budget, clock)
+            door = Door(f"{spec.name}/{impl.name}", gate, breaker, self.budget, clock,
+                        shared=shared, ask=settings.asks.get(impl.name))
             backend = backends.get(spec.name, impl.name)
             direct = DirectCaller(impl, door, backend, Sender(impl, door, settings.retry, rng, clock), clock)
             caller: Caller
@@ -104,6 +113,9 @@ class SkillRuntime:
                 caller = CoalescedCaller(direct, spec.name, clock)
             else:
                 caller = direct
+            if cache is not None and settings.cache.enabled:
+                # Around whichever caller it is: a hit needs none of them.
+                caller = CachingCaller(caller, cache, settings.cache, name=f"{spec.name}/{impl.name}", clock=clock)
             breakers[impl.name], doors[impl.name], callers[impl.name] = breaker, door, caller
         self.breakers: Mapping[str, CircuitBreaker] = breakers
         self.doors: Mapping[str, Door] = doors
@@ -142,8 +154,21 @@ class SkillRuntime:
                  for b in self.breakers.values() if not b.would_allow(now)[0]]
         return min(waits) if waits else None
 
+    def _unwrapped(self) -> list[Caller]:
+        return [c.inner if isinstance(c, CachingCaller) else c for c in self.callers.values()]
+
+    def cache_stats(self) -> CacheStats | None:
+        """Hits and misses of the skill's response cache; None when it has none."""
+        stats = [c.stats for c in self.callers.values() if isinstance(c, CachingCaller)]
+        if not stats:
+            return None
+        total = CacheStats()
+        for s in stats:
+            total = total + s
+        return total
+
     def batch_stats(self) -> BatcherStats | None:
-        stats = [s for c in self.callers.values() if isinstance(c, BatchedCaller) for s in c.stats().values()]
+        stats = [s for c in self._unwrapped() if isinstance(c, BatchedCaller) for s in c.stats().values()]
         if not stats:
             return None
         total = stats[0]
@@ -153,10 +178,10 @@ class SkillRuntime:
 
     def batchers(self) -> int:
         """Batchers alive now (one per batch key with items pending or in flight)."""
-        return sum(len(c.batchers) for c in self.callers.values() if isinstance(c, BatchedCaller))
+        return sum(len(c.batchers) for c in self._unwrapped() if isinstance(c, BatchedCaller))
 
     def coalesced_calls(self) -> int:
-        return sum(c.flights.stats().coalesced for c in self.callers.values() if isinstance(c, CoalescedCaller))
+        return sum(c.flights.stats().coalesced for c in self._unwrapped() if isinstance(c, CoalescedCaller))
 
     async def aclose(self) -> None:
         for c in self.callers.values():

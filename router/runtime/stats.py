@@ -10,6 +10,7 @@ from router.core.breaker import BreakerState
 from router.core.types import Priority
 
 from .registry import LiveRegistry, Totals
+from .shared import StateStatus
 from .skills import SkillRuntime
 
 
@@ -45,6 +46,9 @@ class SkillSnapshot:
     mean_batch_size: float = 0.0
     mean_batch_wait_ms: float = 0.0
     coalesced_calls: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_saved: float = 0.0
 
     @property
     def utilization(self) -> float:
@@ -60,6 +64,7 @@ class Snapshot:
     config_generation: int = 1  # 1 at start, one more per reload that took effect
     config_loaded_at: float = 0.0  # unix seconds: when that generation started serving
     config_source: str = ""  # the file it was read from
+    shared: StateStatus | None = None  # where limits are held (None: not reported)
 
 
 def skill_snapshots(registry: LiveRegistry, runtimes: Mapping[str, SkillRuntime], now: float) -> tuple[SkillSnapshot, ...]:
@@ -76,6 +81,7 @@ def skill_snapshots(registry: LiveRegistry, runtimes: Mapping[str, SkillRuntime]
                 impl_name, state, max(0.0, at - now) if state is BreakerState.OPEN and at is not None else None,
                 b.consecutive_failures, b.failure_rate, b.times_opened))
         bs = rt.batch_stats()
+        cs = rt.cache_stats()
         out.append(SkillSnapshot(
             skill=name, in_flight=g.in_flight, concurrency_limit=g.limit, queued=g.queued,
             calls=live.calls, failures=live.failures, success_rate=live.success_rate(registry.default_success_rate),
@@ -87,5 +93,6 @@ def skill_snapshots(registry: LiveRegistry, runtimes: Mapping[str, SkillRuntime]
             batches=bs.batches if bs else 0, mean_batch_size=bs.mean_batch_size if bs else 0.0,
             mean_batch_wait_ms=(bs.mean_first_wait_s * 1000) if bs else 0.0,
             coalesced_calls=rt.coalesced_calls(),
+            cache_hits=cs.hits if cs else 0, cache_misses=cs.misses if cs else 0, cache_saved=cs.saved if cs else 0.0,
         ))
     return tuple(out)

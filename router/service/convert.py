@@ -146,6 +146,7 @@ def result_pb(o: SkillOutcome, weight: float, redact: Callable[[str], str] | Non
         stepped_in_for=o.stepped_in_for,
         step_in_reason=_SHED.get(RejectReason(o.step_in_reason), pb.SHED_REASON_UNSPECIFIED) if o.step_in_reason
         else pb.SHED_REASON_UNSPECIFIED,
+        cached=o.cached, cache_age_ms=o.cache_age_ms, cache_saved_usd=o.cache_saved if o.cached else 0.0,
     )
 
 
@@ -157,6 +158,8 @@ _SHED = {
     RejectReason.DEADLINE: pb.SHED_REASON_DEADLINE,
     RejectReason.DISPLACED: pb.SHED_REASON_DISPLACED,
     RejectReason.CALL_FAILED: pb.SHED_REASON_CALL_FAILED,
+    RejectReason.SHARED_LIMIT: pb.SHED_REASON_SHARED_LIMIT,
+    RejectReason.RATE_LIMITED: pb.SHED_REASON_RATE_LIMITED,
 }
 
 
@@ -179,7 +182,8 @@ def skill_stats_pb(s: SkillSnapshot, wall_now: float) -> pb.SkillStats:
         timed_out=s.timed_out, queue_depth_by_priority=dict(s.queue_by_priority or {}),
         queue_capacity=s.queue_capacity, mean_queue_wait_ms=s.mean_queue_wait_ms, batches=s.batches,
         mean_batch_size=s.mean_batch_size, mean_batch_wait_ms=s.mean_batch_wait_ms,
-        coalesced_calls=s.coalesced_calls)
+        coalesced_calls=s.coalesced_calls, cache_hits=s.cache_hits, cache_misses=s.cache_misses,
+        cache_saved_usd=s.cache_saved)
     for i in s.implementations:
         m = msg.implementations.add(name=i.name, breaker_state=_BREAKER[i.breaker_state],
                                     consecutive_failures=i.consecutive_failures, failure_rate=i.failure_rate,
@@ -204,7 +208,8 @@ def window_pb(agg: WindowAggregate | None, store: str, dropped: int) -> pb.Windo
         cost_saved_usd=agg.cost_saved_total, avg_cost_saved_usd=agg.avg_cost_saved,
         avg_response_ms=agg.avg_response_time_ms, p99_response_ms=agg.p99_response_time_ms,
         avg_quality=agg.avg_quality, skill_distribution=dict(agg.skill_distribution), rows_dropped=dropped,
-        outcomes=dict(agg.outcomes), answered=agg.queries - agg.errors)
+        outcomes=dict(agg.outcomes), answered=agg.queries - agg.errors, cache_hits=dict(agg.cache_hits),
+        cache_misses=dict(agg.cache_misses), cache_saved_usd=agg.cache_saved_total)
     msg.since.FromNanoseconds(int(agg.since * 1e9))
     msg.until.FromNanoseconds(int(agg.until * 1e9))
     for h in agg.hourly:

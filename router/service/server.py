@@ -145,7 +145,8 @@ class RouterServer:
                  reflection_enabled: bool | None = None,
                  grpc_options: Mapping[str, int | str] | None = None,
                  skills: Iterable[str] = (),
-                 health_listen: str | None = None) -> None:
+                 health_listen: str | None = None,
+                 reuse_port: bool = False) -> None:
         front: list[grpc.aio.ServerInterceptor] = []
         self.auth = AuthInterceptor(token) if token else None
         if self.auth is not None:
@@ -154,7 +155,9 @@ class RouterServer:
         if self.limiter is not None:
             front.append(self.limiter)
         self.errors = ErrorMappingInterceptor(redact)
-        options = {**DEFAULT_GRPC_OPTIONS, **(grpc_options or {})}
+        # Several worker processes serve one port (server.workers): the
+        # kernel spreads connections among them.
+        options = {**DEFAULT_GRPC_OPTIONS, **({"grpc.so_reuseport": 1} if reuse_port else {}), **(grpc_options or {})}
         self.server = grpc.aio.server(
             interceptors=[*front, *interceptors, self.errors],
             options=list(options.items()),
@@ -168,7 +171,8 @@ class RouterServer:
                 (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
                 self.server)
         self.skills = tuple(skills)
-        check_listen(listen)
+        if not reuse_port:  # a worker binds the port its siblings hold (the supervisor checked it)
+            check_listen(listen)
         try:
             if tls is not None:
                 self.port = self.server.add_secure_port(listen, tls.credentials())

@@ -1,16 +1,20 @@
 """RouterService: translates requests into pipeline calls and results into
-responses, nothing else. Errors are mapped by ``ErrorMappingInterceptor``."""
+responses, nothing else. Errors are mapped by ``ErrorMappingInterceptor``
+(and, for the stream, by ``abort_with``)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
 from router.core.errors import InvalidArgument
-from router.runtime.pipeline import Pipeline
+from router.core.routing import RoutePlan
+from router.core.synthesis import SkillOutcome
+from router.runtime.pipeline import ExecuteOutcome, Pipeline, ShedSkill
 from router.runtime.stats import Snapshot
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
@@ -29,9 +33,13 @@ from .convert import (
     timestamp_pb,
     window_pb,
 )
+from .errors import abort_with
 
 DEFAULT_WINDOW_S = 24 * 3600.0
 MAX_WINDOW_S = 90 * 24 * 3600.0
+
+Redact = Callable[[str], str]
+
 
 class Application(Protocol):
     """What the servicer serves (``router.app.App``)."""
@@ -50,7 +58,7 @@ def _same(text: str) -> str:
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, app: Application, *, redact: Callable[[str], str] | None = None) -> None:
+    def __init__(self, app: Application, *, redact: Redact | None = None) -> None:
         self._app = app
         self._redact = redact or _same
 
@@ -67,20 +75,37 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         p = self._app.pipeline
         query = query_from_request(request, p.policy, p.skill_names)
         out = await p.execute(query, context.time_remaining(), explain_all=request.explain_all)
-        selections, rejections = plan_parts(out.plan, out.ran)
-        ledger = out.synthesis.ledger
-        return pb.ExecuteResponse(
-            query_id=out.query_id, trace_id=out.trace_id, text=out.synthesis.text,
-            selections=selections, rejections=rejections,
-            results=[result_pb(o, w, self._redact) for o, w in zip(out.outcomes, out.synthesis.weights)],
-            cost=pb.CostLedger(actual_usd=ledger.actual, baseline_usd=ledger.baseline, saved_usd=ledger.saved,
-                               saved_fraction=ledger.saved_fraction, baseline_skills=ledger.baseline_skills),
-            timing=pb.Timing(selection_us=out.selection_us, execution_us=out.execution_us, total_us=out.total_us),
-            quality=out.synthesis.quality, k=out.plan.k, moe_enabled=out.plan.moe_enabled,
-            shed=[shed_pb(s, self._redact) for s in out.shed], outcome=outcome_pb(out.outcome),
-            rejections_omitted=out.plan.rejections_omitted,
-            signals=signals_pb(out.plan.signals),
-        )
+        return execute_response_pb(out, self._redact)
+
+    async def ExecuteStream(self, request: pb.ExecuteRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExecuteEvent]:
+        """The same pipeline run as Execute, told to report as it goes. The
+        run is its own task; when the caller cancels (or its deadline
+        passes) the task is cancelled, which cancels every backend request
+        still open, and the pipeline records the query as cancelled."""
+        p = self._app.pipeline
+        events = _StreamEvents(time.monotonic(), self._redact)
+        try:
+            query = query_from_request(request, p.policy, p.skill_names)
+        except Exception as exc:
+            await abort_with(context, exc)
+            return
+        run = asyncio.ensure_future(p.execute(query, context.time_remaining(), explain_all=request.explain_all,
+                                              events=events))
+        run.add_done_callback(lambda _: events.queue.put_nowait(None))
+        try:
+            while (event := await events.queue.get()) is not None:
+                yield event
+            try:
+                out = run.result()
+            except Exception as exc:
+                await abort_with(context, exc)
+                return
+            yield events.stamp(pb.ExecuteEvent(done=execute_response_pb(out, self._redact)))
+        finally:
+            if not run.done():
+                run.cancel()
+                await asyncio.wait([run])
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
         window_s = DEFAULT_WINDOW_S
@@ -97,8 +122,65 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             totals=pb.Totals(queries=t.queries, avg_skills_per_query=t.avg_skills_per_query, cost_usd=t.cost,
                              cost_saved_usd=t.cost_saved, baseline_cost_usd=t.baseline_cost, routes=t.routes,
                              failed_queries=t.failed_queries, outcomes=dict(t.outcomes), answered=t.answered,
-                             avg_quality=t.avg_quality, avg_cost_per_query_usd=t.avg_cost_per_query),
+                             avg_quality=t.avg_quality, avg_cost_per_query_usd=t.avg_cost_per_query,
+                             cache_hits=t.cache_hits, cache_misses=t.cache_misses, cache_saved_usd=t.cache_saved),
             uptime_seconds=snap.uptime_s, moe_enabled=snap.moe_enabled, window=window_pb(agg, store, dropped),
             config_generation=snap.config_generation, config_source=snap.config_source,
             config_loaded_at=timestamp_pb(snap.config_loaded_at) if snap.config_loaded_at else None,
+            shared_state=None if snap.shared is None else pb.SharedStateStats(
+                backend=snap.shared.backend, connected=snap.shared.connected, detail=snap.shared.detail,
+                fallbacks=snap.shared.fallbacks, reconnects=snap.shared.reconnects, worker=snap.shared.worker,
+                workers=snap.shared.workers),
         )
+
+
+def execute_response_pb(out: ExecuteOutcome, redact: Redact = _same) -> pb.ExecuteResponse:
+    selections, rejections = plan_parts(out.plan, out.ran)
+    ledger = out.synthesis.ledger
+    return pb.ExecuteResponse(
+        query_id=out.query_id, trace_id=out.trace_id, text=out.synthesis.text,
+        selections=selections, rejections=rejections,
+        results=[result_pb(o, w, redact) for o, w in zip(out.outcomes, out.synthesis.weights)],
+        cost=pb.CostLedger(actual_usd=ledger.actual, baseline_usd=ledger.baseline, saved_usd=ledger.saved,
+                           saved_fraction=ledger.saved_fraction, baseline_skills=ledger.baseline_skills,
+                           cache_saved_usd=ledger.cache_saved),
+        timing=pb.Timing(selection_us=out.selection_us, execution_us=out.execution_us, total_us=out.total_us),
+        quality=out.synthesis.quality, k=out.plan.k, moe_enabled=out.plan.moe_enabled,
+        shed=[shed_pb(s, redact) for s in out.shed], outcome=outcome_pb(out.outcome),
+        rejections_omitted=out.plan.rejections_omitted, signals=signals_pb(out.plan.signals),
+    )
+
+
+class _StreamEvents:
+    """The pipeline's ``QueryEvents`` for one ExecuteStream: each event
+    becomes a message on a queue the handler drains (never blocks the run)."""
+
+    __slots__ = ("queue", "redact", "t0")
+
+    def __init__(self, t0: float, redact: Redact = _same) -> None:
+        self.t0 = t0
+        self.redact = redact
+        self.queue: asyncio.Queue[pb.ExecuteEvent | None] = asyncio.Queue()
+
+    def stamp(self, event: pb.ExecuteEvent) -> pb.ExecuteEvent:
+        event.elapsed_ms = (time.monotonic() - self.t0) * 1000
+        return event
+
+    def _put(self, event: pb.ExecuteEvent) -> None:
+        self.queue.put_nowait(self.stamp(event))
+
+    def routed(self, query_id: str, trace_id: str, plan: RoutePlan) -> None:
+        selections, rejections = plan_parts(plan)
+        self._put(pb.ExecuteEvent(routed=pb.StreamRouted(
+            query_id=query_id, trace_id=trace_id, selections=selections, rejections=rejections, k=plan.k,
+            moe_enabled=plan.moe_enabled, rejections_omitted=plan.rejections_omitted)))
+
+    def delta(self, skill: str, implementation: str, text: str, attempt: int) -> None:
+        self._put(pb.ExecuteEvent(delta=pb.SkillDelta(skill=skill, implementation=implementation, text=text,
+                                                      attempt=attempt)))
+
+    def skill_result(self, outcome: SkillOutcome) -> None:
+        self._put(pb.ExecuteEvent(skill_result=result_pb(outcome, 0.0, self.redact)))
+
+    def shed(self, shed: ShedSkill) -> None:
+        self._put(pb.ExecuteEvent(shed=shed_pb(shed, self.redact)))

@@ -28,6 +28,8 @@ _TYPES = {
     "max_utilization": "DOUBLE PRECISION", "avg_queue_depth": "DOUBLE PRECISION",
     "skills": "TEXT[] NOT NULL DEFAULT '{}'", "skills_ok": "TEXT[] NOT NULL DEFAULT '{}'", "trace_id": "TEXT",
     "domain_source": "TEXT", "complexity_source": "TEXT", "signal_method": "TEXT",
+    "skills_cached": "TEXT[] NOT NULL DEFAULT '{}'", "skills_cache_missed": "TEXT[] NOT NULL DEFAULT '{}'",
+    "cache_saved": "DOUBLE PRECISION NOT NULL DEFAULT 0",
 }
 assert set(_TYPES) == set(COLUMNS)
 
@@ -66,7 +68,8 @@ def _row(r: QueryRecord) -> tuple[object, ...]:
 def _record(row: tuple[object, ...]) -> QueryRecord:
     values = dict(zip(COLUMNS, row))
     values["skills"] = tuple(values["skills"] or ())
-    values["skills_ok"] = tuple(values["skills_ok"] or ())
+    for c in ("skills_ok", "skills_cached", "skills_cache_missed"):
+        values[c] = tuple(values[c] or ())
     return QueryRecord(**values)
 
 
@@ -140,6 +143,13 @@ class PostgresBackend:
                 f" avg(total_cost), avg(total_time_ms), avg(quality_score) FROM {TABLE} WHERE {where}"
                 " GROUP BY hour ORDER BY hour", args)
             hourly = await cur.fetchall()
+            cache: list[dict[str, int]] = []
+            for column in ("skills_cached", "skills_cache_missed"):
+                cur = await conn.execute(f"SELECT s, count(*) FROM {TABLE}, unnest({column}) AS s WHERE {where}"
+                                         " GROUP BY s", args)
+                cache.append({str(s): int(c) for s, c in await cur.fetchall()})
+            cur = await conn.execute(f"SELECT sum(cache_saved) FROM {TABLE} WHERE {where}", args)
+            saved_row = await cur.fetchone()
         return WindowAggregate(
             window_s=until - since, since=since, until=until, queries=int(n), errors=int(errors),
             avg_skills_selected=f0(skills), avg_cost_per_query=f0(avg_cost), total_cost=f0(total_cost),
@@ -148,6 +158,7 @@ class PostgresBackend:
             avg_quality=f0(quality), outcomes={str(o): int(c) for o, c in outcomes},
             skill_distribution={str(s): int(c) for s, c in dist},
             hourly=tuple(HourlyTrend(float(h), int(c), f0(a), f0(t), f0(q)) for h, c, a, t, q in hourly),
+            cache_hits=cache[0], cache_misses=cache[1], cache_saved_total=f0(saved_row[0] if saved_row else None),
         )
 
     async def purge(self, before: float) -> int:

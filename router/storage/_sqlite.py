@@ -41,6 +41,8 @@ _TYPES = {
     "quality_score": "REAL", "max_utilization": "REAL", "avg_queue_depth": "REAL",
     "skills": "TEXT NOT NULL DEFAULT '[]'", "skills_ok": "TEXT NOT NULL DEFAULT '[]'", "trace_id": "TEXT",
     "domain_source": "TEXT", "complexity_source": "TEXT", "signal_method": "TEXT",
+    "skills_cached": "TEXT NOT NULL DEFAULT '[]'", "skills_cache_missed": "TEXT NOT NULL DEFAULT '[]'",
+    "cache_saved": "REAL NOT NULL DEFAULT 0",
 }
 assert set(_TYPES) == set(COLUMNS)
 
@@ -59,7 +61,8 @@ def _row(r: QueryRecord) -> tuple[object, ...]:
 def _record(row: tuple[object, ...]) -> QueryRecord:
     values = dict(zip(COLUMNS, row))
     values["skills"] = tuple(json.loads(values["skills"] or "[]"))
-    values["skills_ok"] = tuple(json.loads(values["skills_ok"] or "[]"))
+    for c in ("skills_ok", "skills_cached", "skills_cache_missed"):
+        values[c] = tuple(json.loads(values[c] or "[]"))
     return QueryRecord(**values)
 
 
@@ -98,6 +101,9 @@ class SqliteBackend:
             raise StoreError(f"cannot open the SQLite metrics store {self.path!r}: {exc}") from exc
         self._conn = conn
 
+    def _sync_write_records(self, records: list[QueryRecord]) -> None:
+        self._sync_write([_row(r) for r in records])
+
     def _sync_write(self, rows: list[tuple[object, ...]]) -> None:
         conn = self._conn
         assert conn is not None
@@ -132,6 +138,12 @@ class SqliteBackend:
             f"SELECT j.value, count(*) AS n FROM {TABLE} m, json_each(m.skills) j"
             f" WHERE {where}"  # json_each has no timestamp or rpc column: these are m's
             f" GROUP BY j.value ORDER BY n DESC, j.value", args).fetchall()
+        def per_skill(column: str) -> dict[str, int]:
+            rows = conn.execute(f"SELECT j.value, count(*) FROM {TABLE} m, json_each(m.{column}) j WHERE {where}"
+                                " GROUP BY j.value", args).fetchall()
+            return {str(s): int(c) for s, c in rows}
+
+        (cache_saved,) = conn.execute(f"SELECT sum(cache_saved) FROM {TABLE} WHERE {where}", args).fetchone()
         hourly = conn.execute(
             f"SELECT CAST(timestamp / 3600 AS INTEGER) * 3600 AS hour, count(*), avg(total_cost),"
             f" avg(total_time_ms), avg(quality_score) FROM {TABLE} WHERE {where} GROUP BY hour ORDER BY hour",
@@ -145,6 +157,8 @@ class SqliteBackend:
             outcomes={str(o): int(c) for o, c in outcomes},
             skill_distribution={str(s): int(c) for s, c in dist},
             hourly=tuple(HourlyTrend(float(h), int(c), f0(a), f0(t), f0(q)) for h, c, a, t, q in hourly),
+            cache_hits=per_skill("skills_cached"), cache_misses=per_skill("skills_cache_missed"),
+            cache_saved_total=f0(cache_saved),
         )
 
     def _sync_purge(self, before: float) -> int:
@@ -168,7 +182,9 @@ class SqliteBackend:
         await self._run(self._sync_open)
 
     async def write(self, rows: list[QueryRecord]) -> None:
-        await self._run(self._sync_write, [_row(r) for r in rows])
+        # The records become rows on the worker thread too: the event loop
+        # only hands the batch over.
+        await self._run(self._sync_write_records, rows)
 
     async def aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate:
         return await self._run(self._sync_aggregate, since, until, rpc)

@@ -119,6 +119,10 @@ class WindowAggregate:
     # skill → queries that selected it, most selected first
     skill_distribution: Mapping[str, int] = field(default_factory=dict)
     hourly: tuple[HourlyTrend, ...] = ()
+    # The response cache: skill → answers taken from it / lookups that missed.
+    cache_hits: Mapping[str, int] = field(default_factory=dict)
+    cache_misses: Mapping[str, int] = field(default_factory=dict)
+    cache_saved_total: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +138,8 @@ class WindowAggregate:
             "avg_quality": self.avg_quality,
             "outcomes": dict(self.outcomes),
             "skill_distribution": dict(self.skill_distribution),
+            "cache_hits": dict(self.cache_hits), "cache_misses": dict(self.cache_misses),
+            "cache_saved_total": self.cache_saved_total,
             "hourly": [
                 {"hour": h.hour, "queries": h.queries, "avg_cost": h.avg_cost,
                  "avg_total_time_ms": h.avg_total_time_ms, "avg_quality": h.avg_quality}

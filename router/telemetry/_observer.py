@@ -392,8 +392,10 @@ class SkillCallSpan:
         self._done = True
         m = self._q._o._m
         status = outcome.status.value
-        metric_attrs = {"router.skill": outcome.skill, "router.implementation": outcome.implementation,
-                        "router.status": status}
+        metric_attrs: dict[str, Any] = {"router.skill": outcome.skill, "router.implementation": outcome.implementation,
+                                        "router.status": status}
+        if outcome.cached:  # answered from the response cache: no model was called
+            metric_attrs["router.cache.hit"] = True
         seconds = (outcome.latency_ms / 1000.0 if outcome.latency_ms > 0
                    else (time.monotonic_ns() - self._start_mono) / 1e9)
         m.skill_calls.add(1, metric_attrs)
@@ -405,8 +407,9 @@ class SkillCallSpan:
             genai[GEN_AI_RESPONSE_MODEL] = outcome.model
         if not outcome.ok:
             genai[ERROR_TYPE] = status
-        m.genai_duration.record(seconds, genai)
-        if outcome.input_tokens or outcome.output_tokens:
+        if not outcome.cached:
+            m.genai_duration.record(seconds, genai)
+        if (outcome.input_tokens or outcome.output_tokens) and not outcome.cached:
             token_attrs = {k: v for k, v in genai.items() if k != ERROR_TYPE}
             m.genai_tokens.record(outcome.input_tokens, {**token_attrs, GEN_AI_TOKEN_TYPE: "input"})
             m.genai_tokens.record(outcome.output_tokens, {**token_attrs, GEN_AI_TOKEN_TYPE: "output"})
@@ -432,6 +435,10 @@ class SkillCallSpan:
             if outcome.stepped_in_for:
                 attrs["router.stepped_in_for"] = outcome.stepped_in_for
                 attrs["router.step_in.reason"] = outcome.step_in_reason
+            if outcome.cached:  # answered from the response cache: no backend request
+                attrs["router.cache.hit"] = True
+                attrs["router.cache.age_ms"] = outcome.cache_age_ms
+                attrs["router.cache.saved_usd"] = outcome.cache_saved
             span.set_attributes(attrs)
             if not outcome.ok:
                 span.set_attribute(ERROR_TYPE, status)

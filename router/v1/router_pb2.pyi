@@ -53,6 +53,8 @@ class ShedReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SHED_REASON_DEADLINE: _ClassVar[ShedReason]
     SHED_REASON_DISPLACED: _ClassVar[ShedReason]
     SHED_REASON_CALL_FAILED: _ClassVar[ShedReason]
+    SHED_REASON_SHARED_LIMIT: _ClassVar[ShedReason]
+    SHED_REASON_RATE_LIMITED: _ClassVar[ShedReason]
 
 class QueryOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -99,6 +101,8 @@ SHED_REASON_QUEUE_TIMEOUT: ShedReason
 SHED_REASON_DEADLINE: ShedReason
 SHED_REASON_DISPLACED: ShedReason
 SHED_REASON_CALL_FAILED: ShedReason
+SHED_REASON_SHARED_LIMIT: ShedReason
+SHED_REASON_RATE_LIMITED: ShedReason
 QUERY_OUTCOME_UNSPECIFIED: QueryOutcome
 QUERY_OUTCOME_OK: QueryOutcome
 QUERY_OUTCOME_PARTIAL: QueryOutcome
@@ -308,7 +312,7 @@ class ExecuteRequest(_message.Message):
     def __init__(self, query: _Optional[str] = ..., context: _Optional[_Union[QueryContext, _Mapping]] = ..., explain_all: _Optional[bool] = ...) -> None: ...
 
 class SkillResult(_message.Message):
-    __slots__ = ("skill", "implementation", "model", "weight", "status", "output", "error", "cost_usd", "latency_ms", "input_tokens", "output_tokens", "quality", "queue_wait_ms", "attempts", "batch_size", "shared_by", "stepped_in_for", "step_in_reason")
+    __slots__ = ("skill", "implementation", "model", "weight", "status", "output", "error", "cost_usd", "latency_ms", "input_tokens", "output_tokens", "quality", "queue_wait_ms", "attempts", "batch_size", "shared_by", "stepped_in_for", "step_in_reason", "cached", "cache_age_ms", "cache_saved_usd")
     SKILL_FIELD_NUMBER: _ClassVar[int]
     IMPLEMENTATION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +331,9 @@ class SkillResult(_message.Message):
     SHARED_BY_FIELD_NUMBER: _ClassVar[int]
     STEPPED_IN_FOR_FIELD_NUMBER: _ClassVar[int]
     STEP_IN_REASON_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SAVED_USD_FIELD_NUMBER: _ClassVar[int]
     skill: str
     implementation: str
     model: str
@@ -345,7 +352,10 @@ class SkillResult(_message.Message):
     shared_by: int
     stepped_in_for: str
     step_in_reason: ShedReason
-    def __init__(self, skill: _Optional[str] = ..., implementation: _Optional[str] = ..., model: _Optional[str] = ..., weight: _Optional[float] = ..., status: _Optional[_Union[SkillStatus, str]] = ..., output: _Optional[str] = ..., error: _Optional[str] = ..., cost_usd: _Optional[float] = ..., latency_ms: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., quality: _Optional[float] = ..., queue_wait_ms: _Optional[float] = ..., attempts: _Optional[int] = ..., batch_size: _Optional[int] = ..., shared_by: _Optional[int] = ..., stepped_in_for: _Optional[str] = ..., step_in_reason: _Optional[_Union[ShedReason, str]] = ...) -> None: ...
+    cached: bool
+    cache_age_ms: float
+    cache_saved_usd: float
+    def __init__(self, skill: _Optional[str] = ..., implementation: _Optional[str] = ..., model: _Optional[str] = ..., weight: _Optional[float] = ..., status: _Optional[_Union[SkillStatus, str]] = ..., output: _Optional[str] = ..., error: _Optional[str] = ..., cost_usd: _Optional[float] = ..., latency_ms: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., quality: _Optional[float] = ..., queue_wait_ms: _Optional[float] = ..., attempts: _Optional[int] = ..., batch_size: _Optional[int] = ..., shared_by: _Optional[int] = ..., stepped_in_for: _Optional[str] = ..., step_in_reason: _Optional[_Union[ShedReason, str]] = ..., cached: _Optional[bool] = ..., cache_age_ms: _Optional[float] = ..., cache_saved_usd: _Optional[float] = ...) -> None: ...
 
 class ShedSkill(_message.Message):
     __slots__ = ("skill", "reason", "detail", "replaced_by", "implementation", "replaced_by_implementation")
@@ -364,18 +374,20 @@ class ShedSkill(_message.Message):
     def __init__(self, skill: _Optional[str] = ..., reason: _Optional[_Union[ShedReason, str]] = ..., detail: _Optional[str] = ..., replaced_by: _Optional[str] = ..., implementation: _Optional[str] = ..., replaced_by_implementation: _Optional[str] = ...) -> None: ...
 
 class CostLedger(_message.Message):
-    __slots__ = ("actual_usd", "baseline_usd", "saved_usd", "saved_fraction", "baseline_skills")
+    __slots__ = ("actual_usd", "baseline_usd", "saved_usd", "saved_fraction", "baseline_skills", "cache_saved_usd")
     ACTUAL_USD_FIELD_NUMBER: _ClassVar[int]
     BASELINE_USD_FIELD_NUMBER: _ClassVar[int]
     SAVED_USD_FIELD_NUMBER: _ClassVar[int]
     SAVED_FRACTION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_SKILLS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SAVED_USD_FIELD_NUMBER: _ClassVar[int]
     actual_usd: float
     baseline_usd: float
     saved_usd: float
     saved_fraction: float
     baseline_skills: int
-    def __init__(self, actual_usd: _Optional[float] = ..., baseline_usd: _Optional[float] = ..., saved_usd: _Optional[float] = ..., saved_fraction: _Optional[float] = ..., baseline_skills: _Optional[int] = ...) -> None: ...
+    cache_saved_usd: float
+    def __init__(self, actual_usd: _Optional[float] = ..., baseline_usd: _Optional[float] = ..., saved_usd: _Optional[float] = ..., saved_fraction: _Optional[float] = ..., baseline_skills: _Optional[int] = ..., cache_saved_usd: _Optional[float] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("selection_us", "execution_us", "total_us")
@@ -428,7 +440,7 @@ class StatsRequest(_message.Message):
     def __init__(self, window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class SkillStats(_message.Message):
-    __slots__ = ("skill", "in_flight", "concurrency_limit", "utilization", "queue_depth", "calls", "failures", "success_rate", "latency_p50_ms", "latency_p99_ms", "rejected", "shed", "timed_out", "queue_depth_by_priority", "queue_capacity", "mean_queue_wait_ms", "implementations", "batches", "mean_batch_size", "mean_batch_wait_ms", "coalesced_calls")
+    __slots__ = ("skill", "in_flight", "concurrency_limit", "utilization", "queue_depth", "calls", "failures", "success_rate", "latency_p50_ms", "latency_p99_ms", "rejected", "shed", "timed_out", "queue_depth_by_priority", "queue_capacity", "mean_queue_wait_ms", "implementations", "batches", "mean_batch_size", "mean_batch_wait_ms", "coalesced_calls", "cache_hits", "cache_misses", "cache_saved_usd")
     class QueueDepthByPriorityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -457,6 +469,9 @@ class SkillStats(_message.Message):
     MEAN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MEAN_BATCH_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     COALESCED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SAVED_USD_FIELD_NUMBER: _ClassVar[int]
     skill: str
     in_flight: int
     concurrency_limit: int
@@ -478,7 +493,10 @@ class SkillStats(_message.Message):
     mean_batch_size: float
     mean_batch_wait_ms: float
     coalesced_calls: int
-    def __init__(self, skill: _Optional[str] = ..., in_flight: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., utilization: _Optional[float] = ..., queue_depth: _Optional[int] = ..., calls: _Optional[int] = ..., failures: _Optional[int] = ..., success_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., rejected: _Optional[int] = ..., shed: _Optional[int] = ..., timed_out: _Optional[int] = ..., queue_depth_by_priority: _Optional[_Mapping[str, int]] = ..., queue_capacity: _Optional[int] = ..., mean_queue_wait_ms: _Optional[float] = ..., implementations: _Optional[_Iterable[_Union[ImplementationStats, _Mapping]]] = ..., batches: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., mean_batch_wait_ms: _Optional[float] = ..., coalesced_calls: _Optional[int] = ...) -> None: ...
+    cache_hits: int
+    cache_misses: int
+    cache_saved_usd: float
+    def __init__(self, skill: _Optional[str] = ..., in_flight: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., utilization: _Optional[float] = ..., queue_depth: _Optional[int] = ..., calls: _Optional[int] = ..., failures: _Optional[int] = ..., success_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., rejected: _Optional[int] = ..., shed: _Optional[int] = ..., timed_out: _Optional[int] = ..., queue_depth_by_priority: _Optional[_Mapping[str, int]] = ..., queue_capacity: _Optional[int] = ..., mean_queue_wait_ms: _Optional[float] = ..., implementations: _Optional[_Iterable[_Union[ImplementationStats, _Mapping]]] = ..., batches: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., mean_batch_wait_ms: _Optional[float] = ..., coalesced_calls: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., cache_saved_usd: _Optional[float] = ...) -> None: ...
 
 class ImplementationStats(_message.Message):
     __slots__ = ("name", "breaker_state", "half_open_at", "consecutive_failures", "failure_rate", "times_opened")
@@ -497,7 +515,7 @@ class ImplementationStats(_message.Message):
     def __init__(self, name: _Optional[str] = ..., breaker_state: _Optional[_Union[BreakerState, str]] = ..., half_open_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., consecutive_failures: _Optional[int] = ..., failure_rate: _Optional[float] = ..., times_opened: _Optional[int] = ...) -> None: ...
 
 class Totals(_message.Message):
-    __slots__ = ("queries", "avg_skills_per_query", "cost_usd", "cost_saved_usd", "baseline_cost_usd", "routes", "failed_queries", "outcomes", "answered", "avg_quality", "avg_cost_per_query_usd")
+    __slots__ = ("queries", "avg_skills_per_query", "cost_usd", "cost_saved_usd", "baseline_cost_usd", "routes", "failed_queries", "outcomes", "answered", "avg_quality", "avg_cost_per_query_usd", "cache_hits", "cache_misses", "cache_saved_usd")
     class OutcomesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -516,6 +534,9 @@ class Totals(_message.Message):
     ANSWERED_FIELD_NUMBER: _ClassVar[int]
     AVG_QUALITY_FIELD_NUMBER: _ClassVar[int]
     AVG_COST_PER_QUERY_USD_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SAVED_USD_FIELD_NUMBER: _ClassVar[int]
     queries: int
     avg_skills_per_query: float
     cost_usd: float
@@ -527,10 +548,13 @@ class Totals(_message.Message):
     answered: int
     avg_quality: float
     avg_cost_per_query_usd: float
-    def __init__(self, queries: _Optional[int] = ..., avg_skills_per_query: _Optional[float] = ..., cost_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., routes: _Optional[int] = ..., failed_queries: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ..., avg_quality: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ...) -> None: ...
+    cache_hits: int
+    cache_misses: int
+    cache_saved_usd: float
+    def __init__(self, queries: _Optional[int] = ..., avg_skills_per_query: _Optional[float] = ..., cost_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., routes: _Optional[int] = ..., failed_queries: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ..., avg_quality: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., cache_saved_usd: _Optional[float] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("skills", "totals", "uptime_seconds", "moe_enabled", "window", "config_generation", "config_loaded_at", "config_source")
+    __slots__ = ("skills", "totals", "uptime_seconds", "moe_enabled", "window", "config_generation", "config_loaded_at", "config_source", "shared_state")
     SKILLS_FIELD_NUMBER: _ClassVar[int]
     TOTALS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -539,6 +563,7 @@ class StatsResponse(_message.Message):
     CONFIG_GENERATION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_STATE_FIELD_NUMBER: _ClassVar[int]
     skills: _containers.RepeatedCompositeFieldContainer[SkillStats]
     totals: Totals
     uptime_seconds: float
@@ -547,7 +572,26 @@ class StatsResponse(_message.Message):
     config_generation: int
     config_loaded_at: _timestamp_pb2.Timestamp
     config_source: str
-    def __init__(self, skills: _Optional[_Iterable[_Union[SkillStats, _Mapping]]] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., uptime_seconds: _Optional[float] = ..., moe_enabled: _Optional[bool] = ..., window: _Optional[_Union[WindowStats, _Mapping]] = ..., config_generation: _Optional[int] = ..., config_loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., config_source: _Optional[str] = ...) -> None: ...
+    shared_state: SharedStateStats
+    def __init__(self, skills: _Optional[_Iterable[_Union[SkillStats, _Mapping]]] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., uptime_seconds: _Optional[float] = ..., moe_enabled: _Optional[bool] = ..., window: _Optional[_Union[WindowStats, _Mapping]] = ..., config_generation: _Optional[int] = ..., config_loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., config_source: _Optional[str] = ..., shared_state: _Optional[_Union[SharedStateStats, _Mapping]] = ...) -> None: ...
+
+class SharedStateStats(_message.Message):
+    __slots__ = ("backend", "connected", "detail", "fallbacks", "reconnects", "worker", "workers")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    RECONNECTS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    connected: bool
+    detail: str
+    fallbacks: int
+    reconnects: int
+    worker: int
+    workers: int
+    def __init__(self, backend: _Optional[str] = ..., connected: _Optional[bool] = ..., detail: _Optional[str] = ..., fallbacks: _Optional[int] = ..., reconnects: _Optional[int] = ..., worker: _Optional[int] = ..., workers: _Optional[int] = ...) -> None: ...
 
 class HourlyTrend(_message.Message):
     __slots__ = ("hour", "queries", "avg_cost_usd", "avg_response_ms", "avg_quality")
@@ -564,7 +608,7 @@ class HourlyTrend(_message.Message):
     def __init__(self, hour: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queries: _Optional[int] = ..., avg_cost_usd: _Optional[float] = ..., avg_response_ms: _Optional[float] = ..., avg_quality: _Optional[float] = ...) -> None: ...
 
 class WindowStats(_message.Message):
-    __slots__ = ("available", "store", "since", "until", "queries", "errors", "avg_skills_selected", "avg_cost_per_query_usd", "cost_saved_usd", "avg_cost_saved_usd", "avg_response_ms", "p99_response_ms", "avg_quality", "skill_distribution", "hourly", "rows_dropped", "outcomes", "answered")
+    __slots__ = ("available", "store", "since", "until", "queries", "errors", "avg_skills_selected", "avg_cost_per_query_usd", "cost_saved_usd", "avg_cost_saved_usd", "avg_response_ms", "p99_response_ms", "avg_quality", "skill_distribution", "hourly", "rows_dropped", "outcomes", "answered", "cache_hits", "cache_misses", "cache_saved_usd")
     class SkillDistributionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -573,6 +617,20 @@ class WindowStats(_message.Message):
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     class OutcomesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class CacheHitsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class CacheMissesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -597,6 +655,9 @@ class WindowStats(_message.Message):
     ROWS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SAVED_USD_FIELD_NUMBER: _ClassVar[int]
     available: bool
     store: str
     since: _timestamp_pb2.Timestamp
@@ -615,4 +676,53 @@ class WindowStats(_message.Message):
     rows_dropped: int
     outcomes: _containers.ScalarMap[str, int]
     answered: int
-    def __init__(self, available: _Optional[bool] = ..., store: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queries: _Optional[int] = ..., errors: _Optional[int] = ..., avg_skills_selected: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., avg_cost_saved_usd: _Optional[float] = ..., avg_response_ms: _Optional[float] = ..., p99_response_ms: _Optional[float] = ..., avg_quality: _Optional[float] = ..., skill_distribution: _Optional[_Mapping[str, int]] = ..., hourly: _Optional[_Iterable[_Union[HourlyTrend, _Mapping]]] = ..., rows_dropped: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ...) -> None: ...
+    cache_hits: _containers.ScalarMap[str, int]
+    cache_misses: _containers.ScalarMap[str, int]
+    cache_saved_usd: float
+    def __init__(self, available: _Optional[bool] = ..., store: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queries: _Optional[int] = ..., errors: _Optional[int] = ..., avg_skills_selected: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., avg_cost_saved_usd: _Optional[float] = ..., avg_response_ms: _Optional[float] = ..., p99_response_ms: _Optional[float] = ..., avg_quality: _Optional[float] = ..., skill_distribution: _Optional[_Mapping[str, int]] = ..., hourly: _Optional[_Iterable[_Union[HourlyTrend, _Mapping]]] = ..., rows_dropped: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ..., cache_hits: _Optional[_Mapping[str, int]] = ..., cache_misses: _Optional[_Mapping[str, int]] = ..., cache_saved_usd: _Optional[float] = ...) -> None: ...
+
+class ExecuteEvent(_message.Message):
+    __slots__ = ("routed", "delta", "skill_result", "shed", "done", "elapsed_ms")
+    ROUTED_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    SKILL_RESULT_FIELD_NUMBER: _ClassVar[int]
+    SHED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    routed: StreamRouted
+    delta: SkillDelta
+    skill_result: SkillResult
+    shed: ShedSkill
+    done: ExecuteResponse
+    elapsed_ms: float
+    def __init__(self, routed: _Optional[_Union[StreamRouted, _Mapping]] = ..., delta: _Optional[_Union[SkillDelta, _Mapping]] = ..., skill_result: _Optional[_Union[SkillResult, _Mapping]] = ..., shed: _Optional[_Union[ShedSkill, _Mapping]] = ..., done: _Optional[_Union[ExecuteResponse, _Mapping]] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
+
+class StreamRouted(_message.Message):
+    __slots__ = ("query_id", "trace_id", "selections", "rejections", "k", "moe_enabled", "rejections_omitted")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTIONS_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    MOE_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    trace_id: str
+    selections: _containers.RepeatedCompositeFieldContainer[Selection]
+    rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
+    k: int
+    moe_enabled: bool
+    rejections_omitted: int
+    def __init__(self, query_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., selections: _Optional[_Iterable[_Union[Selection, _Mapping]]] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., k: _Optional[int] = ..., moe_enabled: _Optional[bool] = ..., rejections_omitted: _Optional[int] = ...) -> None: ...
+
+class SkillDelta(_message.Message):
+    __slots__ = ("skill", "implementation", "text", "attempt")
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    IMPLEMENTATION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    skill: str
+    implementation: str
+    text: str
+    attempt: int
+    def __init__(self, skill: _Optional[str] = ..., implementation: _Optional[str] = ..., text: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +183,22 @@ class AsyncRouterClient:
         req = pb.ExecuteRequest(query=query, context=_ctx(context, context_kw), explain_all=explain_all)
         return await self._stub.Execute(req, **self._opts(timeout, metadata))
 
+    async def execute_stream(self, query: str, *, context: pb.QueryContext | None = None,
+                             timeout: float | None = None, metadata: Metadata = (), explain_all: bool = False,
+                             **context_kw: object) -> AsyncIterator[pb.ExecuteEvent]:
+        """ExecuteStream's events as they come: ``routed`` first, then
+        ``delta`` / ``skill_result`` / ``shed`` per skill, ``done`` last
+        (what ``execute`` would have returned). Leaving the loop early (or
+        cancelling) cancels the call: the sidecar cancels its backend
+        requests. Errors raise ``grpc.RpcError`` as for ``execute``."""
+        req = pb.ExecuteRequest(query=query, context=_ctx(context, context_kw), explain_all=explain_all)
+        call = self._stub.ExecuteStream(req, **self._opts(timeout, metadata))
+        try:
+            async for event in call:
+                yield event
+        finally:
+            call.cancel()  # no-op once the stream has ended
+
     async def stats(self, *, window: float | datetime.timedelta | None = None, timeout: float | None = None,
                     metadata: Metadata = (), request: pb.StatsRequest | None = None) -> pb.StatsResponse:
         """Live load, totals since start, and the stored aggregates of the last ``window`` (seconds or timedelta)."""
@@ -229,6 +245,18 @@ class RouterClient:
         return self._stub.Execute(pb.ExecuteRequest(query=query, context=_ctx(context, context_kw),
                                                     explain_all=explain_all),
                                   **self._opts(timeout, metadata))
+
+    def execute_stream(self, query: str, *, context: pb.QueryContext | None = None, timeout: float | None = None,
+                       metadata: Metadata = (), explain_all: bool = False,
+                       **context_kw: object) -> Iterator[pb.ExecuteEvent]:
+        """ExecuteStream's events, blocking; see ``AsyncRouterClient.execute_stream``.
+        Closing the iterator early cancels the call."""
+        req = pb.ExecuteRequest(query=query, context=_ctx(context, context_kw), explain_all=explain_all)
+        call = self._stub.ExecuteStream(req, **self._opts(timeout, metadata))
+        try:
+            yield from call
+        finally:
+            call.cancel()
 
     def stats(self, *, window: float | datetime.timedelta | None = None, timeout: float | None = None,
               metadata: Metadata = (), request: pb.StatsRequest | None = None) -> pb.StatsResponse:

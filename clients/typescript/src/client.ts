@@ -13,6 +13,7 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 
 import {
   RouterService,
+  type ExecuteEvent,
   type ExecuteResponse,
   type QueryContextSchema,
   type RouteResponse,
@@ -125,6 +126,15 @@ export interface RouterClient {
   /** Route the query, call the chosen skills, return their synthesis. */
   execute(query: string, context?: QueryContextInit, options?: RoutingOptions): Promise<ExecuteResponse>;
   /**
+   * Execute, streamed: an async iterable of `ExecuteEvent`s. `event.event.case`
+   * is `"routed"` first, then per skill `"delta"` (token deltas of openai
+   * skills), `"skillResult"` (its whole result) and `"shed"`, and `"done"`
+   * last (exactly what `execute` would have returned). Leaving the loop early
+   * (`break`) or aborting `options.signal` cancels the call, and the sidecar
+   * cancels its backend requests. Errors are thrown as `RouterError`.
+   */
+  executeStream(query: string, context?: QueryContextInit, options?: CallOptions): AsyncIterable<ExecuteEvent>;
+  /**
    * The live state of every skill, the totals since the sidecar started and
    * the aggregates over `options.windowMs` from its metrics store.
    */
@@ -225,6 +235,28 @@ export function createRouterClient(options: RouterClientOptions = {}): RouterCli
       call("Route", () => raw.route({ query, context, explainAll: o?.explainAll ?? false }, callOptions(o))),
     execute: (query, context, o) =>
       call("Execute", () => raw.execute({ query, context, explainAll: o?.explainAll ?? false }, callOptions(o))),
+    executeStream(query, context, o) {
+      return {
+        async *[Symbol.asyncIterator]() {
+          // Our own controller: breaking out of the loop cancels the call.
+          const abort = new AbortController();
+          const outer = o?.signal;
+          const forward = () => abort.abort(outer?.reason);
+          if (outer?.aborted) forward();
+          outer?.addEventListener("abort", forward, { once: true });
+          try {
+            for await (const event of raw.executeStream({ query, context }, { ...callOptions(o), signal: abort.signal })) {
+              yield event;
+            }
+          } catch (reason) {
+            throw toRouterError(reason, "ExecuteStream");
+          } finally {
+            outer?.removeEventListener("abort", forward);
+            abort.abort();
+          }
+        },
+      };
+    },
     stats: (o) =>
       call("Stats", () =>
         raw.stats({ window: o?.windowMs === undefined ? undefined : durationFromMs(o.windowMs) }, callOptions(o)),

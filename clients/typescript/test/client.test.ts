@@ -87,6 +87,50 @@ describe("against the real sidecar", { timeout: 60_000 }, () => {
     assert.doesNotThrow(() => JSON.stringify(json));
   });
 
+  it("executeStream yields the routing first, deltas and results as they come, and done last", async () => {
+    const events = [];
+    for await (const ev of sidecar.client.executeStream(
+      "Explain how a transformer attends to tokens, step by step",
+      { domain: "research", complexity: 7 },
+      { timeoutMs: 15_000 },
+    )) {
+      events.push(ev);
+    }
+    const kinds = events.map((e) => e.event.case);
+    assert.equal(kinds[0], "routed");
+    assert.equal(kinds.at(-1), "done");
+    const first = events[0]?.event;
+    const last = events.at(-1)?.event;
+    assert.ok(first?.case === "routed" && last?.case === "done");
+    assert.equal(last.value.queryId, first.value.queryId);
+    // An openai skill's deltas add up to its answer.
+    const deltas = new Map<string, string>();
+    for (const e of events) {
+      if (e.event.case === "delta") deltas.set(e.event.value.skill, (deltas.get(e.event.value.skill) ?? "") + e.event.value.text);
+    }
+    assert.ok(deltas.size >= 1, `no deltas in ${kinds.join(",")}`);
+    for (const [skill, text] of deltas) {
+      assert.equal(last.value.results.find((r) => r.skill === skill)?.output, text);
+    }
+  });
+
+  it("leaving an executeStream loop early cancels the call", async () => {
+    let seen = 0;
+    for await (const ev of sidecar.client.executeStream("Summarize the history of Rome", { domain: "research", complexity: 7 })) {
+      seen += 1;
+      assert.equal(ev.event.case, "routed");
+      break;
+    }
+    assert.equal(seen, 1);
+    const err = await rejectsWith(
+      (async () => {
+        for await (const _ of sidecar.client.executeStream("", {})) void _;
+      })(),
+    );
+    assert.equal(err.codeName, "INVALID_ARGUMENT");
+    assert.equal(err.method, "ExecuteStream");
+  });
+
   it("stats counts what was routed and executed", async () => {
     await sidecar.client.route("What is 2 + 2?", { domain: "math", complexity: 1 });
     const res = await sidecar.client.stats({ windowMs: 3_600_000 });

@@ -45,6 +45,11 @@ class RouterServiceStub:
                 request_serializer=router_dot_v1_dot_router__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=router_dot_v1_dot_router__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.ExecuteStream = channel.unary_stream(
+                '/router.v1.RouterService/ExecuteStream',
+                request_serializer=router_dot_v1_dot_router__pb2.ExecuteRequest.SerializeToString,
+                response_deserializer=router_dot_v1_dot_router__pb2.ExecuteEvent.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/router.v1.RouterService/Stats',
                 request_serializer=router_dot_v1_dot_router__pb2.StatsRequest.SerializeToString,
@@ -69,6 +74,26 @@ class RouterServiceServicer:
         """Execute routes the query, calls each chosen skill's implementation
         concurrently within the caller's deadline, and synthesizes their outputs.
         It fails only when every chosen skill failed.
+        ExecuteStream takes the same request.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecuteStream(self, request, context):
+        """ExecuteStream is Execute (the same routing, admission, deadline and
+        accounting) whose answer arrives as it is made: first the routing
+        decision, then per skill its token deltas (openai backends stream) or
+        its whole result (http skills, batched implementations, cache hits),
+        skills shed and who stepped in as it happens, and last `done`: exactly
+        the ExecuteResponse Execute would have returned. Cancelling the call
+        cancels every backend request still open (the query is recorded as
+        cancelled). Errors come as the call's status, as for Execute.
+        The names are the contract (issue 14): the request is Execute's own.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,6 +118,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.Execute,
                     request_deserializer=router_dot_v1_dot_router__pb2.ExecuteRequest.FromString,
                     response_serializer=router_dot_v1_dot_router__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'ExecuteStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExecuteStream,
+                    request_deserializer=router_dot_v1_dot_router__pb2.ExecuteRequest.FromString,
+                    response_serializer=router_dot_v1_dot_router__pb2.ExecuteEvent.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -155,6 +185,33 @@ class RouterService:
             '/router.v1.RouterService/Execute',
             router_dot_v1_dot_router__pb2.ExecuteRequest.SerializeToString,
             router_dot_v1_dot_router__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/router.v1.RouterService/ExecuteStream',
+            router_dot_v1_dot_router__pb2.ExecuteRequest.SerializeToString,
+            router_dot_v1_dot_router__pb2.ExecuteEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file router/v1/router.proto.
  */
 export const file_router_v1_router: GenFile = /*@__PURE__*/
-  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEi6wIKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUINCgtfY29tcGxleGl0eUITChFfcmVxdWlyZWRfcXVhbGl0eUIICgZfdG9wX2siXAoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIvEBCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFEiMKB3NpZ25hbHMYFCABKAsyEi5yb3V0ZXIudjEuU2lnbmFscyIsCgtEb21haW5TY29yZRIOCgZkb21haW4YASABKAkSDQoFc2NvcmUYAiABKAEisAIKB1NpZ25hbHMSDgoGZG9tYWluGAEgASgJEi4KDWRvbWFpbl9zb3VyY2UYAiABKA4yFy5yb3V0ZXIudjEuU2lnbmFsU291cmNlEicKB2RvbWFpbnMYAyADKAsyFi5yb3V0ZXIudjEuRG9tYWluU2NvcmUSEgoKY29tcGxleGl0eRgEIAEoARIyChFjb21wbGV4aXR5X3NvdXJjZRgFIAEoDjIXLnJvdXRlci52MS5TaWduYWxTb3VyY2USDgoGbWV0aG9kGAYgASgJEhQKDG91dF9vZl9zY29wZRgHIAEoCBIWCg5iZXN0X3JlbGV2YW5jZRgIIAEoARIeChZvdXRfb2Zfc2NvcGVfdGhyZXNob2xkGAkgASgBEhYKDmZhbGxiYWNrX3NraWxsGAogASgJIugBCgpTY29yZVBhcnRzEhEKCWFjdGl2YXRlZBgBIAEoCBIUCgxkb21haW5fYm9udXMYAiABKAESFgoOY29tcGxleGl0eV9maXQYAyABKAESFAoMc3VjY2Vzc19yYXRlGAQgASgBEhYKDnN1Y2Nlc3NfZmFjdG9yGAUgASgBEhcKD3ByaW9yaXR5X3dlaWdodBgGIAEoARISCgpyYW5rX3Njb3JlGAcgASgBEhMKC2xvYWRfZmFjdG9yGAggASgBEhYKDnRleHRfcmVsZXZhbmNlGBQgASgBEhEKCXRleHRfdGVybRgVIAEoASKkAQoOSW1wbGVtZW50YXRpb24SDAoEbmFtZRgBIAEoCRINCgVtb2RlbBgCIAEoCRIPCgdiYWNrZW5kGAMgASgJEg8KB3F1YWxpdHkYBCABKAESGgoSY29zdF9wZXJfcXVlcnlfdXNkGAUgASgBEhsKE2V4cGVjdGVkX2xhdGVuY3lfbXMYBiABKAESGgoSb3B0aW1hbF9jb21wbGV4aXR5GAcgASgBIsEBChRJbXBsZW1lbnRhdGlvbkNob2ljZRIxCg5pbXBsZW1lbnRhdGlvbhgBIAEoCzIZLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvbhIRCglmaXRfc2NvcmUYAiABKAESGwoTbWVldHNfcXVhbGl0eV9mbG9vchgDIAEoCBIOCgZyZWFzb24YBCABKAkSNgoKcmVqZWN0aW9ucxgFIAMoCzIiLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvblJlamVjdGlvbiJKChdJbXBsZW1lbnRhdGlvblJlamVjdGlvbhIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIRCglmaXRfc2NvcmUYAyABKAEimAEKCVNlbGVjdGlvbhINCgVza2lsbBgBIAEoCRINCgVzY29yZRgCIAEoARIkCgVwYXJ0cxgDIAEoCzIVLnJvdXRlci52MS5TY29yZVBhcnRzEjcKDmltcGxlbWVudGF0aW9uGAQgASgLMh8ucm91dGVyLnYxLkltcGxlbWVudGF0aW9uQ2hvaWNlEg4KBmZvcmNlZBgFIAEoCCJ5CglSZWplY3Rpb24SDQoFc2tpbGwYASABKAkSKgoGcmVhc29uGAIgASgOMhoucm91dGVyLnYxLlJlamVjdGlvblJlYXNvbhIOCgZkZXRhaWwYAyABKAkSDQoFc2NvcmUYBCABKAESEgoKcmFua19zY29yZRgFIAEoASJeCg5FeGVjdXRlUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIoCgdjb250ZXh0GAIgASgLMhcucm91dGVyLnYxLlF1ZXJ5Q29udGV4dBITCgtleHBsYWluX2FsbBgDIAEoCCKVAwoLU2tpbGxSZXN1bHQSDQoFc2tpbGwYASABKAkSFgoOaW1wbGVtZW50YXRpb24YAiABKAkSDQoFbW9kZWwYAyABKAkSDgoGd2VpZ2h0GAQgASgBEiYKBnN0YXR1cxgFIAEoDjIWLnJvdXRlci52MS5Ta2lsbFN0YXR1cxIOCgZvdXRwdXQYBiABKAkSDQoFZXJyb3IYByABKAkSEAoIY29zdF91c2QYCCABKAESEgoKbGF0ZW5jeV9tcxgJIAEoARIUCgxpbnB1dF90b2tlbnMYCiABKAMSFQoNb3V0cHV0X3Rva2VucxgLIAEoAxIPCgdxdWFsaXR5GAwgASgBEhUKDXF1ZXVlX3dhaXRfbXMYDSABKAESEAoIYXR0ZW1wdHMYDiABKAUSEgoKYmF0Y2hfc2l6ZRgPIAEoBRIRCglzaGFyZWRfYnkYECABKAUSFgoOc3RlcHBlZF9pbl9mb3IYESABKAkSLQoOc3RlcF9pbl9yZWFzb24YEiABKA4yFS5yb3V0ZXIudjEuU2hlZFJlYXNvbiKiAQoJU2hlZFNraWxsEg0KBXNraWxsGAEgASgJEiUKBnJlYXNvbhgCIAEoDjIVLnJvdXRlci52MS5TaGVkUmVhc29uEg4KBmRldGFpbBgDIAEoCRITCgtyZXBsYWNlZF9ieRgEIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgFIAEoCRIiChpyZXBsYWNlZF9ieV9pbXBsZW1lbnRhdGlvbhgGIAEoCSJ6CgpDb3N0TGVkZ2VyEhIKCmFjdHVhbF91c2QYASABKAESFAoMYmFzZWxpbmVfdXNkGAIgASgBEhEKCXNhdmVkX3VzZBgDIAEoARIWCg5zYXZlZF9mcmFjdGlvbhgEIAEoARIXCg9iYXNlbGluZV9za2lsbHMYBSABKAUiRgoGVGltaW5nEhQKDHNlbGVjdGlvbl91cxgBIAEoAxIUCgxleGVjdXRpb25fdXMYAiABKAMSEAoIdG90YWxfdXMYAyABKAMiyAMKD0V4ZWN1dGVSZXNwb25zZRIQCghxdWVyeV9pZBgBIAEoCRIQCgh0cmFjZV9pZBgCIAEoCRIMCgR0ZXh0GAMgASgJEigKCnNlbGVjdGlvbnMYBCADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEicKB3Jlc3VsdHMYBSADKAsyFi5yb3V0ZXIudjEuU2tpbGxSZXN1bHQSKAoKcmVqZWN0aW9ucxgGIAMoCzIULnJvdXRlci52MS5SZWplY3Rpb24SIwoEY29zdBgHIAEoCzIVLnJvdXRlci52MS5Db3N0TGVkZ2VyEiEKBnRpbWluZxgIIAEoCzIRLnJvdXRlci52MS5UaW1pbmcSDwoHcXVhbGl0eRgJIAEoARIJCgFrGAogASgFEhMKC21vZV9lbmFibGVkGAsgASgIEiIKBHNoZWQYDCADKAsyFC5yb3V0ZXIudjEuU2hlZFNraWxsEigKB291dGNvbWUYDSABKA4yFy5yb3V0ZXIudjEuUXVlcnlPdXRjb21lEhoKEnJlamVjdGlvbnNfb21pdHRlZBgOIAEoBRIjCgdzaWduYWxzGBQgASgLMhIucm91dGVyLnYxLlNpZ25hbHMiOQoMU3RhdHNSZXF1ZXN0EikKBndpbmRvdxgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLoBAoKU2tpbGxTdGF0cxINCgVza2lsbBgBIAEoCRIRCglpbl9mbGlnaHQYAiABKAUSGQoRY29uY3VycmVuY3lfbGltaXQYAyABKAUSEwoLdXRpbGl6YXRpb24YBCABKAESEwoLcXVldWVfZGVwdGgYBSABKAUSDQoFY2FsbHMYBiABKAMSEAoIZmFpbHVyZXMYByABKAMSFAoMc3VjY2Vzc19yYXRlGAggASgBEhYKDmxhdGVuY3lfcDUwX21zGAkgASgBEhYKDmxhdGVuY3lfcDk5X21zGAogASgBEhAKCHJlamVjdGVkGAsgASgDEgwKBHNoZWQYDCABKAMSEQoJdGltZWRfb3V0GA0gASgDElAKF3F1ZXVlX2RlcHRoX2J5X3ByaW9yaXR5GA4gAygLMi8ucm91dGVyLnYxLlNraWxsU3RhdHMuUXVldWVEZXB0aEJ5UHJpb3JpdHlFbnRyeRIWCg5xdWV1ZV9jYXBhY2l0eRgPIAEoBRIaChJtZWFuX3F1ZXVlX3dhaXRfbXMYECABKAESNwoPaW1wbGVtZW50YXRpb25zGBEgAygLMh4ucm91dGVyLnYxLkltcGxlbWVudGF0aW9uU3RhdHMSDwoHYmF0Y2hlcxgSIAEoAxIXCg9tZWFuX2JhdGNoX3NpemUYEyABKAESGgoSbWVhbl9iYXRjaF93YWl0X21zGBQgASgBEhcKD2NvYWxlc2NlZF9jYWxscxgVIAEoAxo7ChlRdWV1ZURlcHRoQnlQcmlvcml0eUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBToCOAEizwEKE0ltcGxlbWVudGF0aW9uU3RhdHMSDAoEbmFtZRgBIAEoCRIuCg1icmVha2VyX3N0YXRlGAIgASgOMhcucm91dGVyLnYxLkJyZWFrZXJTdGF0ZRIwCgxoYWxmX29wZW5fYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGNvbnNlY3V0aXZlX2ZhaWx1cmVzGAQgASgFEhQKDGZhaWx1cmVfcmF0ZRgFIAEoARIUCgx0aW1lc19vcGVuZWQYBiABKAMizwIKBlRvdGFscxIPCgdxdWVyaWVzGAEgASgDEhwKFGF2Z19za2lsbHNfcGVyX3F1ZXJ5GAIgASgBEhAKCGNvc3RfdXNkGAMgASgBEhYKDmNvc3Rfc2F2ZWRfdXNkGAQgASgBEhkKEWJhc2VsaW5lX2Nvc3RfdXNkGAUgASgBEg4KBnJvdXRlcxgGIAEoAxIWCg5mYWlsZWRfcXVlcmllcxgHIAEoAxIxCghvdXRjb21lcxgIIAMoCzIfLnJvdXRlci52MS5Ub3RhbHMuT3V0Y29tZXNFbnRyeRIQCghhbnN3ZXJlZBgJIAEoAxITCgthdmdfcXVhbGl0eRgKIAEoARIeChZhdmdfY29zdF9wZXJfcXVlcnlfdXNkGAsgASgBGi8KDU91dGNvbWVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASKWAgoNU3RhdHNSZXNwb25zZRIlCgZza2lsbHMYASADKAsyFS5yb3V0ZXIudjEuU2tpbGxTdGF0cxIhCgZ0b3RhbHMYAiABKAsyES5yb3V0ZXIudjEuVG90YWxzEhYKDnVwdGltZV9zZWNvbmRzGAMgASgBEhMKC21vZV9lbmFibGVkGAQgASgIEiYKBndpbmRvdxgFIAEoCzIWLnJvdXRlci52MS5XaW5kb3dTdGF0cxIZChFjb25maWdfZ2VuZXJhdGlvbhgoIAEoAxI0ChBjb25maWdfbG9hZGVkX2F0GCkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1jb25maWdfc291cmNlGCogASgJIowBCgtIb3VybHlUcmVuZBIoCgRob3VyGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdxdWVyaWVzGAIgASgDEhQKDGF2Z19jb3N0X3VzZBgDIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYBCABKAESEwoLYXZnX3F1YWxpdHkYBSABKAEinAUKC1dpbmRvd1N0YXRzEhEKCWF2YWlsYWJsZRgBIAEoCBINCgVzdG9yZRgCIAEoCRIpCgVzaW5jZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYBSABKAMSDgoGZXJyb3JzGAYgASgDEhsKE2F2Z19za2lsbHNfc2VsZWN0ZWQYByABKAESHgoWYXZnX2Nvc3RfcGVyX3F1ZXJ5X3VzZBgIIAEoARIWCg5jb3N0X3NhdmVkX3VzZBgJIAEoARIaChJhdmdfY29zdF9zYXZlZF91c2QYCiABKAESFwoPYXZnX3Jlc3BvbnNlX21zGAsgASgBEhcKD3A5OV9yZXNwb25zZV9tcxgMIAEoARITCgthdmdfcXVhbGl0eRgNIAEoARJJChJza2lsbF9kaXN0cmlidXRpb24YDiADKAsyLS5yb3V0ZXIudjEuV2luZG93U3RhdHMuU2tpbGxEaXN0cmlidXRpb25FbnRyeRImCgZob3VybHkYDyADKAsyFi5yb3V0ZXIudjEuSG91cmx5VHJlbmQSFAoMcm93c19kcm9wcGVkGBAgASgDEjYKCG91dGNvbWVzGBEgAygLMiQucm91dGVyLnYxLldpbmRvd1N0YXRzLk91dGNvbWVzRW50cnkSEAoIYW5zd2VyZWQYEiABKAMaOAoWU2tpbGxEaXN0cmlidXRpb25FbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBGi8KDU91dGNvbWVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASpeCghQcmlvcml0eRIYChRQUklPUklUWV9VTlNQRUNJRklFRBAAEhAKDFBSSU9SSVRZX0xPVxABEhMKD1BSSU9SSVRZX05PUk1BTBACEhEKDVBSSU9SSVRZX0hJR0gQAyp+CgxTaWduYWxTb3VyY2USHQoZU0lHTkFMX1NPVVJDRV9VTlNQRUNJRklFRBAAEhgKFFNJR05BTF9TT1VSQ0VfQ0FMTEVSEAESGgoWU0lHTkFMX1NPVVJDRV9JTkZFUlJFRBACEhkKFVNJR05BTF9TT1VSQ0VfREVGQVVMVBADKt8BCg9SZWplY3Rpb25SZWFzb24SIAocUkVKRUNUSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEiIKHlJFSkVDVElPTl9SRUFTT05fTk9UX0FDVElWQVRFRBABEiAKHFJFSkVDVElPTl9SRUFTT05fQkVMT1dfVE9QX0sQAhIdChlSRUpFQ1RJT05fUkVBU09OX0VYQ0xVREVEEAMSJgoiUkVKRUNUSU9OX1JFQVNPTl9OT19JTVBMRU1FTlRBVElPThAEEh0KGVJFSkVDVElPTl9SRUFTT05fRElTQUJMRUQQBSqzAQoLU2tpbGxTdGF0dXMSHAoYU0tJTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASEwoPU0tJTExfU1RBVFVTX09LEAESFwoTU0tJTExfU1RBVFVTX0ZBSUxFRBACEhoKFlNLSUxMX1NUQVRVU19USU1FRF9PVVQQAxIiCh5TS0lMTF9TVEFUVVNfREVBRExJTkVfRVhDRUVERUQQBBIYChRTS0lMTF9TVEFUVVNfUkVGVVNFRBAFKvMBCgpTaGVkUmVhc29uEhsKF1NIRURfUkVBU09OX1VOU1BFQ0lGSUVEEAASGgoWU0hFRF9SRUFTT05fUVVFVUVfRlVMTBABEhwKGFNIRURfUkVBU09OX0JSRUFLRVJfT1BFThACEh0KGVNIRURfUkVBU09OX0VYUEVDVEVEX1dBSVQQAxIdChlTSEVEX1JFQVNPTl9RVUVVRV9USU1FT1VUEAQSGAoUU0hFRF9SRUFTT05fREVBRExJTkUQBRIZChVTSEVEX1JFQVNPTl9ESVNQTEFDRUQQBhIbChdTSEVEX1JFQVNPTl9DQUxMX0ZBSUxFRBAHKugBCgxRdWVyeU91dGNvbWUSHQoZUVVFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEFFVRVJZX09VVENPTUVfT0sQARIZChVRVUVSWV9PVVRDT01FX1BBUlRJQUwQAhIYChRRVUVSWV9PVVRDT01FX0ZBSUxFRBADEhkKFVFVRVJZX09VVENPTUVfUkVGVVNFRBAEEhoKFlFVRVJZX09VVENPTUVfVU5ST1VURUQQBRIaChZRVUVSWV9PVVRDT01FX0RFQURMSU5FEAYSGwoXUVVFUllfT1VUQ09NRV9DQU5DRUxMRUQQByp8CgxCcmVha2VyU3RhdGUSHQoZQlJFQUtFUl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFEJSRUFLRVJfU1RBVEVfQ0xPU0VEEAESFgoSQlJFQUtFUl9TVEFURV9PUEVOEAISGwoXQlJFQUtFUl9TVEFURV9IQUxGX09QRU4QAzLJAQoNUm91dGVyU2VydmljZRI6CgVSb3V0ZRIXLnJvdXRlci52MS5Sb3V0ZVJlcXVlc3QaGC5yb3V0ZXIudjEuUm91dGVSZXNwb25zZRJACgdFeGVjdXRlEhkucm91dGVyLnYxLkV4ZWN1dGVSZXF1ZXN0Ghoucm91dGVyLnYxLkV4ZWN1dGVSZXNwb25zZRI6CgVTdGF0cxIXLnJvdXRlci52MS5TdGF0c1JlcXVlc3QaGC5yb3V0ZXIudjEuU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEi6wIKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUINCgtfY29tcGxleGl0eUITChFfcmVxdWlyZWRfcXVhbGl0eUIICgZfdG9wX2siXAoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIvEBCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFEiMKB3NpZ25hbHMYFCABKAsyEi5yb3V0ZXIudjEuU2lnbmFscyIsCgtEb21haW5TY29yZRIOCgZkb21haW4YASABKAkSDQoFc2NvcmUYAiABKAEisAIKB1NpZ25hbHMSDgoGZG9tYWluGAEgASgJEi4KDWRvbWFpbl9zb3VyY2UYAiABKA4yFy5yb3V0ZXIudjEuU2lnbmFsU291cmNlEicKB2RvbWFpbnMYAyADKAsyFi5yb3V0ZXIudjEuRG9tYWluU2NvcmUSEgoKY29tcGxleGl0eRgEIAEoARIyChFjb21wbGV4aXR5X3NvdXJjZRgFIAEoDjIXLnJvdXRlci52MS5TaWduYWxTb3VyY2USDgoGbWV0aG9kGAYgASgJEhQKDG91dF9vZl9zY29wZRgHIAEoCBIWCg5iZXN0X3JlbGV2YW5jZRgIIAEoARIeChZvdXRfb2Zfc2NvcGVfdGhyZXNob2xkGAkgASgBEhYKDmZhbGxiYWNrX3NraWxsGAogASgJIugBCgpTY29yZVBhcnRzEhEKCWFjdGl2YXRlZBgBIAEoCBIUCgxkb21haW5fYm9udXMYAiABKAESFgoOY29tcGxleGl0eV9maXQYAyABKAESFAoMc3VjY2Vzc19yYXRlGAQgASgBEhYKDnN1Y2Nlc3NfZmFjdG9yGAUgASgBEhcKD3ByaW9yaXR5X3dlaWdodBgGIAEoARISCgpyYW5rX3Njb3JlGAcgASgBEhMKC2xvYWRfZmFjdG9yGAggASgBEhYKDnRleHRfcmVsZXZhbmNlGBQgASgBEhEKCXRleHRfdGVybRgVIAEoASKkAQoOSW1wbGVtZW50YXRpb24SDAoEbmFtZRgBIAEoCRINCgVtb2RlbBgCIAEoCRIPCgdiYWNrZW5kGAMgASgJEg8KB3F1YWxpdHkYBCABKAESGgoSY29zdF9wZXJfcXVlcnlfdXNkGAUgASgBEhsKE2V4cGVjdGVkX2xhdGVuY3lfbXMYBiABKAESGgoSb3B0aW1hbF9jb21wbGV4aXR5GAcgASgBIsEBChRJbXBsZW1lbnRhdGlvbkNob2ljZRIxCg5pbXBsZW1lbnRhdGlvbhgBIAEoCzIZLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvbhIRCglmaXRfc2NvcmUYAiABKAESGwoTbWVldHNfcXVhbGl0eV9mbG9vchgDIAEoCBIOCgZyZWFzb24YBCABKAkSNgoKcmVqZWN0aW9ucxgFIAMoCzIiLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvblJlamVjdGlvbiJKChdJbXBsZW1lbnRhdGlvblJlamVjdGlvbhIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIRCglmaXRfc2NvcmUYAyABKAEimAEKCVNlbGVjdGlvbhINCgVza2lsbBgBIAEoCRINCgVzY29yZRgCIAEoARIkCgVwYXJ0cxgDIAEoCzIVLnJvdXRlci52MS5TY29yZVBhcnRzEjcKDmltcGxlbWVudGF0aW9uGAQgASgLMh8ucm91dGVyLnYxLkltcGxlbWVudGF0aW9uQ2hvaWNlEg4KBmZvcmNlZBgFIAEoCCJ5CglSZWplY3Rpb24SDQoFc2tpbGwYASABKAkSKgoGcmVhc29uGAIgASgOMhoucm91dGVyLnYxLlJlamVjdGlvblJlYXNvbhIOCgZkZXRhaWwYAyABKAkSDQoFc2NvcmUYBCABKAESEgoKcmFua19zY29yZRgFIAEoASJeCg5FeGVjdXRlUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIoCgdjb250ZXh0GAIgASgLMhcucm91dGVyLnYxLlF1ZXJ5Q29udGV4dBITCgtleHBsYWluX2FsbBgDIAEoCCLUAwoLU2tpbGxSZXN1bHQSDQoFc2tpbGwYASABKAkSFgoOaW1wbGVtZW50YXRpb24YAiABKAkSDQoFbW9kZWwYAyABKAkSDgoGd2VpZ2h0GAQgASgBEiYKBnN0YXR1cxgFIAEoDjIWLnJvdXRlci52MS5Ta2lsbFN0YXR1cxIOCgZvdXRwdXQYBiABKAkSDQoFZXJyb3IYByABKAkSEAoIY29zdF91c2QYCCABKAESEgoKbGF0ZW5jeV9tcxgJIAEoARIUCgxpbnB1dF90b2tlbnMYCiABKAMSFQoNb3V0cHV0X3Rva2VucxgLIAEoAxIPCgdxdWFsaXR5GAwgASgBEhUKDXF1ZXVlX3dhaXRfbXMYDSABKAESEAoIYXR0ZW1wdHMYDiABKAUSEgoKYmF0Y2hfc2l6ZRgPIAEoBRIRCglzaGFyZWRfYnkYECABKAUSFgoOc3RlcHBlZF9pbl9mb3IYESABKAkSLQoOc3RlcF9pbl9yZWFzb24YEiABKA4yFS5yb3V0ZXIudjEuU2hlZFJlYXNvbhIOCgZjYWNoZWQYKCABKAgSFAoMY2FjaGVfYWdlX21zGCkgASgBEhcKD2NhY2hlX3NhdmVkX3VzZBgqIAEoASKiAQoJU2hlZFNraWxsEg0KBXNraWxsGAEgASgJEiUKBnJlYXNvbhgCIAEoDjIVLnJvdXRlci52MS5TaGVkUmVhc29uEg4KBmRldGFpbBgDIAEoCRITCgtyZXBsYWNlZF9ieRgEIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgFIAEoCRIiChpyZXBsYWNlZF9ieV9pbXBsZW1lbnRhdGlvbhgGIAEoCSKTAQoKQ29zdExlZGdlchISCgphY3R1YWxfdXNkGAEgASgBEhQKDGJhc2VsaW5lX3VzZBgCIAEoARIRCglzYXZlZF91c2QYAyABKAESFgoOc2F2ZWRfZnJhY3Rpb24YBCABKAESFwoPYmFzZWxpbmVfc2tpbGxzGAUgASgFEhcKD2NhY2hlX3NhdmVkX3VzZBgoIAEoASJGCgZUaW1pbmcSFAoMc2VsZWN0aW9uX3VzGAEgASgDEhQKDGV4ZWN1dGlvbl91cxgCIAEoAxIQCgh0b3RhbF91cxgDIAEoAyLIAwoPRXhlY3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEgwKBHRleHQYAyABKAkSKAoKc2VsZWN0aW9ucxgEIAMoCzIULnJvdXRlci52MS5TZWxlY3Rpb24SJwoHcmVzdWx0cxgFIAMoCzIWLnJvdXRlci52MS5Ta2lsbFJlc3VsdBIoCgpyZWplY3Rpb25zGAYgAygLMhQucm91dGVyLnYxLlJlamVjdGlvbhIjCgRjb3N0GAcgASgLMhUucm91dGVyLnYxLkNvc3RMZWRnZXISIQoGdGltaW5nGAggASgLMhEucm91dGVyLnYxLlRpbWluZxIPCgdxdWFsaXR5GAkgASgBEgkKAWsYCiABKAUSEwoLbW9lX2VuYWJsZWQYCyABKAgSIgoEc2hlZBgMIAMoCzIULnJvdXRlci52MS5TaGVkU2tpbGwSKAoHb3V0Y29tZRgNIAEoDjIXLnJvdXRlci52MS5RdWVyeU91dGNvbWUSGgoScmVqZWN0aW9uc19vbWl0dGVkGA4gASgFEiMKB3NpZ25hbHMYFCABKAsyEi5yb3V0ZXIudjEuU2lnbmFscyI5CgxTdGF0c1JlcXVlc3QSKQoGd2luZG93GAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIqsFCgpTa2lsbFN0YXRzEg0KBXNraWxsGAEgASgJEhEKCWluX2ZsaWdodBgCIAEoBRIZChFjb25jdXJyZW5jeV9saW1pdBgDIAEoBRITCgt1dGlsaXphdGlvbhgEIAEoARITCgtxdWV1ZV9kZXB0aBgFIAEoBRINCgVjYWxscxgGIAEoAxIQCghmYWlsdXJlcxgHIAEoAxIUCgxzdWNjZXNzX3JhdGUYCCABKAESFgoObGF0ZW5jeV9wNTBfbXMYCSABKAESFgoObGF0ZW5jeV9wOTlfbXMYCiABKAESEAoIcmVqZWN0ZWQYCyABKAMSDAoEc2hlZBgMIAEoAxIRCgl0aW1lZF9vdXQYDSABKAMSUAoXcXVldWVfZGVwdGhfYnlfcHJpb3JpdHkYDiADKAsyLy5yb3V0ZXIudjEuU2tpbGxTdGF0cy5RdWV1ZURlcHRoQnlQcmlvcml0eUVudHJ5EhYKDnF1ZXVlX2NhcGFjaXR5GA8gASgFEhoKEm1lYW5fcXVldWVfd2FpdF9tcxgQIAEoARI3Cg9pbXBsZW1lbnRhdGlvbnMYESADKAsyHi5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25TdGF0cxIPCgdiYXRjaGVzGBIgASgDEhcKD21lYW5fYmF0Y2hfc2l6ZRgTIAEoARIaChJtZWFuX2JhdGNoX3dhaXRfbXMYFCABKAESFwoPY29hbGVzY2VkX2NhbGxzGBUgASgDEhIKCmNhY2hlX2hpdHMYKCABKAMSFAoMY2FjaGVfbWlzc2VzGCkgASgDEhcKD2NhY2hlX3NhdmVkX3VzZBgqIAEoARo7ChlRdWV1ZURlcHRoQnlQcmlvcml0eUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBToCOAEizwEKE0ltcGxlbWVudGF0aW9uU3RhdHMSDAoEbmFtZRgBIAEoCRIuCg1icmVha2VyX3N0YXRlGAIgASgOMhcucm91dGVyLnYxLkJyZWFrZXJTdGF0ZRIwCgxoYWxmX29wZW5fYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGNvbnNlY3V0aXZlX2ZhaWx1cmVzGAQgASgFEhQKDGZhaWx1cmVfcmF0ZRgFIAEoARIUCgx0aW1lc19vcGVuZWQYBiABKAMikgMKBlRvdGFscxIPCgdxdWVyaWVzGAEgASgDEhwKFGF2Z19za2lsbHNfcGVyX3F1ZXJ5GAIgASgBEhAKCGNvc3RfdXNkGAMgASgBEhYKDmNvc3Rfc2F2ZWRfdXNkGAQgASgBEhkKEWJhc2VsaW5lX2Nvc3RfdXNkGAUgASgBEg4KBnJvdXRlcxgGIAEoAxIWCg5mYWlsZWRfcXVlcmllcxgHIAEoAxIxCghvdXRjb21lcxgIIAMoCzIfLnJvdXRlci52MS5Ub3RhbHMuT3V0Y29tZXNFbnRyeRIQCghhbnN3ZXJlZBgJIAEoAxITCgthdmdfcXVhbGl0eRgKIAEoARIeChZhdmdfY29zdF9wZXJfcXVlcnlfdXNkGAsgASgBEhIKCmNhY2hlX2hpdHMYKCABKAMSFAoMY2FjaGVfbWlzc2VzGCkgASgDEhcKD2NhY2hlX3NhdmVkX3VzZBgqIAEoARovCg1PdXRjb21lc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEiyQIKDVN0YXRzUmVzcG9uc2USJQoGc2tpbGxzGAEgAygLMhUucm91dGVyLnYxLlNraWxsU3RhdHMSIQoGdG90YWxzGAIgASgLMhEucm91dGVyLnYxLlRvdGFscxIWCg51cHRpbWVfc2Vjb25kcxgDIAEoARITCgttb2VfZW5hYmxlZBgEIAEoCBImCgZ3aW5kb3cYBSABKAsyFi5yb3V0ZXIudjEuV2luZG93U3RhdHMSGQoRY29uZmlnX2dlbmVyYXRpb24YKCABKAMSNAoQY29uZmlnX2xvYWRlZF9hdBgpIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNY29uZmlnX3NvdXJjZRgqIAEoCRIxCgxzaGFyZWRfc3RhdGUYPCABKAsyGy5yb3V0ZXIudjEuU2hhcmVkU3RhdGVTdGF0cyKOAQoQU2hhcmVkU3RhdGVTdGF0cxIPCgdiYWNrZW5kGAEgASgJEhEKCWNvbm5lY3RlZBgCIAEoCBIOCgZkZXRhaWwYAyABKAkSEQoJZmFsbGJhY2tzGAQgASgDEhIKCnJlY29ubmVjdHMYBSABKAMSDgoGd29ya2VyGAYgASgFEg8KB3dvcmtlcnMYByABKAUijAEKC0hvdXJseVRyZW5kEigKBGhvdXIYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYAiABKAMSFAoMYXZnX2Nvc3RfdXNkGAMgASgBEhcKD2F2Z19yZXNwb25zZV9tcxgEIAEoARITCgthdmdfcXVhbGl0eRgFIAEoASKVBwoLV2luZG93U3RhdHMSEQoJYXZhaWxhYmxlGAEgASgIEg0KBXN0b3JlGAIgASgJEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgV1bnRpbBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcXVlcmllcxgFIAEoAxIOCgZlcnJvcnMYBiABKAMSGwoTYXZnX3NraWxsc19zZWxlY3RlZBgHIAEoARIeChZhdmdfY29zdF9wZXJfcXVlcnlfdXNkGAggASgBEhYKDmNvc3Rfc2F2ZWRfdXNkGAkgASgBEhoKEmF2Z19jb3N0X3NhdmVkX3VzZBgKIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYCyABKAESFwoPcDk5X3Jlc3BvbnNlX21zGAwgASgBEhMKC2F2Z19xdWFsaXR5GA0gASgBEkkKEnNraWxsX2Rpc3RyaWJ1dGlvbhgOIAMoCzItLnJvdXRlci52MS5XaW5kb3dTdGF0cy5Ta2lsbERpc3RyaWJ1dGlvbkVudHJ5EiYKBmhvdXJseRgPIAMoCzIWLnJvdXRlci52MS5Ib3VybHlUcmVuZBIUCgxyb3dzX2Ryb3BwZWQYECABKAMSNgoIb3V0Y29tZXMYESADKAsyJC5yb3V0ZXIudjEuV2luZG93U3RhdHMuT3V0Y29tZXNFbnRyeRIQCghhbnN3ZXJlZBgSIAEoAxI5CgpjYWNoZV9oaXRzGCggAygLMiUucm91dGVyLnYxLldpbmRvd1N0YXRzLkNhY2hlSGl0c0VudHJ5Ej0KDGNhY2hlX21pc3NlcxgpIAMoCzInLnJvdXRlci52MS5XaW5kb3dTdGF0cy5DYWNoZU1pc3Nlc0VudHJ5EhcKD2NhY2hlX3NhdmVkX3VzZBgqIAEoARo4ChZTa2lsbERpc3RyaWJ1dGlvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEaLwoNT3V0Y29tZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBGjAKDkNhY2hlSGl0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEaMgoQQ2FjaGVNaXNzZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBIoACCgxFeGVjdXRlRXZlbnQSKQoGcm91dGVkGAEgASgLMhcucm91dGVyLnYxLlN0cmVhbVJvdXRlZEgAEiYKBWRlbHRhGAIgASgLMhUucm91dGVyLnYxLlNraWxsRGVsdGFIABIuCgxza2lsbF9yZXN1bHQYAyABKAsyFi5yb3V0ZXIudjEuU2tpbGxSZXN1bHRIABIkCgRzaGVkGAQgASgLMhQucm91dGVyLnYxLlNoZWRTa2lsbEgAEioKBGRvbmUYBSABKAsyGi5yb3V0ZXIudjEuRXhlY3V0ZVJlc3BvbnNlSAASEgoKZWxhcHNlZF9tcxgKIAEoAUIHCgVldmVudCLCAQoMU3RyZWFtUm91dGVkEhAKCHF1ZXJ5X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEigKCnNlbGVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYBCADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBSABKAUSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFIlIKClNraWxsRGVsdGESDQoFc2tpbGwYASABKAkSFgoOaW1wbGVtZW50YXRpb24YAiABKAkSDAoEdGV4dBgDIAEoCRIPCgdhdHRlbXB0GAQgASgFKl4KCFByaW9yaXR5EhgKFFBSSU9SSVRZX1VOU1BFQ0lGSUVEEAASEAoMUFJJT1JJVFlfTE9XEAESEwoPUFJJT1JJVFlfTk9STUFMEAISEQoNUFJJT1JJVFlfSElHSBADKn4KDFNpZ25hbFNvdXJjZRIdChlTSUdOQUxfU09VUkNFX1VOU1BFQ0lGSUVEEAASGAoUU0lHTkFMX1NPVVJDRV9DQUxMRVIQARIaChZTSUdOQUxfU09VUkNFX0lORkVSUkVEEAISGQoVU0lHTkFMX1NPVVJDRV9ERUZBVUxUEAMq3wEKD1JlamVjdGlvblJlYXNvbhIgChxSRUpFQ1RJT05fUkVBU09OX1VOU1BFQ0lGSUVEEAASIgoeUkVKRUNUSU9OX1JFQVNPTl9OT1RfQUNUSVZBVEVEEAESIAocUkVKRUNUSU9OX1JFQVNPTl9CRUxPV19UT1BfSxACEh0KGVJFSkVDVElPTl9SRUFTT05fRVhDTFVERUQQAxImCiJSRUpFQ1RJT05fUkVBU09OX05PX0lNUExFTUVOVEFUSU9OEAQSHQoZUkVKRUNUSU9OX1JFQVNPTl9ESVNBQkxFRBAFKrMBCgtTa2lsbFN0YXR1cxIcChhTS0lMTF9TVEFUVVNfVU5TUEVDSUZJRUQQABITCg9TS0lMTF9TVEFUVVNfT0sQARIXChNTS0lMTF9TVEFUVVNfRkFJTEVEEAISGgoWU0tJTExfU1RBVFVTX1RJTUVEX09VVBADEiIKHlNLSUxMX1NUQVRVU19ERUFETElORV9FWENFRURFRBAEEhgKFFNLSUxMX1NUQVRVU19SRUZVU0VEEAUqrwIKClNoZWRSZWFzb24SGwoXU0hFRF9SRUFTT05fVU5TUEVDSUZJRUQQABIaChZTSEVEX1JFQVNPTl9RVUVVRV9GVUxMEAESHAoYU0hFRF9SRUFTT05fQlJFQUtFUl9PUEVOEAISHQoZU0hFRF9SRUFTT05fRVhQRUNURURfV0FJVBADEh0KGVNIRURfUkVBU09OX1FVRVVFX1RJTUVPVVQQBBIYChRTSEVEX1JFQVNPTl9ERUFETElORRAFEhkKFVNIRURfUkVBU09OX0RJU1BMQUNFRBAGEhsKF1NIRURfUkVBU09OX0NBTExfRkFJTEVEEAcSHAoYU0hFRF9SRUFTT05fU0hBUkVEX0xJTUlUEBQSHAoYU0hFRF9SRUFTT05fUkFURV9MSU1JVEVEEBUq6AEKDFF1ZXJ5T3V0Y29tZRIdChlRVUVSWV9PVVRDT01FX1VOU1BFQ0lGSUVEEAASFAoQUVVFUllfT1VUQ09NRV9PSxABEhkKFVFVRVJZX09VVENPTUVfUEFSVElBTBACEhgKFFFVRVJZX09VVENPTUVfRkFJTEVEEAMSGQoVUVVFUllfT1VUQ09NRV9SRUZVU0VEEAQSGgoWUVVFUllfT1VUQ09NRV9VTlJPVVRFRBAFEhoKFlFVRVJZX09VVENPTUVfREVBRExJTkUQBhIbChdRVUVSWV9PVVRDT01FX0NBTkNFTExFRBAHKnwKDEJyZWFrZXJTdGF0ZRIdChlCUkVBS0VSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQlJFQUtFUl9TVEFURV9DTE9TRUQQARIWChJCUkVBS0VSX1NUQVRFX09QRU4QAhIbChdCUkVBS0VSX1NUQVRFX0hBTEZfT1BFThADMpACCg1Sb3V0ZXJTZXJ2aWNlEjoKBVJvdXRlEhcucm91dGVyLnYxLlJvdXRlUmVxdWVzdBoYLnJvdXRlci52MS5Sb3V0ZVJlc3BvbnNlEkAKB0V4ZWN1dGUSGS5yb3V0ZXIudjEuRXhlY3V0ZVJlcXVlc3QaGi5yb3V0ZXIudjEuRXhlY3V0ZVJlc3BvbnNlEkUKDUV4ZWN1dGVTdHJlYW0SGS5yb3V0ZXIudjEuRXhlY3V0ZVJlcXVlc3QaFy5yb3V0ZXIudjEuRXhlY3V0ZUV2ZW50MAESOgoFU3RhdHMSFy5yb3V0ZXIudjEuU3RhdHNSZXF1ZXN0Ghgucm91dGVyLnYxLlN0YXRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * QueryContext is what the web app knows about a query, plus per-request
@@ -845,6 +845,28 @@ export type SkillResult = Message<"router.v1.SkillResult"> & {
    * @generated from field: router.v1.ShedReason step_in_reason = 18;
    */
   stepInReason: ShedReason;
+
+  /**
+   * True when the answer came from the response cache (no backend request:
+   * cost_usd is 0 and latency_ms the look-up's).
+   *
+   * @generated from field: bool cached = 40;
+   */
+  cached: boolean;
+
+  /**
+   * Age of the cached answer, in milliseconds (0 when not cached).
+   *
+   * @generated from field: double cache_age_ms = 41;
+   */
+  cacheAgeMs: number;
+
+  /**
+   * What the cached answer cost when it was made: the saving of this hit.
+   *
+   * @generated from field: double cache_saved_usd = 42;
+   */
+  cacheSavedUsd: number;
 };
 
 /**
@@ -954,6 +976,14 @@ export type CostLedger = Message<"router.v1.CostLedger"> & {
    * @generated from field: int32 baseline_skills = 5;
    */
   baselineSkills: number;
+
+  /**
+   * What the answers taken from the response cache would have cost (not in
+   * actual_usd: a hit costs nothing).
+   *
+   * @generated from field: double cache_saved_usd = 40;
+   */
+  cacheSavedUsd: number;
 };
 
 /**
@@ -1299,6 +1329,27 @@ export type SkillStats = Message<"router.v1.SkillStats"> & {
    * @generated from field: int64 coalesced_calls = 21;
    */
   coalescedCalls: bigint;
+
+  /**
+   * Answers taken from the response cache since start.
+   *
+   * @generated from field: int64 cache_hits = 40;
+   */
+  cacheHits: bigint;
+
+  /**
+   * Cache look-ups that found nothing (the call was made or joined).
+   *
+   * @generated from field: int64 cache_misses = 41;
+   */
+  cacheMisses: bigint;
+
+  /**
+   * What the cache hits would have cost, in US dollars.
+   *
+   * @generated from field: double cache_saved_usd = 42;
+   */
+  cacheSavedUsd: number;
 };
 
 /**
@@ -1450,6 +1501,27 @@ export type Totals = Message<"router.v1.Totals"> & {
    * @generated from field: double avg_cost_per_query_usd = 11;
    */
   avgCostPerQueryUsd: number;
+
+  /**
+   * Skill answers taken from the response cache.
+   *
+   * @generated from field: int64 cache_hits = 40;
+   */
+  cacheHits: bigint;
+
+  /**
+   * Cache look-ups that found nothing.
+   *
+   * @generated from field: int64 cache_misses = 41;
+   */
+  cacheMisses: bigint;
+
+  /**
+   * What the cache hits would have cost, in US dollars.
+   *
+   * @generated from field: double cache_saved_usd = 42;
+   */
+  cacheSavedUsd: number;
 };
 
 /**
@@ -1522,6 +1594,14 @@ export type StatsResponse = Message<"router.v1.StatsResponse"> & {
    * @generated from field: string config_source = 42;
    */
   configSource: string;
+
+  /**
+   * The shared state (limits across replicas and workers) as this worker
+   * sees it.
+   *
+   * @generated from field: router.v1.SharedStateStats shared_state = 60;
+   */
+  sharedState?: SharedStateStats | undefined;
 };
 
 /**
@@ -1530,6 +1610,72 @@ export type StatsResponse = Message<"router.v1.StatsResponse"> & {
  */
 export const StatsResponseSchema: GenMessage<StatsResponse> = /*@__PURE__*/
   messageDesc(file_router_v1_router, 21);
+
+/**
+ * SharedStateStats says where limits are held and whether that store is
+ * reachable.
+ *
+ * @generated from message router.v1.SharedStateStats
+ */
+export type SharedStateStats = Message<"router.v1.SharedStateStats"> & {
+  /**
+   * "in_process" (no state.redis_url) or "redis".
+   *
+   * @generated from field: string backend = 1;
+   */
+  backend: string;
+
+  /**
+   * False while the store is unreachable: the worker serves on local limits
+   * (its share) and reconnects in the background.
+   *
+   * @generated from field: bool connected = 2;
+   */
+  connected: boolean;
+
+  /**
+   * The last error while disconnected; empty when connected.
+   *
+   * @generated from field: string detail = 3;
+   */
+  detail: string;
+
+  /**
+   * Admission decisions made on local limits because the store was
+   * unreachable, since start.
+   *
+   * @generated from field: int64 fallbacks = 4;
+   */
+  fallbacks: bigint;
+
+  /**
+   * Times the store came back after being unreachable, since start.
+   *
+   * @generated from field: int64 reconnects = 5;
+   */
+  reconnects: bigint;
+
+  /**
+   * This worker's index (0-based) among server.workers.
+   *
+   * @generated from field: int32 worker = 6;
+   */
+  worker: number;
+
+  /**
+   * server.workers: processes serving this port on this host.
+   *
+   * @generated from field: int32 workers = 7;
+   */
+  workers: number;
+};
+
+/**
+ * Describes the message router.v1.SharedStateStats.
+ * Use `create(SharedStateStatsSchema)` to create a new message.
+ */
+export const SharedStateStatsSchema: GenMessage<SharedStateStats> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 22);
 
 /**
  * HourlyTrend is one hour of the window.
@@ -1578,7 +1724,7 @@ export type HourlyTrend = Message<"router.v1.HourlyTrend"> & {
  * Use `create(HourlyTrendSchema)` to create a new message.
  */
 export const HourlyTrendSchema: GenMessage<HourlyTrend> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 22);
+  messageDesc(file_router_v1_router, 23);
 
 /**
  * WindowStats are the seed's dashboard figures over a window of time.
@@ -1712,6 +1858,27 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
    * @generated from field: int64 answered = 18;
    */
   answered: bigint;
+
+  /**
+   * Per skill: answers taken from the response cache in the window.
+   *
+   * @generated from field: map<string, int64> cache_hits = 40;
+   */
+  cacheHits: { [key: string]: bigint };
+
+  /**
+   * Per skill: cache look-ups that found nothing in the window.
+   *
+   * @generated from field: map<string, int64> cache_misses = 41;
+   */
+  cacheMisses: { [key: string]: bigint };
+
+  /**
+   * What the cache hits of the window would have cost, in US dollars.
+   *
+   * @generated from field: double cache_saved_usd = 42;
+   */
+  cacheSavedUsd: number;
 };
 
 /**
@@ -1719,7 +1886,183 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
  * Use `create(WindowStatsSchema)` to create a new message.
  */
 export const WindowStatsSchema: GenMessage<WindowStats> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 23);
+  messageDesc(file_router_v1_router, 24);
+
+/**
+ * ExecuteEvent is one event of ExecuteStream.
+ *
+ * @generated from message router.v1.ExecuteEvent
+ */
+export type ExecuteEvent = Message<"router.v1.ExecuteEvent"> & {
+  /**
+   * @generated from oneof router.v1.ExecuteEvent.event
+   */
+  event: {
+    /**
+     * The routing decision, first and at once.
+     *
+     * @generated from field: router.v1.StreamRouted routed = 1;
+     */
+    value: StreamRouted;
+    case: "routed";
+  } | {
+    /**
+     * A piece of one skill's answer, as its backend streams it.
+     *
+     * @generated from field: router.v1.SkillDelta delta = 2;
+     */
+    value: SkillDelta;
+    case: "delta";
+  } | {
+    /**
+     * One skill's whole result, as soon as it has one: answered, failed
+     * (a stream that broke mid-way fails that skill only), timed out, or
+     * from the cache. A failed skill may be followed by the one that
+     * stepped in (see shed). weight is 0 here; `done` has the weights.
+     *
+     * @generated from field: router.v1.SkillResult skill_result = 3;
+     */
+    value: SkillResult;
+    case: "skillResult";
+  } | {
+    /**
+     * A skill shed (refused, or its call failed) and who stepped in.
+     *
+     * @generated from field: router.v1.ShedSkill shed = 4;
+     */
+    value: ShedSkill;
+    case: "shed";
+  } | {
+    /**
+     * The last event: what Execute would have returned.
+     *
+     * @generated from field: router.v1.ExecuteResponse done = 5;
+     */
+    value: ExecuteResponse;
+    case: "done";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * Milliseconds since the sidecar received the call.
+   *
+   * @generated from field: double elapsed_ms = 10;
+   */
+  elapsedMs: number;
+};
+
+/**
+ * Describes the message router.v1.ExecuteEvent.
+ * Use `create(ExecuteEventSchema)` to create a new message.
+ */
+export const ExecuteEventSchema: GenMessage<ExecuteEvent> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 25);
+
+/**
+ * StreamRouted is the routing decision of a streamed Execute.
+ *
+ * @generated from message router.v1.StreamRouted
+ */
+export type StreamRouted = Message<"router.v1.StreamRouted"> & {
+  /**
+   * Unique id of this query (the same as done.query_id).
+   *
+   * @generated from field: string query_id = 1;
+   */
+  queryId: string;
+
+  /**
+   * Trace id of the query's trace when tracing is on.
+   *
+   * @generated from field: string trace_id = 2;
+   */
+  traceId: string;
+
+  /**
+   * The chosen skills, best first (as planned; done.selections lists the
+   * skills that ran).
+   *
+   * @generated from field: repeated router.v1.Selection selections = 3;
+   */
+  selections: Selection[];
+
+  /**
+   * The skills considered but not chosen.
+   *
+   * @generated from field: repeated router.v1.Rejection rejections = 4;
+   */
+  rejections: Rejection[];
+
+  /**
+   * The k that was applied.
+   *
+   * @generated from field: int32 k = 5;
+   */
+  k: number;
+
+  /**
+   * False when top-k routing is disabled.
+   *
+   * @generated from field: bool moe_enabled = 6;
+   */
+  moeEnabled: boolean;
+
+  /**
+   * Skills not chosen that rejections does not list (see explain_all).
+   *
+   * @generated from field: int32 rejections_omitted = 7;
+   */
+  rejectionsOmitted: number;
+};
+
+/**
+ * Describes the message router.v1.StreamRouted.
+ * Use `create(StreamRoutedSchema)` to create a new message.
+ */
+export const StreamRoutedSchema: GenMessage<StreamRouted> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 26);
+
+/**
+ * SkillDelta is a piece of one skill's answer.
+ *
+ * @generated from message router.v1.SkillDelta
+ */
+export type SkillDelta = Message<"router.v1.SkillDelta"> & {
+  /**
+   * The skill answering.
+   *
+   * @generated from field: string skill = 1;
+   */
+  skill: string;
+
+  /**
+   * Its implementation.
+   *
+   * @generated from field: string implementation = 2;
+   */
+  implementation: string;
+
+  /**
+   * The text to append to what this skill has said so far.
+   *
+   * @generated from field: string text = 3;
+   */
+  text: string;
+
+  /**
+   * Backend attempt the piece belongs to (1 first). A higher attempt than
+   * before means a retry started the answer over: drop the earlier text.
+   *
+   * @generated from field: int32 attempt = 4;
+   */
+  attempt: number;
+};
+
+/**
+ * Describes the message router.v1.SkillDelta.
+ * Use `create(SkillDeltaSchema)` to create a new message.
+ */
+export const SkillDeltaSchema: GenMessage<SkillDelta> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 27);
 
 /**
  * Priority of a query. Higher-priority queries are admitted first.
@@ -1979,6 +2322,23 @@ export enum ShedReason {
    * @generated from enum value: SHED_REASON_CALL_FAILED = 7;
    */
   CALL_FAILED = 7,
+
+  /**
+   * The skill's concurrency limit is taken across every replica and worker
+   * (the shared state's leases), or this worker's share of it when limits
+   * are split among workers without a shared store.
+   *
+   * @generated from enum value: SHED_REASON_SHARED_LIMIT = 20;
+   */
+  SHARED_LIMIT = 20,
+
+  /**
+   * The implementation's provider rate limit (rate_limit.rpm / tpm) is
+   * spent for the current minute.
+   *
+   * @generated from enum value: SHED_REASON_RATE_LIMITED = 21;
+   */
+  RATE_LIMITED = 21,
 }
 
 /**
@@ -2121,6 +2481,8 @@ export const RouterService: GenService<{
    * Execute routes the query, calls each chosen skill's implementation
    * concurrently within the caller's deadline, and synthesizes their outputs.
    * It fails only when every chosen skill failed.
+   * ExecuteStream takes the same request.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    *
    * @generated from rpc router.v1.RouterService.Execute
    */
@@ -2128,6 +2490,27 @@ export const RouterService: GenService<{
     methodKind: "unary";
     input: typeof ExecuteRequestSchema;
     output: typeof ExecuteResponseSchema;
+  },
+  /**
+   * ExecuteStream is Execute (the same routing, admission, deadline and
+   * accounting) whose answer arrives as it is made: first the routing
+   * decision, then per skill its token deltas (openai backends stream) or
+   * its whole result (http skills, batched implementations, cache hits),
+   * skills shed and who stepped in as it happens, and last `done`: exactly
+   * the ExecuteResponse Execute would have returned. Cancelling the call
+   * cancels every backend request still open (the query is recorded as
+   * cancelled). Errors come as the call's status, as for Execute.
+   * The names are the contract (issue 14): the request is Execute's own.
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   *
+   * @generated from rpc router.v1.RouterService.ExecuteStream
+   */
+  executeStream: {
+    methodKind: "server_streaming";
+    input: typeof ExecuteRequestSchema;
+    output: typeof ExecuteEventSchema;
   },
   /**
    * Stats reports the live state of every skill and the totals since start.
