@@ -45,6 +45,12 @@ class QueryRecord:
     skills: tuple[str, ...] = ()
     skills_ok: tuple[str, ...] = ()
     trace_id: str = ""
+    implementations: tuple[str, ...] = ()  # the implementation each of ``skills`` ran
+    # Where quality_score comes from: "declared" (the synthesis of declared
+    # qualities) or "feedback" (the web app's rating, set when it arrives).
+    quality_source: str = "declared"
+    arm: str = ""  # "experiment/arm" the query ran in ("" when none)
+    shadow: bool = False  # a shadow run of the control arm: never returned to the caller
 
 
 class SkillObservation(Protocol):

@@ -36,8 +36,8 @@ from router.core.errors import (
     Overloaded,
     ShuttingDown,
 )
-from router.core.implementations import choose_implementation
-from router.core.routing import PlannedSkill, RoutePlan, SkillIndex, StandbyQueue, plan_route
+from router.core.implementations import Learned, choose_implementation
+from router.core.routing import PlannedSkill, RoutePlan, SkillIndex, StandbyQueue, learned_for, plan_route
 from router.core.selection import RejectionReason
 from router.core.synthesis import QueryOutcome, SkillOutcome, Status, Synthesis, account, synthesize
 from router.core.types import ImplementationSpec, Query, RoutingPolicy
@@ -116,6 +116,9 @@ class _QueryRun:
     outcomes: list[SkillOutcome] = field(default_factory=list)
     shed: list[ShedSkill] = field(default_factory=list)
     synthesis: Synthesis | None = None
+    policy: RoutingPolicy | None = None  # an experiment arm's policy (None: the pipeline's)
+    arm: str = ""  # "experiment/arm" ("" when none)
+    shadow: bool = False  # a shadow run of the control arm
 
 
 class _Utilization:
@@ -147,6 +150,7 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        learned: Learned | None = None,
     ) -> None:
         self.index = index
         self.policy = policy
@@ -163,6 +167,9 @@ class Pipeline:
         self._wall = wall
         self._new_id = new_id
         self._utilization = _Utilization(runtimes)
+        # The measured quality and random source the expected_quality
+        # implementation policy reads (runtime.feedback.QualityRegistry).
+        self.learned = learned
         self._draining = False
         self.in_flight = 0  # queries being executed now
 
@@ -199,11 +206,13 @@ class Pipeline:
                 out[name] = down
         return out
 
-    def _plan(self, query: Query, explain_all: bool) -> tuple[RoutePlan, int, int]:
+    def _plan(self, query: Query, explain_all: bool,
+              policy: RoutingPolicy | None = None) -> tuple[RoutePlan, int, int]:
         t0 = time.monotonic_ns()
-        plan = plan_route(self.index, query, self.policy, self.registry.rates, self.unavailable(self._clock()),
+        plan = plan_route(self.index, query, policy or self.policy, self.registry.rates,
+                          self.unavailable(self._clock()),
                           utilization=self._utilization if self.load_bias else None, load_bias=self.load_bias,
-                          explain_all=explain_all)
+                          explain_all=explain_all, learned=self.learned)
         return plan, t0, time.monotonic_ns()
 
     def route(self, query: Query, *, explain_all: bool = False) -> RouteOutcome:
@@ -223,7 +232,10 @@ class Pipeline:
 
     # ---- execute ---------------------------------------------------------
 
-    async def execute(self, query: Query, timeout_s: float | None, *, explain_all: bool = False) -> ExecuteOutcome:
+    async def execute(self, query: Query, timeout_s: float | None, *, explain_all: bool = False,
+                      policy: RoutingPolicy | None = None, arm: str = "", shadow: bool = False) -> ExecuteOutcome:
+        """``policy``/``arm``/``shadow``: an experiment arm's run (see
+        ``runtime.experiments``); its record carries the arm."""
         timeout_s = self.default_deadline_s if timeout_s is None else timeout_s
         now = self._clock()
         # Keep a margin so the skills that did answer are returned before the
@@ -231,7 +243,7 @@ class Pipeline:
         budget_s = max(0.0, timeout_s - min(DEADLINE_MARGIN_S + timeout_s * DEADLINE_MARGIN_FRACTION, timeout_s / 2))
         qid = self._new_id()
         run = _QueryRun(qid, query, self.observer.start_query("execute", qid), self._wall(), time.monotonic_ns(),
-                        now + budget_s, now + timeout_s)
+                        now + budget_s, now + timeout_s, policy=policy, arm=arm, shadow=shadow)
         self.in_flight += 1
         outcome = QueryOutcome.FAILED
         error: BaseException | None = None
@@ -265,7 +277,7 @@ class Pipeline:
 
     async def _execute(self, run: _QueryRun, explain_all: bool) -> QueryOutcome:
         query = run.query
-        plan, t0, t1 = self._plan(query, explain_all)
+        plan, t0, t1 = self._plan(query, explain_all, run.policy)
         run.plan, run.t_select = plan, (t0, t1)
         run.obs.selection(plan, t0, t1)
         if not plan.planned:
@@ -370,9 +382,10 @@ class Pipeline:
             return None
         down = dict(rt.unavailable(now))
         down.update({i: "failed for this query" for s, i in tried if s == failed.name})
-        p = self.policy
+        p = run.policy or self.policy
         choice = choose_implementation(failed.skill, run.query, dynamic=p.moe_enabled and p.dynamic_routing_enabled,
-                                       strict_floor=p.strict_quality_floor, unavailable=down, weights=p.fit_weights)
+                                       strict_floor=p.strict_quality_floor, unavailable=down, weights=p.fit_weights,
+                                       learned=learned_for(p, self.learned))
         if choice.implementation is not None:
             return PlannedSkill(failed.chosen, choice)
         return self._standby(run)
@@ -437,7 +450,8 @@ class Pipeline:
             total_cost=acc.cost, cost_saved=acc.saved, baseline_cost=baseline, quality_score=acc.quality,
             max_utilization=run.max_utilization, avg_queue_depth=run.avg_queue_depth,
             skills=tuple(p.name for p in run.ran), skills_ok=tuple(o.skill for o in run.outcomes if o.ok),
-            trace_id=run.obs.trace_id,
+            trace_id=run.obs.trace_id, implementations=tuple(o.implementation for o in run.outcomes),
+            arm=run.arm, shadow=run.shadow,
         )
 
 

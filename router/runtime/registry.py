@@ -105,12 +105,20 @@ class LiveRegistry:
         # skill → implementations whose breaker is not closed: the only ones
         # a query must look at to know what is unavailable.
         self._impaired: dict[str, set[str]] = {}
+        # skill → measured answer quality relative to declared (min(1,
+        # measured/declared), from Feedback): scoring's success rate is the
+        # transport success rate times it (1 without feedback).
+        self.answer_quality: dict[str, float] = {}
+
+    def set_answer_quality(self, skill: str, factor: float) -> None:
+        self.answer_quality[skill] = factor
+        self.rates[skill] = self.skills[skill].success_rate(self.default_success_rate) * factor
 
     def success_rates(self) -> dict[str, float]:
         return {n: s.success_rate(self.default_success_rate) for n, s in self.skills.items()}
 
     def record_call(self, skill: str, ok: bool, latency_ms: float) -> None:
-        self.rates[skill] = self.skills[skill].record(ok, latency_ms)
+        self.rates[skill] = self.skills[skill].record(ok, latency_ms) * self.answer_quality.get(skill, 1.0)
 
     def breaker_moved(self, skill: str, implementation: str, transition: Transition) -> None:
         log.info("breaker %s: %s → %s (%s)", transition.breaker, transition.from_state, transition.to_state,
