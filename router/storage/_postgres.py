@@ -14,9 +14,21 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
+from router.runtime.feedback import FeedbackRecord
 from router.runtime.observer import QueryRecord
 
-from ._types import ANSWERED_SQL, COLUMNS, TABLE, HourlyTrend, StoreError, WindowAggregate, f0, missing_columns
+from ._types import (
+    ANSWERED_SQL,
+    COLUMNS,
+    FEEDBACK_COLUMNS,
+    FEEDBACK_TABLE,
+    TABLE,
+    HourlyTrend,
+    StoreError,
+    WindowAggregate,
+    f0,
+    missing_columns,
+)
 
 _TYPES = {
     "query_id": "TEXT NOT NULL", "timestamp": "TIMESTAMPTZ NOT NULL DEFAULT NOW()", "rpc": "TEXT NOT NULL",
@@ -27,6 +39,8 @@ _TYPES = {
     "quality_score": "DOUBLE PRECISION",
     "max_utilization": "DOUBLE PRECISION", "avg_queue_depth": "DOUBLE PRECISION",
     "skills": "TEXT[] NOT NULL DEFAULT '{}'", "skills_ok": "TEXT[] NOT NULL DEFAULT '{}'", "trace_id": "TEXT",
+    "implementations": "TEXT[] NOT NULL DEFAULT '{}'", "quality_source": "TEXT NOT NULL DEFAULT 'declared'",
+    "arm": "TEXT NOT NULL DEFAULT ''", "shadow": "BOOLEAN NOT NULL DEFAULT FALSE",
 }
 assert set(_TYPES) == set(COLUMNS)
 
@@ -36,7 +50,18 @@ SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  id BIGSERIAL PRIMARY KEY,\n"
     + ",\n".join(f"  {c} {_TYPES[c]}" for c in COLUMNS) + "\n)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_timestamp_idx ON {TABLE} (timestamp)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_query_id_idx ON {TABLE} (query_id)",
+    f"CREATE TABLE IF NOT EXISTS {FEEDBACK_TABLE} (\n  id BIGSERIAL PRIMARY KEY,\n"
+    "  query_id TEXT NOT NULL, timestamp TIMESTAMPTZ NOT NULL, skill TEXT NOT NULL, implementation TEXT NOT NULL,\n"
+    "  score DOUBLE PRECISION NOT NULL, domain TEXT, complexity DOUBLE PRECISION, band TEXT,"
+    " arm TEXT NOT NULL DEFAULT '')",
+    f"CREATE INDEX IF NOT EXISTS {FEEDBACK_TABLE}_timestamp_idx ON {FEEDBACK_TABLE} (timestamp)",
 )
+INSERT_FEEDBACK = (f"INSERT INTO {FEEDBACK_TABLE} ({', '.join(FEEDBACK_COLUMNS)}) VALUES ("
+                   + ", ".join("to_timestamp(%s)" if c == "timestamp" else "%s" for c in FEEDBACK_COLUMNS) + ")")
+UPDATE_QUALITY = f"UPDATE {TABLE} SET quality_score = %s, quality_source = 'feedback' WHERE query_id = %s"
+_SELECT_FEEDBACK = ", ".join("extract(epoch FROM timestamp)::float8" if c == "timestamp" else c
+                             for c in FEEDBACK_COLUMNS)
 INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('%s' for _ in COLUMNS)})"
 _SELECT_RECORD = ", ".join("extract(epoch FROM timestamp)::float8" if c == "timestamp" else c for c in COLUMNS)
 
@@ -66,6 +91,7 @@ def _record(row: tuple[object, ...]) -> QueryRecord:
     values = dict(zip(COLUMNS, row))
     values["skills"] = tuple(values["skills"] or ())
     values["skills_ok"] = tuple(values["skills_ok"] or ())
+    values["implementations"] = tuple(values["implementations"] or ())
     return QueryRecord(**values)
 
 
@@ -112,6 +138,17 @@ class PostgresBackend:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.executemany(INSERT, [_row(r) for r in rows])
 
+    async def write_feedback(self, rows: list[FeedbackRecord], updates: list[tuple[float, str]]) -> None:
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(INSERT_FEEDBACK, [tuple(getattr(r, c) for c in FEEDBACK_COLUMNS) for r in rows])
+            await cur.executemany(UPDATE_QUALITY, updates)
+
+    async def feedback(self, limit: int) -> list[FeedbackRecord]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(f"SELECT {_SELECT_FEEDBACK} FROM {FEEDBACK_TABLE}"
+                                     " ORDER BY timestamp DESC, id DESC LIMIT %s", (limit,))
+            return [FeedbackRecord(*r) for r in await cur.fetchall()]
+
     async def aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate:
         where = "timestamp > to_timestamp(%s) AND timestamp <= to_timestamp(%s)" + (" AND rpc = %s" if rpc else "")
         args: tuple[object, ...] = (since, until) + ((rpc,) if rpc else ())
@@ -151,6 +188,7 @@ class PostgresBackend:
 
     async def purge(self, before: float) -> int:
         async with self._pool.connection() as conn:
+            await conn.execute(f"DELETE FROM {FEEDBACK_TABLE} WHERE timestamp < to_timestamp(%s)", (before,))
             cur = await conn.execute(f"DELETE FROM {TABLE} WHERE timestamp < to_timestamp(%s)", (before,))
             return cur.rowcount
 

@@ -15,11 +15,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from router.runtime.feedback import FeedbackRecord
 from router.runtime.observer import QueryRecord
 
 from ._types import (
     ANSWERED_SQL,
     COLUMNS,
+    FEEDBACK_COLUMNS,
+    FEEDBACK_TABLE,
     TABLE,
     HourlyTrend,
     StoreError,
@@ -40,6 +43,8 @@ _TYPES = {
     "total_cost": "REAL", "cost_saved": "REAL", "baseline_cost": "REAL",
     "quality_score": "REAL", "max_utilization": "REAL", "avg_queue_depth": "REAL",
     "skills": "TEXT NOT NULL DEFAULT '[]'", "skills_ok": "TEXT NOT NULL DEFAULT '[]'", "trace_id": "TEXT",
+    "implementations": "TEXT NOT NULL DEFAULT '[]'", "quality_source": "TEXT NOT NULL DEFAULT 'declared'",
+    "arm": "TEXT NOT NULL DEFAULT ''", "shadow": "INTEGER NOT NULL DEFAULT 0",
 }
 assert set(_TYPES) == set(COLUMNS)
 
@@ -47,7 +52,15 @@ SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
     + ",\n".join(f"  {c} {_TYPES[c]}" for c in COLUMNS) + "\n)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_timestamp_idx ON {TABLE} (timestamp)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_query_id_idx ON {TABLE} (query_id)",
+    f"CREATE TABLE IF NOT EXISTS {FEEDBACK_TABLE} (\n  id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+    "  query_id TEXT NOT NULL, timestamp REAL NOT NULL, skill TEXT NOT NULL, implementation TEXT NOT NULL,\n"
+    "  score REAL NOT NULL, domain TEXT, complexity REAL, band TEXT, arm TEXT NOT NULL DEFAULT '')",
+    f"CREATE INDEX IF NOT EXISTS {FEEDBACK_TABLE}_timestamp_idx ON {FEEDBACK_TABLE} (timestamp)",
 )
+INSERT_FEEDBACK = (f"INSERT INTO {FEEDBACK_TABLE} ({', '.join(FEEDBACK_COLUMNS)}) "
+                   f"VALUES ({', '.join('?' for _ in FEEDBACK_COLUMNS)})")
+UPDATE_QUALITY = f"UPDATE {TABLE} SET quality_score = ?, quality_source = 'feedback' WHERE query_id = ?"
 INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
 
@@ -59,6 +72,8 @@ def _record(row: tuple[object, ...]) -> QueryRecord:
     values = dict(zip(COLUMNS, row))
     values["skills"] = tuple(json.loads(values["skills"] or "[]"))
     values["skills_ok"] = tuple(json.loads(values["skills_ok"] or "[]"))
+    values["implementations"] = tuple(json.loads(values["implementations"] or "[]"))
+    values["shadow"] = bool(values["shadow"])
     return QueryRecord(**values)
 
 
@@ -108,6 +123,24 @@ class SqliteBackend:
             raise
         conn.execute("COMMIT")
 
+    def _sync_write_feedback(self, rows: list[tuple[object, ...]], updates: list[tuple[float, str]]) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(INSERT_FEEDBACK, rows)
+            conn.executemany(UPDATE_QUALITY, updates)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _sync_feedback(self, limit: int) -> list[FeedbackRecord]:
+        assert self._conn is not None
+        rows = self._conn.execute(f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM {FEEDBACK_TABLE}"
+                                  " ORDER BY timestamp DESC, id DESC LIMIT ?", (limit,)).fetchall()
+        return [FeedbackRecord(*r) for r in rows]
+
     def _sync_aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate:
         conn = self._conn
         assert conn is not None
@@ -148,6 +181,7 @@ class SqliteBackend:
 
     def _sync_purge(self, before: float) -> int:
         assert self._conn is not None
+        self._conn.execute(f"DELETE FROM {FEEDBACK_TABLE} WHERE timestamp < ?", (before,))
         return self._conn.execute(f"DELETE FROM {TABLE} WHERE timestamp < ?", (before,)).rowcount
 
     def _sync_recent(self, limit: int) -> list[QueryRecord]:
@@ -168,6 +202,13 @@ class SqliteBackend:
 
     async def write(self, rows: list[QueryRecord]) -> None:
         await self._run(self._sync_write, [_row(r) for r in rows])
+
+    async def write_feedback(self, rows: list[FeedbackRecord], updates: list[tuple[float, str]]) -> None:
+        await self._run(self._sync_write_feedback, [tuple(getattr(r, c) for c in FEEDBACK_COLUMNS) for r in rows],
+                        updates)
+
+    async def feedback(self, limit: int) -> list[FeedbackRecord]:
+        return await self._run(self._sync_feedback, limit)
 
     async def aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate:
         return await self._run(self._sync_aggregate, since, until, rpc)

@@ -11,6 +11,11 @@ from router.core.errors import RouterError
 from router.runtime.observer import QueryRecord
 
 TABLE = "brain_moe_metrics"
+# Every Feedback rating, one row per (query, skill) rated; the query's row in
+# TABLE gets quality_score = the rating and quality_source = 'feedback'.
+FEEDBACK_TABLE = "brain_moe_feedback"
+FEEDBACK_COLUMNS = ("query_id", "timestamp", "skill", "implementation", "score", "domain", "complexity", "band",
+                    "arm")
 
 # Outcomes (``status``) of answered queries; every other one is an error.
 ANSWERED = ("ok", "partial")

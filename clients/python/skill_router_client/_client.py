@@ -88,6 +88,16 @@ def stats_request(window: float | datetime.timedelta | None = None) -> pb.StatsR
     return req
 
 
+def feedback_request(query_id: str, score: float | None = None,
+                     skill_scores: Mapping[str, float] | None = None) -> pb.FeedbackRequest:
+    """A FeedbackRequest: ``score`` 0 to 1 for the whole answer (thumbs up 1,
+    down 0), ``skill_scores`` per skill that answered."""
+    req = pb.FeedbackRequest(query_id=query_id, skill_scores=dict(skill_scores or {}))
+    if score is not None:
+        req.score = float(score)
+    return req
+
+
 def _stats_req(request: pb.StatsRequest | None, window: float | datetime.timedelta | None) -> pb.StatsRequest:
     if request is not None and window is not None:
         raise TypeError("pass either request= or window=, not both")
@@ -188,6 +198,13 @@ class AsyncRouterClient:
         """Live load, totals since start, and the stored aggregates of the last ``window`` (seconds or timedelta)."""
         return await self._stub.Stats(_stats_req(request, window), **self._opts(timeout, metadata))
 
+    async def feedback(self, query_id: str, score: float | None = None, *,
+                       skill_scores: Mapping[str, float] | None = None, timeout: float | None = None,
+                       metadata: Metadata = ()) -> pb.FeedbackResponse:
+        """Rate the answer to an executed query (once per query: a second rating is ALREADY_EXISTS)."""
+        return await self._stub.Feedback(feedback_request(query_id, score, skill_scores),
+                                         **self._opts(timeout, metadata))
+
 
 class RouterClient:
     """Blocking client with the same methods (and ``tls``, ``token``) as ``AsyncRouterClient``."""
@@ -234,3 +251,8 @@ class RouterClient:
               metadata: Metadata = (), request: pb.StatsRequest | None = None) -> pb.StatsResponse:
         """Live load, totals since start, and the stored aggregates of the last ``window`` (seconds or timedelta)."""
         return self._stub.Stats(_stats_req(request, window), **self._opts(timeout, metadata))
+
+    def feedback(self, query_id: str, score: float | None = None, *, skill_scores: Mapping[str, float] | None = None,
+                 timeout: float | None = None, metadata: Metadata = ()) -> pb.FeedbackResponse:
+        """Rate the answer to an executed query (once per query: a second rating is ALREADY_EXISTS)."""
+        return self._stub.Feedback(feedback_request(query_id, score, skill_scores), **self._opts(timeout, metadata))

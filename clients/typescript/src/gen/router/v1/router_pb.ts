@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file router/v1/router.proto.
  */
 export const file_router_v1_router: GenFile = /*@__PURE__*/
-  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEi6wIKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUINCgtfY29tcGxleGl0eUITChFfcmVxdWlyZWRfcXVhbGl0eUIICgZfdG9wX2siXAoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIswBCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFIr0BCgpTY29yZVBhcnRzEhEKCWFjdGl2YXRlZBgBIAEoCBIUCgxkb21haW5fYm9udXMYAiABKAESFgoOY29tcGxleGl0eV9maXQYAyABKAESFAoMc3VjY2Vzc19yYXRlGAQgASgBEhYKDnN1Y2Nlc3NfZmFjdG9yGAUgASgBEhcKD3ByaW9yaXR5X3dlaWdodBgGIAEoARISCgpyYW5rX3Njb3JlGAcgASgBEhMKC2xvYWRfZmFjdG9yGAggASgBIqQBCg5JbXBsZW1lbnRhdGlvbhIMCgRuYW1lGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2JhY2tlbmQYAyABKAkSDwoHcXVhbGl0eRgEIAEoARIaChJjb3N0X3Blcl9xdWVyeV91c2QYBSABKAESGwoTZXhwZWN0ZWRfbGF0ZW5jeV9tcxgGIAEoARIaChJvcHRpbWFsX2NvbXBsZXhpdHkYByABKAEiwQEKFEltcGxlbWVudGF0aW9uQ2hvaWNlEjEKDmltcGxlbWVudGF0aW9uGAEgASgLMhkucm91dGVyLnYxLkltcGxlbWVudGF0aW9uEhEKCWZpdF9zY29yZRgCIAEoARIbChNtZWV0c19xdWFsaXR5X2Zsb29yGAMgASgIEg4KBnJlYXNvbhgEIAEoCRI2CgpyZWplY3Rpb25zGAUgAygLMiIucm91dGVyLnYxLkltcGxlbWVudGF0aW9uUmVqZWN0aW9uIkoKF0ltcGxlbWVudGF0aW9uUmVqZWN0aW9uEgwKBG5hbWUYASABKAkSDgoGcmVhc29uGAIgASgJEhEKCWZpdF9zY29yZRgDIAEoASKYAQoJU2VsZWN0aW9uEg0KBXNraWxsGAEgASgJEg0KBXNjb3JlGAIgASgBEiQKBXBhcnRzGAMgASgLMhUucm91dGVyLnYxLlNjb3JlUGFydHMSNwoOaW1wbGVtZW50YXRpb24YBCABKAsyHy5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25DaG9pY2USDgoGZm9yY2VkGAUgASgIInkKCVJlamVjdGlvbhINCgVza2lsbBgBIAEoCRIqCgZyZWFzb24YAiABKA4yGi5yb3V0ZXIudjEuUmVqZWN0aW9uUmVhc29uEg4KBmRldGFpbBgDIAEoCRINCgVzY29yZRgEIAEoARISCgpyYW5rX3Njb3JlGAUgASgBIl4KDkV4ZWN1dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIpUDCgtTa2lsbFJlc3VsdBINCgVza2lsbBgBIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgCIAEoCRINCgVtb2RlbBgDIAEoCRIOCgZ3ZWlnaHQYBCABKAESJgoGc3RhdHVzGAUgASgOMhYucm91dGVyLnYxLlNraWxsU3RhdHVzEg4KBm91dHB1dBgGIAEoCRINCgVlcnJvchgHIAEoCRIQCghjb3N0X3VzZBgIIAEoARISCgpsYXRlbmN5X21zGAkgASgBEhQKDGlucHV0X3Rva2VucxgKIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAsgASgDEg8KB3F1YWxpdHkYDCABKAESFQoNcXVldWVfd2FpdF9tcxgNIAEoARIQCghhdHRlbXB0cxgOIAEoBRISCgpiYXRjaF9zaXplGA8gASgFEhEKCXNoYXJlZF9ieRgQIAEoBRIWCg5zdGVwcGVkX2luX2ZvchgRIAEoCRItCg5zdGVwX2luX3JlYXNvbhgSIAEoDjIVLnJvdXRlci52MS5TaGVkUmVhc29uIqIBCglTaGVkU2tpbGwSDQoFc2tpbGwYASABKAkSJQoGcmVhc29uGAIgASgOMhUucm91dGVyLnYxLlNoZWRSZWFzb24SDgoGZGV0YWlsGAMgASgJEhMKC3JlcGxhY2VkX2J5GAQgASgJEhYKDmltcGxlbWVudGF0aW9uGAUgASgJEiIKGnJlcGxhY2VkX2J5X2ltcGxlbWVudGF0aW9uGAYgASgJInoKCkNvc3RMZWRnZXISEgoKYWN0dWFsX3VzZBgBIAEoARIUCgxiYXNlbGluZV91c2QYAiABKAESEQoJc2F2ZWRfdXNkGAMgASgBEhYKDnNhdmVkX2ZyYWN0aW9uGAQgASgBEhcKD2Jhc2VsaW5lX3NraWxscxgFIAEoBSJGCgZUaW1pbmcSFAoMc2VsZWN0aW9uX3VzGAEgASgDEhQKDGV4ZWN1dGlvbl91cxgCIAEoAxIQCgh0b3RhbF91cxgDIAEoAyKjAwoPRXhlY3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEgwKBHRleHQYAyABKAkSKAoKc2VsZWN0aW9ucxgEIAMoCzIULnJvdXRlci52MS5TZWxlY3Rpb24SJwoHcmVzdWx0cxgFIAMoCzIWLnJvdXRlci52MS5Ta2lsbFJlc3VsdBIoCgpyZWplY3Rpb25zGAYgAygLMhQucm91dGVyLnYxLlJlamVjdGlvbhIjCgRjb3N0GAcgASgLMhUucm91dGVyLnYxLkNvc3RMZWRnZXISIQoGdGltaW5nGAggASgLMhEucm91dGVyLnYxLlRpbWluZxIPCgdxdWFsaXR5GAkgASgBEgkKAWsYCiABKAUSEwoLbW9lX2VuYWJsZWQYCyABKAgSIgoEc2hlZBgMIAMoCzIULnJvdXRlci52MS5TaGVkU2tpbGwSKAoHb3V0Y29tZRgNIAEoDjIXLnJvdXRlci52MS5RdWVyeU91dGNvbWUSGgoScmVqZWN0aW9uc19vbWl0dGVkGA4gASgFIjkKDFN0YXRzUmVxdWVzdBIpCgZ3aW5kb3cYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i6AQKClNraWxsU3RhdHMSDQoFc2tpbGwYASABKAkSEQoJaW5fZmxpZ2h0GAIgASgFEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAMgASgFEhMKC3V0aWxpemF0aW9uGAQgASgBEhMKC3F1ZXVlX2RlcHRoGAUgASgFEg0KBWNhbGxzGAYgASgDEhAKCGZhaWx1cmVzGAcgASgDEhQKDHN1Y2Nlc3NfcmF0ZRgIIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgJIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgKIAEoARIQCghyZWplY3RlZBgLIAEoAxIMCgRzaGVkGAwgASgDEhEKCXRpbWVkX291dBgNIAEoAxJQChdxdWV1ZV9kZXB0aF9ieV9wcmlvcml0eRgOIAMoCzIvLnJvdXRlci52MS5Ta2lsbFN0YXRzLlF1ZXVlRGVwdGhCeVByaW9yaXR5RW50cnkSFgoOcXVldWVfY2FwYWNpdHkYDyABKAUSGgoSbWVhbl9xdWV1ZV93YWl0X21zGBAgASgBEjcKD2ltcGxlbWVudGF0aW9ucxgRIAMoCzIeLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvblN0YXRzEg8KB2JhdGNoZXMYEiABKAMSFwoPbWVhbl9iYXRjaF9zaXplGBMgASgBEhoKEm1lYW5fYmF0Y2hfd2FpdF9tcxgUIAEoARIXCg9jb2FsZXNjZWRfY2FsbHMYFSABKAMaOwoZUXVldWVEZXB0aEJ5UHJpb3JpdHlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBIs8BChNJbXBsZW1lbnRhdGlvblN0YXRzEgwKBG5hbWUYASABKAkSLgoNYnJlYWtlcl9zdGF0ZRgCIAEoDjIXLnJvdXRlci52MS5CcmVha2VyU3RhdGUSMAoMaGFsZl9vcGVuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgEIAEoBRIUCgxmYWlsdXJlX3JhdGUYBSABKAESFAoMdGltZXNfb3BlbmVkGAYgASgDIs8CCgZUb3RhbHMSDwoHcXVlcmllcxgBIAEoAxIcChRhdmdfc2tpbGxzX3Blcl9xdWVyeRgCIAEoARIQCghjb3N0X3VzZBgDIAEoARIWCg5jb3N0X3NhdmVkX3VzZBgEIAEoARIZChFiYXNlbGluZV9jb3N0X3VzZBgFIAEoARIOCgZyb3V0ZXMYBiABKAMSFgoOZmFpbGVkX3F1ZXJpZXMYByABKAMSMQoIb3V0Y29tZXMYCCADKAsyHy5yb3V0ZXIudjEuVG90YWxzLk91dGNvbWVzRW50cnkSEAoIYW5zd2VyZWQYCSABKAMSEwoLYXZnX3F1YWxpdHkYCiABKAESHgoWYXZnX2Nvc3RfcGVyX3F1ZXJ5X3VzZBgLIAEoARovCg1PdXRjb21lc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEirgEKDVN0YXRzUmVzcG9uc2USJQoGc2tpbGxzGAEgAygLMhUucm91dGVyLnYxLlNraWxsU3RhdHMSIQoGdG90YWxzGAIgASgLMhEucm91dGVyLnYxLlRvdGFscxIWCg51cHRpbWVfc2Vjb25kcxgDIAEoARITCgttb2VfZW5hYmxlZBgEIAEoCBImCgZ3aW5kb3cYBSABKAsyFi5yb3V0ZXIudjEuV2luZG93U3RhdHMijAEKC0hvdXJseVRyZW5kEigKBGhvdXIYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYAiABKAMSFAoMYXZnX2Nvc3RfdXNkGAMgASgBEhcKD2F2Z19yZXNwb25zZV9tcxgEIAEoARITCgthdmdfcXVhbGl0eRgFIAEoASKcBQoLV2luZG93U3RhdHMSEQoJYXZhaWxhYmxlGAEgASgIEg0KBXN0b3JlGAIgASgJEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgV1bnRpbBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcXVlcmllcxgFIAEoAxIOCgZlcnJvcnMYBiABKAMSGwoTYXZnX3NraWxsc19zZWxlY3RlZBgHIAEoARIeChZhdmdfY29zdF9wZXJfcXVlcnlfdXNkGAggASgBEhYKDmNvc3Rfc2F2ZWRfdXNkGAkgASgBEhoKEmF2Z19jb3N0X3NhdmVkX3VzZBgKIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYCyABKAESFwoPcDk5X3Jlc3BvbnNlX21zGAwgASgBEhMKC2F2Z19xdWFsaXR5GA0gASgBEkkKEnNraWxsX2Rpc3RyaWJ1dGlvbhgOIAMoCzItLnJvdXRlci52MS5XaW5kb3dTdGF0cy5Ta2lsbERpc3RyaWJ1dGlvbkVudHJ5EiYKBmhvdXJseRgPIAMoCzIWLnJvdXRlci52MS5Ib3VybHlUcmVuZBIUCgxyb3dzX2Ryb3BwZWQYECABKAMSNgoIb3V0Y29tZXMYESADKAsyJC5yb3V0ZXIudjEuV2luZG93U3RhdHMuT3V0Y29tZXNFbnRyeRIQCghhbnN3ZXJlZBgSIAEoAxo4ChZTa2lsbERpc3RyaWJ1dGlvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEaLwoNT3V0Y29tZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBKl4KCFByaW9yaXR5EhgKFFBSSU9SSVRZX1VOU1BFQ0lGSUVEEAASEAoMUFJJT1JJVFlfTE9XEAESEwoPUFJJT1JJVFlfTk9STUFMEAISEQoNUFJJT1JJVFlfSElHSBADKt8BCg9SZWplY3Rpb25SZWFzb24SIAocUkVKRUNUSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEiIKHlJFSkVDVElPTl9SRUFTT05fTk9UX0FDVElWQVRFRBABEiAKHFJFSkVDVElPTl9SRUFTT05fQkVMT1dfVE9QX0sQAhIdChlSRUpFQ1RJT05fUkVBU09OX0VYQ0xVREVEEAMSJgoiUkVKRUNUSU9OX1JFQVNPTl9OT19JTVBMRU1FTlRBVElPThAEEh0KGVJFSkVDVElPTl9SRUFTT05fRElTQUJMRUQQBSqzAQoLU2tpbGxTdGF0dXMSHAoYU0tJTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASEwoPU0tJTExfU1RBVFVTX09LEAESFwoTU0tJTExfU1RBVFVTX0ZBSUxFRBACEhoKFlNLSUxMX1NUQVRVU19USU1FRF9PVVQQAxIiCh5TS0lMTF9TVEFUVVNfREVBRExJTkVfRVhDRUVERUQQBBIYChRTS0lMTF9TVEFUVVNfUkVGVVNFRBAFKvMBCgpTaGVkUmVhc29uEhsKF1NIRURfUkVBU09OX1VOU1BFQ0lGSUVEEAASGgoWU0hFRF9SRUFTT05fUVVFVUVfRlVMTBABEhwKGFNIRURfUkVBU09OX0JSRUFLRVJfT1BFThACEh0KGVNIRURfUkVBU09OX0VYUEVDVEVEX1dBSVQQAxIdChlTSEVEX1JFQVNPTl9RVUVVRV9USU1FT1VUEAQSGAoUU0hFRF9SRUFTT05fREVBRExJTkUQBRIZChVTSEVEX1JFQVNPTl9ESVNQTEFDRUQQBhIbChdTSEVEX1JFQVNPTl9DQUxMX0ZBSUxFRBAHKugBCgxRdWVyeU91dGNvbWUSHQoZUVVFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEFFVRVJZX09VVENPTUVfT0sQARIZChVRVUVSWV9PVVRDT01FX1BBUlRJQUwQAhIYChRRVUVSWV9PVVRDT01FX0ZBSUxFRBADEhkKFVFVRVJZX09VVENPTUVfUkVGVVNFRBAEEhoKFlFVRVJZX09VVENPTUVfVU5ST1VURUQQBRIaChZRVUVSWV9PVVRDT01FX0RFQURMSU5FEAYSGwoXUVVFUllfT1VUQ09NRV9DQU5DRUxMRUQQByp8CgxCcmVha2VyU3RhdGUSHQoZQlJFQUtFUl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFEJSRUFLRVJfU1RBVEVfQ0xPU0VEEAESFgoSQlJFQUtFUl9TVEFURV9PUEVOEAISGwoXQlJFQUtFUl9TVEFURV9IQUxGX09QRU4QAzLJAQoNUm91dGVyU2VydmljZRI6CgVSb3V0ZRIXLnJvdXRlci52MS5Sb3V0ZVJlcXVlc3QaGC5yb3V0ZXIudjEuUm91dGVSZXNwb25zZRJACgdFeGVjdXRlEhkucm91dGVyLnYxLkV4ZWN1dGVSZXF1ZXN0Ghoucm91dGVyLnYxLkV4ZWN1dGVSZXNwb25zZRI6CgVTdGF0cxIXLnJvdXRlci52MS5TdGF0c1JlcXVlc3QaGC5yb3V0ZXIudjEuU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEilQMKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5EhgKC2Nvc3Rfd2VpZ2h0GDIgASgBSAOIAQEaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg0KC19jb21wbGV4aXR5QhMKEV9yZXF1aXJlZF9xdWFsaXR5QggKBl90b3Bfa0IOCgxfY29zdF93ZWlnaHQiXAoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIswBCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFIr0BCgpTY29yZVBhcnRzEhEKCWFjdGl2YXRlZBgBIAEoCBIUCgxkb21haW5fYm9udXMYAiABKAESFgoOY29tcGxleGl0eV9maXQYAyABKAESFAoMc3VjY2Vzc19yYXRlGAQgASgBEhYKDnN1Y2Nlc3NfZmFjdG9yGAUgASgBEhcKD3ByaW9yaXR5X3dlaWdodBgGIAEoARISCgpyYW5rX3Njb3JlGAcgASgBEhMKC2xvYWRfZmFjdG9yGAggASgBIqQBCg5JbXBsZW1lbnRhdGlvbhIMCgRuYW1lGAEgASgJEg0KBW1vZGVsGAIgASgJEg8KB2JhY2tlbmQYAyABKAkSDwoHcXVhbGl0eRgEIAEoARIaChJjb3N0X3Blcl9xdWVyeV91c2QYBSABKAESGwoTZXhwZWN0ZWRfbGF0ZW5jeV9tcxgGIAEoARIaChJvcHRpbWFsX2NvbXBsZXhpdHkYByABKAEiwQEKFEltcGxlbWVudGF0aW9uQ2hvaWNlEjEKDmltcGxlbWVudGF0aW9uGAEgASgLMhkucm91dGVyLnYxLkltcGxlbWVudGF0aW9uEhEKCWZpdF9zY29yZRgCIAEoARIbChNtZWV0c19xdWFsaXR5X2Zsb29yGAMgASgIEg4KBnJlYXNvbhgEIAEoCRI2CgpyZWplY3Rpb25zGAUgAygLMiIucm91dGVyLnYxLkltcGxlbWVudGF0aW9uUmVqZWN0aW9uIkoKF0ltcGxlbWVudGF0aW9uUmVqZWN0aW9uEgwKBG5hbWUYASABKAkSDgoGcmVhc29uGAIgASgJEhEKCWZpdF9zY29yZRgDIAEoASKYAQoJU2VsZWN0aW9uEg0KBXNraWxsGAEgASgJEg0KBXNjb3JlGAIgASgBEiQKBXBhcnRzGAMgASgLMhUucm91dGVyLnYxLlNjb3JlUGFydHMSNwoOaW1wbGVtZW50YXRpb24YBCABKAsyHy5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25DaG9pY2USDgoGZm9yY2VkGAUgASgIInkKCVJlamVjdGlvbhINCgVza2lsbBgBIAEoCRIqCgZyZWFzb24YAiABKA4yGi5yb3V0ZXIudjEuUmVqZWN0aW9uUmVhc29uEg4KBmRldGFpbBgDIAEoCRINCgVzY29yZRgEIAEoARISCgpyYW5rX3Njb3JlGAUgASgBIl4KDkV4ZWN1dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIpUDCgtTa2lsbFJlc3VsdBINCgVza2lsbBgBIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgCIAEoCRINCgVtb2RlbBgDIAEoCRIOCgZ3ZWlnaHQYBCABKAESJgoGc3RhdHVzGAUgASgOMhYucm91dGVyLnYxLlNraWxsU3RhdHVzEg4KBm91dHB1dBgGIAEoCRINCgVlcnJvchgHIAEoCRIQCghjb3N0X3VzZBgIIAEoARISCgpsYXRlbmN5X21zGAkgASgBEhQKDGlucHV0X3Rva2VucxgKIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAsgASgDEg8KB3F1YWxpdHkYDCABKAESFQoNcXVldWVfd2FpdF9tcxgNIAEoARIQCghhdHRlbXB0cxgOIAEoBRISCgpiYXRjaF9zaXplGA8gASgFEhEKCXNoYXJlZF9ieRgQIAEoBRIWCg5zdGVwcGVkX2luX2ZvchgRIAEoCRItCg5zdGVwX2luX3JlYXNvbhgSIAEoDjIVLnJvdXRlci52MS5TaGVkUmVhc29uIqIBCglTaGVkU2tpbGwSDQoFc2tpbGwYASABKAkSJQoGcmVhc29uGAIgASgOMhUucm91dGVyLnYxLlNoZWRSZWFzb24SDgoGZGV0YWlsGAMgASgJEhMKC3JlcGxhY2VkX2J5GAQgASgJEhYKDmltcGxlbWVudGF0aW9uGAUgASgJEiIKGnJlcGxhY2VkX2J5X2ltcGxlbWVudGF0aW9uGAYgASgJInoKCkNvc3RMZWRnZXISEgoKYWN0dWFsX3VzZBgBIAEoARIUCgxiYXNlbGluZV91c2QYAiABKAESEQoJc2F2ZWRfdXNkGAMgASgBEhYKDnNhdmVkX2ZyYWN0aW9uGAQgASgBEhcKD2Jhc2VsaW5lX3NraWxscxgFIAEoBSJGCgZUaW1pbmcSFAoMc2VsZWN0aW9uX3VzGAEgASgDEhQKDGV4ZWN1dGlvbl91cxgCIAEoAxIQCgh0b3RhbF91cxgDIAEoAyK7AwoPRXhlY3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEgwKBHRleHQYAyABKAkSKAoKc2VsZWN0aW9ucxgEIAMoCzIULnJvdXRlci52MS5TZWxlY3Rpb24SJwoHcmVzdWx0cxgFIAMoCzIWLnJvdXRlci52MS5Ta2lsbFJlc3VsdBIoCgpyZWplY3Rpb25zGAYgAygLMhQucm91dGVyLnYxLlJlamVjdGlvbhIjCgRjb3N0GAcgASgLMhUucm91dGVyLnYxLkNvc3RMZWRnZXISIQoGdGltaW5nGAggASgLMhEucm91dGVyLnYxLlRpbWluZxIPCgdxdWFsaXR5GAkgASgBEgkKAWsYCiABKAUSEwoLbW9lX2VuYWJsZWQYCyABKAgSIgoEc2hlZBgMIAMoCzIULnJvdXRlci52MS5TaGVkU2tpbGwSKAoHb3V0Y29tZRgNIAEoDjIXLnJvdXRlci52MS5RdWVyeU91dGNvbWUSGgoScmVqZWN0aW9uc19vbWl0dGVkGA4gASgFEhYKDmV4cGVyaW1lbnRfYXJtGDIgASgJIjkKDFN0YXRzUmVxdWVzdBIpCgZ3aW5kb3cYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i6AQKClNraWxsU3RhdHMSDQoFc2tpbGwYASABKAkSEQoJaW5fZmxpZ2h0GAIgASgFEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAMgASgFEhMKC3V0aWxpemF0aW9uGAQgASgBEhMKC3F1ZXVlX2RlcHRoGAUgASgFEg0KBWNhbGxzGAYgASgDEhAKCGZhaWx1cmVzGAcgASgDEhQKDHN1Y2Nlc3NfcmF0ZRgIIAEoARIWCg5sYXRlbmN5X3A1MF9tcxgJIAEoARIWCg5sYXRlbmN5X3A5OV9tcxgKIAEoARIQCghyZWplY3RlZBgLIAEoAxIMCgRzaGVkGAwgASgDEhEKCXRpbWVkX291dBgNIAEoAxJQChdxdWV1ZV9kZXB0aF9ieV9wcmlvcml0eRgOIAMoCzIvLnJvdXRlci52MS5Ta2lsbFN0YXRzLlF1ZXVlRGVwdGhCeVByaW9yaXR5RW50cnkSFgoOcXVldWVfY2FwYWNpdHkYDyABKAUSGgoSbWVhbl9xdWV1ZV93YWl0X21zGBAgASgBEjcKD2ltcGxlbWVudGF0aW9ucxgRIAMoCzIeLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvblN0YXRzEg8KB2JhdGNoZXMYEiABKAMSFwoPbWVhbl9iYXRjaF9zaXplGBMgASgBEhoKEm1lYW5fYmF0Y2hfd2FpdF9tcxgUIAEoARIXCg9jb2FsZXNjZWRfY2FsbHMYFSABKAMaOwoZUXVldWVEZXB0aEJ5UHJpb3JpdHlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBItECChNJbXBsZW1lbnRhdGlvblN0YXRzEgwKBG5hbWUYASABKAkSLgoNYnJlYWtlcl9zdGF0ZRgCIAEoDjIXLnJvdXRlci52MS5CcmVha2VyU3RhdGUSMAoMaGFsZl9vcGVuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgEIAEoBRIUCgxmYWlsdXJlX3JhdGUYBSABKAESFAoMdGltZXNfb3BlbmVkGAYgASgDEhgKEGRlY2xhcmVkX3F1YWxpdHkYMiABKAESGAoQbWVhc3VyZWRfcXVhbGl0eRgzIAEoARIPCgdyYXRpbmdzGDQgASgDEhwKFG1lYXN1cmVkX3F1YWxpdHlfbG93GDUgASgBEh0KFW1lYXN1cmVkX3F1YWxpdHlfaGlnaBg2IAEoASKGAwoGVG90YWxzEg8KB3F1ZXJpZXMYASABKAMSHAoUYXZnX3NraWxsc19wZXJfcXVlcnkYAiABKAESEAoIY29zdF91c2QYAyABKAESFgoOY29zdF9zYXZlZF91c2QYBCABKAESGQoRYmFzZWxpbmVfY29zdF91c2QYBSABKAESDgoGcm91dGVzGAYgASgDEhYKDmZhaWxlZF9xdWVyaWVzGAcgASgDEjEKCG91dGNvbWVzGAggAygLMh8ucm91dGVyLnYxLlRvdGFscy5PdXRjb21lc0VudHJ5EhAKCGFuc3dlcmVkGAkgASgDEhMKC2F2Z19xdWFsaXR5GAogASgBEh4KFmF2Z19jb3N0X3Blcl9xdWVyeV91c2QYCyABKAESGQoRZmVlZGJhY2tfcmVjZWl2ZWQYMiABKAMSGgoSYXZnX2ZlZWRiYWNrX3Njb3JlGDMgASgBGi8KDU91dGNvbWVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASLYAQoNU3RhdHNSZXNwb25zZRIlCgZza2lsbHMYASADKAsyFS5yb3V0ZXIudjEuU2tpbGxTdGF0cxIhCgZ0b3RhbHMYAiABKAsyES5yb3V0ZXIudjEuVG90YWxzEhYKDnVwdGltZV9zZWNvbmRzGAMgASgBEhMKC21vZV9lbmFibGVkGAQgASgIEiYKBndpbmRvdxgFIAEoCzIWLnJvdXRlci52MS5XaW5kb3dTdGF0cxIoCgtleHBlcmltZW50cxgyIAMoCzITLnJvdXRlci52MS5Bcm1TdGF0cyKEAgoIQXJtU3RhdHMSEgoKZXhwZXJpbWVudBgBIAEoCRILCgNhcm0YAiABKAkSDgoGc2hhZG93GAMgASgIEg8KB3F1ZXJpZXMYBCABKAMSEAoIY29zdF91c2QYBSABKAESFgoOYXZnX2xhdGVuY3lfbXMYBiABKAESGAoQbWVhc3VyZWRfcXVhbGl0eRgHIAEoARIcChRtZWFzdXJlZF9xdWFsaXR5X2xvdxgIIAEoARIdChVtZWFzdXJlZF9xdWFsaXR5X2hpZ2gYCSABKAESDwoHcmF0aW5ncxgKIAEoAxIRCglhZ3JlZW1lbnQYCyABKAESEQoJY3VycmVudF9rGAwgASgFIrgBCg9GZWVkYmFja1JlcXVlc3QSEAoIcXVlcnlfaWQYASABKAkSEgoFc2NvcmUYAiABKAFIAIgBARJBCgxza2lsbF9zY29yZXMYAyADKAsyKy5yb3V0ZXIudjEuRmVlZGJhY2tSZXF1ZXN0LlNraWxsU2NvcmVzRW50cnkaMgoQU2tpbGxTY29yZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBQggKBl9zY29yZSJ2ChNSYXRlZEltcGxlbWVudGF0aW9uEg0KBXNraWxsGAEgASgJEhYKDmltcGxlbWVudGF0aW9uGAIgASgJEg0KBXNjb3JlGAMgASgBEhgKEG1lYXN1cmVkX3F1YWxpdHkYBCABKAESDwoHcmF0aW5ncxgFIAEoAyJoChBGZWVkYmFja1Jlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEi0KBXJhdGVkGAIgAygLMh4ucm91dGVyLnYxLlJhdGVkSW1wbGVtZW50YXRpb24SEwoLcXVlcnlfc2NvcmUYAyABKAEijAEKC0hvdXJseVRyZW5kEigKBGhvdXIYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYAiABKAMSFAoMYXZnX2Nvc3RfdXNkGAMgASgBEhcKD2F2Z19yZXNwb25zZV9tcxgEIAEoARITCgthdmdfcXVhbGl0eRgFIAEoASKcBQoLV2luZG93U3RhdHMSEQoJYXZhaWxhYmxlGAEgASgIEg0KBXN0b3JlGAIgASgJEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgV1bnRpbBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcXVlcmllcxgFIAEoAxIOCgZlcnJvcnMYBiABKAMSGwoTYXZnX3NraWxsc19zZWxlY3RlZBgHIAEoARIeChZhdmdfY29zdF9wZXJfcXVlcnlfdXNkGAggASgBEhYKDmNvc3Rfc2F2ZWRfdXNkGAkgASgBEhoKEmF2Z19jb3N0X3NhdmVkX3VzZBgKIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYCyABKAESFwoPcDk5X3Jlc3BvbnNlX21zGAwgASgBEhMKC2F2Z19xdWFsaXR5GA0gASgBEkkKEnNraWxsX2Rpc3RyaWJ1dGlvbhgOIAMoCzItLnJvdXRlci52MS5XaW5kb3dTdGF0cy5Ta2lsbERpc3RyaWJ1dGlvbkVudHJ5EiYKBmhvdXJseRgPIAMoCzIWLnJvdXRlci52MS5Ib3VybHlUcmVuZBIUCgxyb3dzX2Ryb3BwZWQYECABKAMSNgoIb3V0Y29tZXMYESADKAsyJC5yb3V0ZXIudjEuV2luZG93U3RhdHMuT3V0Y29tZXNFbnRyeRIQCghhbnN3ZXJlZBgSIAEoAxo4ChZTa2lsbERpc3RyaWJ1dGlvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEaLwoNT3V0Y29tZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBKl4KCFByaW9yaXR5EhgKFFBSSU9SSVRZX1VOU1BFQ0lGSUVEEAASEAoMUFJJT1JJVFlfTE9XEAESEwoPUFJJT1JJVFlfTk9STUFMEAISEQoNUFJJT1JJVFlfSElHSBADKt8BCg9SZWplY3Rpb25SZWFzb24SIAocUkVKRUNUSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEiIKHlJFSkVDVElPTl9SRUFTT05fTk9UX0FDVElWQVRFRBABEiAKHFJFSkVDVElPTl9SRUFTT05fQkVMT1dfVE9QX0sQAhIdChlSRUpFQ1RJT05fUkVBU09OX0VYQ0xVREVEEAMSJgoiUkVKRUNUSU9OX1JFQVNPTl9OT19JTVBMRU1FTlRBVElPThAEEh0KGVJFSkVDVElPTl9SRUFTT05fRElTQUJMRUQQBSqzAQoLU2tpbGxTdGF0dXMSHAoYU0tJTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASEwoPU0tJTExfU1RBVFVTX09LEAESFwoTU0tJTExfU1RBVFVTX0ZBSUxFRBACEhoKFlNLSUxMX1NUQVRVU19USU1FRF9PVVQQAxIiCh5TS0lMTF9TVEFUVVNfREVBRExJTkVfRVhDRUVERUQQBBIYChRTS0lMTF9TVEFUVVNfUkVGVVNFRBAFKvMBCgpTaGVkUmVhc29uEhsKF1NIRURfUkVBU09OX1VOU1BFQ0lGSUVEEAASGgoWU0hFRF9SRUFTT05fUVVFVUVfRlVMTBABEhwKGFNIRURfUkVBU09OX0JSRUFLRVJfT1BFThACEh0KGVNIRURfUkVBU09OX0VYUEVDVEVEX1dBSVQQAxIdChlTSEVEX1JFQVNPTl9RVUVVRV9USU1FT1VUEAQSGAoUU0hFRF9SRUFTT05fREVBRExJTkUQBRIZChVTSEVEX1JFQVNPTl9ESVNQTEFDRUQQBhIbChdTSEVEX1JFQVNPTl9DQUxMX0ZBSUxFRBAHKugBCgxRdWVyeU91dGNvbWUSHQoZUVVFUllfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEFFVRVJZX09VVENPTUVfT0sQARIZChVRVUVSWV9PVVRDT01FX1BBUlRJQUwQAhIYChRRVUVSWV9PVVRDT01FX0ZBSUxFRBADEhkKFVFVRVJZX09VVENPTUVfUkVGVVNFRBAEEhoKFlFVRVJZX09VVENPTUVfVU5ST1VURUQQBRIaChZRVUVSWV9PVVRDT01FX0RFQURMSU5FEAYSGwoXUVVFUllfT1VUQ09NRV9DQU5DRUxMRUQQByp8CgxCcmVha2VyU3RhdGUSHQoZQlJFQUtFUl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFEJSRUFLRVJfU1RBVEVfQ0xPU0VEEAESFgoSQlJFQUtFUl9TVEFURV9PUEVOEAISGwoXQlJFQUtFUl9TVEFURV9IQUxGX09QRU4QAzKOAgoNUm91dGVyU2VydmljZRI6CgVSb3V0ZRIXLnJvdXRlci52MS5Sb3V0ZVJlcXVlc3QaGC5yb3V0ZXIudjEuUm91dGVSZXNwb25zZRJACgdFeGVjdXRlEhkucm91dGVyLnYxLkV4ZWN1dGVSZXF1ZXN0Ghoucm91dGVyLnYxLkV4ZWN1dGVSZXNwb25zZRI6CgVTdGF0cxIXLnJvdXRlci52MS5TdGF0c1JlcXVlc3QaGC5yb3V0ZXIudjEuU3RhdHNSZXNwb25zZRJDCghGZWVkYmFjaxIaLnJvdXRlci52MS5GZWVkYmFja1JlcXVlc3QaGy5yb3V0ZXIudjEuRmVlZGJhY2tSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * QueryContext is what the web app knows about a query, plus per-request
@@ -99,6 +99,17 @@ export type QueryContext = Message<"router.v1.QueryContext"> & {
    * @generated from field: map<string, string> metadata = 9;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * The cost knob of routing.implementation_policy expected_quality: the
+   * quality given up per unit of normalized cost (an implementation's cost
+   * divided by the dearest candidate's), 0 to 100. 0 always takes the best
+   * expected quality; larger values the cheaper implementations. Unset means
+   * routing.cost_weight. Ignored under the seed policy.
+   *
+   * @generated from field: optional double cost_weight = 50;
+   */
+  costWeight?: number | undefined;
 };
 
 /**
@@ -240,7 +251,10 @@ export type ScoreParts = Message<"router.v1.ScoreParts"> & {
   complexityFit: number;
 
   /**
-   * The skill's recent success rate, 0 to 1, that the factor was taken from.
+   * The skill's recent success rate, 0 to 1, that the factor was taken
+   * from: the transport success rate times the skill's measured answer
+   * quality relative to declared (min(1, measured / declared) over its rated
+   * implementations; 1 without feedback).
    *
    * @generated from field: double success_rate = 4;
    */
@@ -964,6 +978,13 @@ export type ExecuteResponse = Message<"router.v1.ExecuteResponse"> & {
    * @generated from field: int32 rejections_omitted = 14;
    */
   rejectionsOmitted: number;
+
+  /**
+   * "experiment/arm" the query was assigned to; empty when none.
+   *
+   * @generated from field: string experiment_arm = 50;
+   */
+  experimentArm: string;
 };
 
 /**
@@ -1207,6 +1228,44 @@ export type ImplementationStats = Message<"router.v1.ImplementationStats"> & {
    * @generated from field: int64 times_opened = 6;
    */
   timesOpened: bigint;
+
+  /**
+   * Declared quality (from the config), 0 to 1.
+   *
+   * @generated from field: double declared_quality = 50;
+   */
+  declaredQuality: number;
+
+  /**
+   * Measured quality: the posterior mean of its ratings with the declared
+   * quality as prior (feedback.prior_strength pseudo-ratings), old ratings
+   * forgotten with feedback.half_life_s. Equals declared_quality without
+   * ratings.
+   *
+   * @generated from field: double measured_quality = 51;
+   */
+  measuredQuality: number;
+
+  /**
+   * Ratings received since start.
+   *
+   * @generated from field: int64 ratings = 52;
+   */
+  ratings: bigint;
+
+  /**
+   * Lower end of the 95 % credible interval of measured_quality.
+   *
+   * @generated from field: double measured_quality_low = 53;
+   */
+  measuredQualityLow: number;
+
+  /**
+   * Upper end of the 95 % credible interval of measured_quality.
+   *
+   * @generated from field: double measured_quality_high = 54;
+   */
+  measuredQualityHigh: number;
 };
 
 /**
@@ -1302,6 +1361,20 @@ export type Totals = Message<"router.v1.Totals"> & {
    * @generated from field: double avg_cost_per_query_usd = 11;
    */
   avgCostPerQueryUsd: number;
+
+  /**
+   * Feedback calls accepted since start.
+   *
+   * @generated from field: int64 feedback_received = 50;
+   */
+  feedbackReceived: bigint;
+
+  /**
+   * Mean score of the rated queries, 0 to 1.
+   *
+   * @generated from field: double avg_feedback_score = 51;
+   */
+  avgFeedbackScore: number;
 };
 
 /**
@@ -1351,6 +1424,13 @@ export type StatsResponse = Message<"router.v1.StatsResponse"> & {
    * @generated from field: router.v1.WindowStats window = 5;
    */
   window?: WindowStats | undefined;
+
+  /**
+   * One entry per experiment arm (and its shadow runs), since start.
+   *
+   * @generated from field: repeated router.v1.ArmStats experiments = 50;
+   */
+  experiments: ArmStats[];
 };
 
 /**
@@ -1359,6 +1439,228 @@ export type StatsResponse = Message<"router.v1.StatsResponse"> & {
  */
 export const StatsResponseSchema: GenMessage<StatsResponse> = /*@__PURE__*/
   messageDesc(file_router_v1_router, 19);
+
+/**
+ * ArmStats is one arm of an experiment since start.
+ *
+ * @generated from message router.v1.ArmStats
+ */
+export type ArmStats = Message<"router.v1.ArmStats"> & {
+  /**
+   * Name of the experiment.
+   *
+   * @generated from field: string experiment = 1;
+   */
+  experiment: string;
+
+  /**
+   * Name of the arm.
+   *
+   * @generated from field: string arm = 2;
+   */
+  arm: string;
+
+  /**
+   * True for the shadow runs of the control arm (run in the background,
+   * never returned to the caller, their cost counted here only).
+   *
+   * @generated from field: bool shadow = 3;
+   */
+  shadow: boolean;
+
+  /**
+   * Executes run in the arm.
+   *
+   * @generated from field: int64 queries = 4;
+   */
+  queries: bigint;
+
+  /**
+   * Spent, in US dollars.
+   *
+   * @generated from field: double cost_usd = 5;
+   */
+  costUsd: number;
+
+  /**
+   * Mean time inside the sidecar, in milliseconds.
+   *
+   * @generated from field: double avg_latency_ms = 6;
+   */
+  avgLatencyMs: number;
+
+  /**
+   * Mean feedback score of the arm's rated queries, 0 to 1.
+   *
+   * @generated from field: double measured_quality = 7;
+   */
+  measuredQuality: number;
+
+  /**
+   * Lower end of the 95 % confidence interval of measured_quality.
+   *
+   * @generated from field: double measured_quality_low = 8;
+   */
+  measuredQualityLow: number;
+
+  /**
+   * Upper end of the 95 % confidence interval of measured_quality.
+   *
+   * @generated from field: double measured_quality_high = 9;
+   */
+  measuredQualityHigh: number;
+
+  /**
+   * Rated queries.
+   *
+   * @generated from field: int64 ratings = 10;
+   */
+  ratings: bigint;
+
+  /**
+   * Shadow runs only: share whose top skill and implementation agreed with
+   * the answer returned.
+   *
+   * @generated from field: double agreement = 11;
+   */
+  agreement: number;
+
+  /**
+   * k schedule arms: the k in use now (0 otherwise).
+   *
+   * @generated from field: int32 current_k = 12;
+   */
+  currentK: number;
+};
+
+/**
+ * Describes the message router.v1.ArmStats.
+ * Use `create(ArmStatsSchema)` to create a new message.
+ */
+export const ArmStatsSchema: GenMessage<ArmStats> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 20);
+
+/**
+ * FeedbackRequest rates one executed query.
+ *
+ * @generated from message router.v1.FeedbackRequest
+ */
+export type FeedbackRequest = Message<"router.v1.FeedbackRequest"> & {
+  /**
+   * The query_id Execute returned. Remembered for feedback.memory_ttl_s
+   * (bounded by feedback.memory_max_entries).
+   *
+   * @generated from field: string query_id = 1;
+   */
+  queryId: string;
+
+  /**
+   * Score of the answer as a whole, 0 to 1. Applies to every skill that
+   * answered unless skill_scores rates it. Required unless skill_scores is
+   * set.
+   *
+   * @generated from field: optional double score = 2;
+   */
+  score?: number | undefined;
+
+  /**
+   * Score per skill that answered, 0 to 1.
+   *
+   * @generated from field: map<string, double> skill_scores = 3;
+   */
+  skillScores: { [key: string]: number };
+};
+
+/**
+ * Describes the message router.v1.FeedbackRequest.
+ * Use `create(FeedbackRequestSchema)` to create a new message.
+ */
+export const FeedbackRequestSchema: GenMessage<FeedbackRequest> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 21);
+
+/**
+ * RatedImplementation is one implementation the feedback moved.
+ *
+ * @generated from message router.v1.RatedImplementation
+ */
+export type RatedImplementation = Message<"router.v1.RatedImplementation"> & {
+  /**
+   * Name of the skill.
+   *
+   * @generated from field: string skill = 1;
+   */
+  skill: string;
+
+  /**
+   * Name of the implementation that answered.
+   *
+   * @generated from field: string implementation = 2;
+   */
+  implementation: string;
+
+  /**
+   * The score it got.
+   *
+   * @generated from field: double score = 3;
+   */
+  score: number;
+
+  /**
+   * Its measured quality after this rating.
+   *
+   * @generated from field: double measured_quality = 4;
+   */
+  measuredQuality: number;
+
+  /**
+   * Ratings it has received since start.
+   *
+   * @generated from field: int64 ratings = 5;
+   */
+  ratings: bigint;
+};
+
+/**
+ * Describes the message router.v1.RatedImplementation.
+ * Use `create(RatedImplementationSchema)` to create a new message.
+ */
+export const RatedImplementationSchema: GenMessage<RatedImplementation> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 22);
+
+/**
+ * FeedbackResponse says what the rating moved.
+ *
+ * @generated from message router.v1.FeedbackResponse
+ */
+export type FeedbackResponse = Message<"router.v1.FeedbackResponse"> & {
+  /**
+   * The rated query.
+   *
+   * @generated from field: string query_id = 1;
+   */
+  queryId: string;
+
+  /**
+   * One entry per skill that answered and was rated.
+   *
+   * @generated from field: repeated router.v1.RatedImplementation rated = 2;
+   */
+  rated: RatedImplementation[];
+
+  /**
+   * The query's rating as stored: score, else the mean of skill_scores.
+   *
+   * @generated from field: double query_score = 3;
+   */
+  queryScore: number;
+};
+
+/**
+ * Describes the message router.v1.FeedbackResponse.
+ * Use `create(FeedbackResponseSchema)` to create a new message.
+ */
+export const FeedbackResponseSchema: GenMessage<FeedbackResponse> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 23);
 
 /**
  * HourlyTrend is one hour of the window.
@@ -1407,7 +1709,7 @@ export type HourlyTrend = Message<"router.v1.HourlyTrend"> & {
  * Use `create(HourlyTrendSchema)` to create a new message.
  */
 export const HourlyTrendSchema: GenMessage<HourlyTrend> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 20);
+  messageDesc(file_router_v1_router, 24);
 
 /**
  * WindowStats are the seed's dashboard figures over a window of time.
@@ -1548,7 +1850,7 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
  * Use `create(WindowStatsSchema)` to create a new message.
  */
 export const WindowStatsSchema: GenMessage<WindowStats> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 21);
+  messageDesc(file_router_v1_router, 25);
 
 /**
  * Priority of a query. Higher-priority queries are admitted first.
@@ -1928,6 +2230,22 @@ export const RouterService: GenService<{
     methodKind: "unary";
     input: typeof StatsRequestSchema;
     output: typeof StatsResponseSchema;
+  },
+  /**
+   * Feedback rates the answer to one executed query (by the query_id Execute
+   * returned): a score 0 to 1 for the whole answer (thumbs up 1, down 0, a
+   * correctness label as is) and optionally one per skill. It moves the
+   * measured quality of the implementations that answered. A query is rated
+   * once: a second Feedback for the same query_id is refused
+   * (ALREADY_EXISTS) and the first rating stands. Unknown or expired ids are
+   * NOT_FOUND; a score out of range INVALID_ARGUMENT (the field named).
+   *
+   * @generated from rpc router.v1.RouterService.Feedback
+   */
+  feedback: {
+    methodKind: "unary";
+    input: typeof FeedbackRequestSchema;
+    output: typeof FeedbackResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_router_v1_router, 0);
