@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import re
 import signal
 import time
@@ -28,13 +29,18 @@ from router.config import RouterConfig
 from router.core.batching import BatchKeyMode
 from router.core.breaker import BreakerConfig
 from router.core.errors import BackendError, StartupError
+from router.core.implementations import Learned
 from router.core.limits import AIMDLimit, Gradient2Limit, LimitAlgorithm
+from router.core.quality import QualitySettings
 from router.core.redact import Redactor
 from router.core.retry import RetryPolicy
 from router.core.routing import SkillIndex
-from router.core.types import SkillSpec
+from router.core.types import Query, SkillSpec
 from router.runtime.calls import BatchingOptions
-from router.runtime.pipeline import Pipeline
+from router.runtime.experiments import ArmSpec, ExperimentRunner, Experiments, ExperimentSpec, KSchedule
+from router.runtime.feedback import AnswerMemory, FeedbackDesk, FeedbackReceipt, FeedbackRecord, QualityRegistry
+from router.runtime.observer import QueryRecord
+from router.runtime.pipeline import ExecuteOutcome, Pipeline
 from router.runtime.registry import LiveRegistry
 from router.runtime.skills import SkillRuntime, SkillSettings, build_gate
 from router.runtime.stats import Snapshot, skill_snapshots
@@ -60,14 +66,44 @@ class FrontDoor:
     token: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Learning:
+    """Feedback, measured quality and experiments (docs/feedback.md)."""
+
+    quality: QualityRegistry
+    memory: AnswerMemory
+    desk: FeedbackDesk
+    experiments: Experiments
+    runner: ExperimentRunner
+
+
+class RecordFanout:
+    """The pipeline's record sink: remembers who answered (for Feedback),
+    counts experiment arms, and hands the row to the metrics store."""
+
+    def __init__(self, memory: AnswerMemory, experiments: Experiments, store: MetricsStore | None) -> None:
+        self._memory = memory
+        self._experiments = experiments
+        self._store = store
+
+    def submit(self, record: QueryRecord) -> None:
+        if not record.shadow:
+            self._memory.remember_record(record)
+        self._experiments.record(record)
+        if self._store is not None:
+            self._store.submit(record)
+
+
 class App:
     """The running sidecar: what the servicer serves (``pipeline``,
-    ``snapshot``, ``window``) and its lifecycle (``start``, ``stop``)."""
+    ``execute``, ``feedback``, ``snapshot``, ``window``) and its lifecycle
+    (``start``, ``stop``)."""
 
     def __init__(self, config: RouterConfig, pool: BackendPool, registry: LiveRegistry,
                  runtimes: Mapping[str, SkillRuntime], pipeline: Pipeline, telemetry: Telemetry,
-                 store: MetricsStore | None, front: FrontDoor) -> None:
+                 store: MetricsStore | None, front: FrontDoor, learning: Learning | None = None) -> None:
         self.config = config
+        self.learning = learning
         self.pool = pool
         self.registry = registry
         self.runtimes = runtimes
@@ -97,8 +133,25 @@ class App:
 
     def snapshot(self) -> Snapshot:
         now = time.monotonic()
-        return Snapshot(skill_snapshots(self.registry, self.runtimes, now), self.registry.totals,
-                        now - self.started_at, self.pipeline.policy.moe_enabled)
+        ln = self.learning
+        if ln is None:
+            return Snapshot(skill_snapshots(self.registry, self.runtimes, now), self.registry.totals,
+                            now - self.started_at, self.pipeline.policy.moe_enabled)
+        return Snapshot(skill_snapshots(self.registry, self.runtimes, now, ln.quality), self.registry.totals,
+                        now - self.started_at, self.pipeline.policy.moe_enabled, ln.desk.received,
+                        ln.desk.avg_score, tuple(ln.experiments.live.values()))
+
+    async def execute(self, query: Query, timeout_s: float | None, *,
+                      explain_all: bool = False) -> tuple[ExecuteOutcome, str]:
+        """Execute in the query's experiment arm (if any): (outcome, "experiment/arm")."""
+        if self.learning is None:
+            return await self.pipeline.execute(query, timeout_s, explain_all=explain_all), ""
+        return await self.learning.runner.execute(query, timeout_s, explain_all=explain_all)
+
+    def feedback(self, query_id: str, score: float | None, skill_scores: Mapping[str, float]) -> FeedbackReceipt:
+        if self.learning is None:
+            raise StartupError("feedback", "feedback is not wired in this App")
+        return self.learning.desk.submit(query_id, score, skill_scores)
 
     async def window(self, window_s: float) -> tuple[WindowAggregate | None, str, int]:
         """Stats over time, read from the metrics store (None when there is none)."""
@@ -136,6 +189,8 @@ class App:
         await self.server.set_serving(False)
         self.pipeline.start_draining()
         await self.server.stop(grace)
+        if self.learning is not None:  # shadows in flight get what is left of the grace
+            await self.learning.runner.aclose(max(0.0, min(2.0, deadline - time.monotonic())))
         if self.admin is not None:  # after the drain, so the dashboard and scrapes can watch it
             await self.admin.stop()
         await self.pipeline.aclose()
@@ -262,12 +317,41 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
                 for name, s in settings.items()}
     st = store_settings(config)
     store = make_store(st) if st is not None else None
+    fb = config.feedback
+    rng = random.Random(fb.seed)
+    quality = QualityRegistry(config.skills, QualitySettings(fb.prior_strength, fb.half_life_s,
+                                                             tuple(fb.complexity_bands)), max_cells=fb.max_cells)
+    memory = AnswerMemory(fb.memory_ttl_s, fb.memory_max_entries)
+    experiments = Experiments(experiment_specs(config), config.policy, rng)
     pipeline = Pipeline(SkillIndex(config.skills), config.policy, runtimes, registry, observer=telemetry.observer,
-                        sink=store, load_bias=config.admission.load_bias,
+                        sink=RecordFanout(memory, experiments, store), load_bias=config.admission.load_bias,
                         default_deadline_s=config.server.default_deadline_s,
-                        hash_query=query_hasher(config.storage.sqlite_path, config.storage.postgres_dsn, environ))
+                        hash_query=query_hasher(config.storage.sqlite_path, config.storage.postgres_dsn, environ),
+                        learned=Learned(quality, rng, config.policy.cost_weight, config.policy.exploration))
+
+    def to_store(rows: list[FeedbackRecord], q: float) -> None:
+        if store is not None:
+            store.submit_feedback(rows, q)
+
+    desk = FeedbackDesk(memory, quality, registry, sink=to_store, on_rated=lambda a, q: experiments.rated(a.arm, q))
+    learning = Learning(quality, memory, desk, experiments, ExperimentRunner(pipeline, experiments))
     front = FrontDoor(listen or config.server.listen, redact=redact, tls=_tls(config), token=token)
-    return App(config, pool, registry, runtimes, pipeline, telemetry, store, front)
+    return App(config, pool, registry, runtimes, pipeline, telemetry, store, front, learning)
+
+
+def experiment_specs(config: RouterConfig) -> list[ExperimentSpec]:
+    """The enabled experiments of the config, as the runtime's specs."""
+    out = []
+    for name, e in config.experiments.items():
+        if not e.enabled:
+            continue
+        arms = tuple(ArmSpec(arm, a.top_k, a.all_skills, a.implementation_policy,
+                             None if a.k_schedule is None else KSchedule(
+                                 a.k_schedule.start_k, a.k_schedule.end_k, a.k_schedule.margin,
+                                 a.k_schedule.min_ratings, a.k_schedule.probe_share))
+                     for arm, a in e.arms.items())
+        out.append(ExperimentSpec(name, e.control, arms, e.share, e.key, e.shadow.share, e.shadow.max_concurrent))
+    return out
 
 
 async def serve(config: RouterConfig, listen: str | None = None) -> None:

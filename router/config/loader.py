@@ -297,6 +297,8 @@ def _router_config(cfg: ConfigFile, source: str, overrides: tuple[EnvOverride, .
         batching=cfg.batching,
         telemetry=cfg.telemetry,
         storage=cfg.storage,
+        feedback=cfg.feedback,
+        experiments=dict(cfg.experiments),
         source=source,
         env_overrides=overrides,
         skill_opts=skill_opts,

@@ -23,6 +23,8 @@ from .problems import ConfigIssue, InvalidConfig, format_path, translate
 from .schema import (
     AdmissionSettings,
     BatchingSettings,
+    ExperimentEntry,
+    FeedbackSettings,
     RoutingSettings,
     ServerSettings,
     StorageSettings,
@@ -81,6 +83,8 @@ class RouterConfig:
     telemetry: TelemetrySettings
     storage: StorageSettings
     source: str
+    feedback: FeedbackSettings = FeedbackSettings()
+    experiments: Mapping[str, ExperimentEntry] = field(default_factory=dict)
     env_overrides: tuple[EnvOverride, ...] = ()
     skill_opts: Mapping[str, SkillOptions] = field(default_factory=dict, repr=False)
     implementation_opts: Mapping[tuple[str, str], ImplementationOptions] = field(default_factory=dict, repr=False)

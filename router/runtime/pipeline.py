@@ -271,7 +271,8 @@ class Pipeline:
         finally:
             self.in_flight -= 1
             record = self._record(run, outcome)
-            self.registry.record_query(record)
+            if not run.shadow:  # a shadow's cost is counted apart (runtime.experiments), not in the totals
+                self.registry.record_query(record)
             self.sink.submit(record)
             run.obs.finish(record, error)
 

@@ -15,6 +15,8 @@ from router.core.routing import PlannedSkill, RoutePlan
 from router.core.selection import RejectionReason
 from router.core.synthesis import QueryOutcome, SkillOutcome, Status
 from router.core.types import ImplementationSpec, Priority, Query, RoutingPolicy
+from router.runtime.experiments import ArmLive
+from router.runtime.feedback import FeedbackReceipt
 from router.runtime.pipeline import ShedSkill
 from router.runtime.stats import SkillSnapshot
 from router.v1 import router_pb2 as pb
@@ -74,6 +76,7 @@ def query_from_request(req: pb.RouteRequest | pb.ExecuteRequest, policy: Routing
         exclude_skills=list(ctx.exclude_skills),
         all_skills=ctx.all_skills,
         metadata=dict(ctx.metadata),
+        cost_weight=ctx.cost_weight if ctx.HasField("cost_weight") else None,
     )
 
 
@@ -164,10 +167,25 @@ def skill_stats_pb(s: SkillSnapshot, wall_now: float) -> pb.SkillStats:
     for i in s.implementations:
         m = msg.implementations.add(name=i.name, breaker_state=_BREAKER[i.breaker_state],
                                     consecutive_failures=i.consecutive_failures, failure_rate=i.failure_rate,
-                                    times_opened=i.times_opened)
+                                    times_opened=i.times_opened, declared_quality=i.declared_quality,
+                                    measured_quality=i.measured_quality, ratings=i.ratings,
+                                    measured_quality_low=i.measured_low, measured_quality_high=i.measured_high)
         if i.half_open_in_s is not None:
             m.half_open_at.FromNanoseconds(int((wall_now + i.half_open_in_s) * 1e9))
     return msg
+
+
+def arm_stats_pb(a: ArmLive) -> pb.ArmStats:
+    m, lo, hi = a.quality()
+    return pb.ArmStats(experiment=a.experiment, arm=a.arm, shadow=a.shadow, queries=a.queries, cost_usd=a.cost,
+                       avg_latency_ms=a.avg_latency_ms, measured_quality=m, measured_quality_low=lo,
+                       measured_quality_high=hi, ratings=a.ratings, agreement=a.agreement, current_k=a.current_k)
+
+
+def feedback_pb(r: FeedbackReceipt) -> pb.FeedbackResponse:
+    return pb.FeedbackResponse(query_id=r.query_id, query_score=r.query_score, rated=[
+        pb.RatedImplementation(skill=x.skill, implementation=x.implementation, score=x.score,
+                               measured_quality=x.measured_quality, ratings=x.ratings) for x in r.rated])
 
 
 def window_pb(agg: WindowAggregate | None, store: str, dropped: int) -> pb.WindowStats:

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Protocol
 import grpc
 
 from router.core.errors import InvalidArgument
-from router.runtime.pipeline import Pipeline
+from router.core.types import Query
+from router.runtime.feedback import FeedbackReceipt
+from router.runtime.pipeline import ExecuteOutcome, Pipeline
 from router.runtime.stats import Snapshot
 from router.v1 import router_pb2 as pb
 from router.v1 import router_pb2_grpc as pb_grpc
@@ -18,7 +20,17 @@ from router.v1 import router_pb2_grpc as pb_grpc
 if TYPE_CHECKING:  # plain data from the metrics store; no import at run time
     from router.storage import WindowAggregate
 
-from .convert import outcome_pb, plan_parts, query_from_request, result_pb, shed_pb, skill_stats_pb, window_pb
+from .convert import (
+    arm_stats_pb,
+    feedback_pb,
+    outcome_pb,
+    plan_parts,
+    query_from_request,
+    result_pb,
+    shed_pb,
+    skill_stats_pb,
+    window_pb,
+)
 
 DEFAULT_WINDOW_S = 24 * 3600.0
 MAX_WINDOW_S = 90 * 24 * 3600.0
@@ -30,6 +42,12 @@ class Application(Protocol):
     def pipeline(self) -> Pipeline: ...
 
     def snapshot(self) -> Snapshot: ...
+
+    async def execute(self, query: Query, timeout_s: float | None, *,
+                      explain_all: bool = False) -> tuple[ExecuteOutcome, str]:
+        """Run the query (in its experiment arm): (outcome, "experiment/arm" or "")."""
+
+    def feedback(self, query_id: str, score: float | None, skill_scores: dict[str, float]) -> FeedbackReceipt: ...
 
     async def window(self, window_s: float) -> tuple[WindowAggregate | None, str, int]:
         """(aggregate or None, store name, rows dropped) over ``window_s``."""
@@ -56,7 +74,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def Execute(self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext) -> pb.ExecuteResponse:
         p = self._app.pipeline
         query = query_from_request(request, p.policy, p.skill_names)
-        out = await p.execute(query, context.time_remaining(), explain_all=request.explain_all)
+        out, arm = await self._app.execute(query, context.time_remaining(), explain_all=request.explain_all)
         selections, rejections = plan_parts(out.plan, out.ran)
         ledger = out.synthesis.ledger
         return pb.ExecuteResponse(
@@ -68,8 +86,12 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             timing=pb.Timing(selection_us=out.selection_us, execution_us=out.execution_us, total_us=out.total_us),
             quality=out.synthesis.quality, k=out.plan.k, moe_enabled=out.plan.moe_enabled,
             shed=[shed_pb(s, self._redact) for s in out.shed], outcome=outcome_pb(out.outcome),
-            rejections_omitted=out.plan.rejections_omitted,
+            rejections_omitted=out.plan.rejections_omitted, experiment_arm=arm,
         )
+
+    async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext) -> pb.FeedbackResponse:
+        score = request.score if request.HasField("score") else None
+        return feedback_pb(self._app.feedback(request.query_id, score, dict(request.skill_scores)))
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
         window_s = DEFAULT_WINDOW_S
@@ -86,6 +108,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             totals=pb.Totals(queries=t.queries, avg_skills_per_query=t.avg_skills_per_query, cost_usd=t.cost,
                              cost_saved_usd=t.cost_saved, baseline_cost_usd=t.baseline_cost, routes=t.routes,
                              failed_queries=t.failed_queries, outcomes=dict(t.outcomes), answered=t.answered,
-                             avg_quality=t.avg_quality, avg_cost_per_query_usd=t.avg_cost_per_query),
+                             avg_quality=t.avg_quality, avg_cost_per_query_usd=t.avg_cost_per_query,
+                             feedback_received=snap.feedback_received, avg_feedback_score=snap.avg_feedback_score),
+            experiments=[arm_stats_pb(a) for a in snap.experiments],
             uptime_seconds=snap.uptime_s, moe_enabled=snap.moe_enabled, window=window_pb(agg, store, dropped),
         )

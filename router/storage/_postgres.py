@@ -150,7 +150,9 @@ class PostgresBackend:
             return [FeedbackRecord(*r) for r in await cur.fetchall()]
 
     async def aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate:
-        where = "timestamp > to_timestamp(%s) AND timestamp <= to_timestamp(%s)" + (" AND rpc = %s" if rpc else "")
+        # Shadow runs (experiments) are never answers: not in the window.
+        where = ("timestamp > to_timestamp(%s) AND timestamp <= to_timestamp(%s) AND NOT shadow"
+                 + (" AND rpc = %s" if rpc else ""))
         args: tuple[object, ...] = (since, until) + ((rpc,) if rpc else ())
         async with self._pool.connection() as conn:
             cur = await conn.execute(

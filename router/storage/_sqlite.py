@@ -144,7 +144,8 @@ class SqliteBackend:
     def _sync_aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate:
         conn = self._conn
         assert conn is not None
-        where = "timestamp > ? AND timestamp <= ?" + (" AND rpc = ?" if rpc is not None else "")
+        # Shadow runs (experiments) are never answers: not in the window.
+        where = "timestamp > ? AND timestamp <= ? AND shadow = 0" + (" AND rpc = ?" if rpc is not None else "")
         args: tuple[object, ...] = (since, until) + ((rpc,) if rpc is not None else ())
         (n, errors, skills, avg_cost, total_cost, saved, avg_saved, sel_ms, avg_ms, quality) = conn.execute(
             f"SELECT count(*), coalesce(sum(status NOT IN {ANSWERED_SQL}), 0), avg(skills_selected), avg(total_cost),"
