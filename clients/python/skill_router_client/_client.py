@@ -32,6 +32,7 @@ def build_context(
     exclude_skills: Iterable[str] = (),
     all_skills: bool = False,
     metadata: Mapping[str, str] | None = None,
+    cost_weight: float | None = None,
 ) -> pb.QueryContext:
     ctx = pb.QueryContext(domain=domain, priority=int(priority), force_skills=list(force_skills),
                           exclude_skills=list(exclude_skills), all_skills=all_skills, metadata=dict(metadata or {}))
@@ -41,6 +42,8 @@ def build_context(
         ctx.required_quality = required_quality
     if top_k is not None:
         ctx.top_k = top_k
+    if cost_weight is not None:
+        ctx.cost_weight = cost_weight
     return ctx
 
 
