@@ -39,9 +39,9 @@ import argparse
 import asyncio
 import csv
 import gzip
+import itertools
 import json
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,12 +129,12 @@ def pgr_curve(points: Sequence[tuple[float, float]], weak: float, strong: float)
 
 
 def apgr(curve: Sequence[tuple[float, float]]) -> float:
-    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(curve, curve[1:]))
+    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in itertools.pairwise(curve))
 
 
 def cpt(curve: Sequence[tuple[float, float]], target: float = 0.5) -> float:
     """The smallest share of strong calls at which the (interpolated) PGR reaches ``target``."""
-    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(curve):
         if y0 >= target:
             return x0
         if y1 >= target:

@@ -49,6 +49,7 @@ class QueryRecord:
     # Where quality_score comes from: "declared" (the synthesis of declared
     # qualities) or "feedback" (the web app's rating, set when it arrives).
     quality_source: str = "declared"
+    declared_quality: float | None = None  # the synthesis's declared quality (kept when feedback replaces quality_score)
     arm: str = ""  # "experiment/arm" the query ran in ("" when none)
     shadow: bool = False  # a shadow run of the control arm: never returned to the caller
 

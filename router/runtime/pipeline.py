@@ -452,7 +452,7 @@ class Pipeline:
             max_utilization=run.max_utilization, avg_queue_depth=run.avg_queue_depth,
             skills=tuple(p.name for p in run.ran), skills_ok=tuple(o.skill for o in run.outcomes if o.ok),
             trace_id=run.obs.trace_id, implementations=tuple(o.implementation for o in run.outcomes),
-            arm=run.arm, shadow=run.shadow,
+            arm=run.arm, shadow=run.shadow, declared_quality=acc.quality,
         )
 
 

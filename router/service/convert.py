@@ -197,7 +197,8 @@ def window_pb(agg: WindowAggregate | None, store: str, dropped: int) -> pb.Windo
         cost_saved_usd=agg.cost_saved_total, avg_cost_saved_usd=agg.avg_cost_saved,
         avg_response_ms=agg.avg_response_time_ms, p99_response_ms=agg.p99_response_time_ms,
         avg_quality=agg.avg_quality, skill_distribution=dict(agg.skill_distribution), rows_dropped=dropped,
-        outcomes=dict(agg.outcomes), answered=agg.queries - agg.errors)
+        outcomes=dict(agg.outcomes), answered=agg.queries - agg.errors, rated_queries=agg.rated,
+        avg_measured_quality=agg.avg_measured_quality, avg_declared_quality=agg.avg_declared_quality)
     msg.since.FromNanoseconds(int(agg.since * 1e9))
     msg.until.FromNanoseconds(int(agg.until * 1e9))
     for h in agg.hourly:

@@ -22,6 +22,7 @@ from ._types import (
     COLUMNS,
     FEEDBACK_COLUMNS,
     FEEDBACK_TABLE,
+    QUALITY_SQL,
     TABLE,
     HourlyTrend,
     StoreError,
@@ -41,6 +42,7 @@ _TYPES = {
     "skills": "TEXT[] NOT NULL DEFAULT '{}'", "skills_ok": "TEXT[] NOT NULL DEFAULT '{}'", "trace_id": "TEXT",
     "implementations": "TEXT[] NOT NULL DEFAULT '{}'", "quality_source": "TEXT NOT NULL DEFAULT 'declared'",
     "arm": "TEXT NOT NULL DEFAULT ''", "shadow": "BOOLEAN NOT NULL DEFAULT FALSE",
+    "declared_quality": "DOUBLE PRECISION",
 }
 assert set(_TYPES) == set(COLUMNS)
 
@@ -169,6 +171,10 @@ class PostgresBackend:
                 return WindowAggregate(until - since, since, until)
             cur = await conn.execute(f"SELECT status, count(*) FROM {TABLE} WHERE {where} GROUP BY status", args)
             outcomes = await cur.fetchall()
+            cur = await conn.execute(f"SELECT {QUALITY_SQL} FROM {TABLE} WHERE {where}", args)
+            qrow = await cur.fetchone()
+            assert qrow is not None
+            rated, measured, declared = qrow
             cur = await conn.execute(
                 f"SELECT s, count(*) AS n FROM {TABLE}, unnest(skills) AS s WHERE {where}"
                 " GROUP BY s ORDER BY n DESC, s COLLATE \"C\"", args)
@@ -183,7 +189,8 @@ class PostgresBackend:
             avg_skills_selected=f0(skills), avg_cost_per_query=f0(avg_cost), total_cost=f0(total_cost),
             cost_saved_total=f0(saved), avg_cost_saved=f0(avg_saved), avg_selection_time_ms=f0(sel_ms),
             avg_response_time_ms=f0(avg_ms), p50_response_time_ms=f0(p50), p99_response_time_ms=f0(p99),
-            avg_quality=f0(quality), outcomes={str(o): int(c) for o, c in outcomes},
+            avg_quality=f0(quality), outcomes={str(o): int(c) for o, c in outcomes}, rated=int(rated or 0),
+            avg_measured_quality=f0(measured), avg_declared_quality=f0(declared),
             skill_distribution={str(s): int(c) for s, c in dist},
             hourly=tuple(HourlyTrend(float(h), int(c), f0(a), f0(t), f0(q)) for h, c, a, t, q in hourly),
         )

@@ -23,6 +23,7 @@ from ._types import (
     COLUMNS,
     FEEDBACK_COLUMNS,
     FEEDBACK_TABLE,
+    QUALITY_SQL,
     TABLE,
     HourlyTrend,
     StoreError,
@@ -44,7 +45,7 @@ _TYPES = {
     "quality_score": "REAL", "max_utilization": "REAL", "avg_queue_depth": "REAL",
     "skills": "TEXT NOT NULL DEFAULT '[]'", "skills_ok": "TEXT NOT NULL DEFAULT '[]'", "trace_id": "TEXT",
     "implementations": "TEXT NOT NULL DEFAULT '[]'", "quality_source": "TEXT NOT NULL DEFAULT 'declared'",
-    "arm": "TEXT NOT NULL DEFAULT ''", "shadow": "INTEGER NOT NULL DEFAULT 0",
+    "arm": "TEXT NOT NULL DEFAULT ''", "shadow": "INTEGER NOT NULL DEFAULT 0", "declared_quality": "REAL",
 }
 assert set(_TYPES) == set(COLUMNS)
 
@@ -161,6 +162,7 @@ class SqliteBackend:
             return f0(v)
 
         outcomes = conn.execute(f"SELECT status, count(*) FROM {TABLE} WHERE {where} GROUP BY status", args).fetchall()
+        rated, measured, declared = conn.execute(f"SELECT {QUALITY_SQL} FROM {TABLE} WHERE {where}", args).fetchone()
         dist = conn.execute(
             f"SELECT j.value, count(*) AS n FROM {TABLE} m, json_each(m.skills) j"
             f" WHERE {where}"  # json_each has no timestamp or rpc column: these are m's
@@ -174,7 +176,8 @@ class SqliteBackend:
             avg_skills_selected=f0(skills), avg_cost_per_query=f0(avg_cost), total_cost=f0(total_cost),
             cost_saved_total=f0(saved), avg_cost_saved=f0(avg_saved), avg_selection_time_ms=f0(sel_ms),
             avg_response_time_ms=f0(avg_ms), p50_response_time_ms=quantile(0.5),
-            p99_response_time_ms=quantile(0.99), avg_quality=f0(quality),
+            p99_response_time_ms=quantile(0.99), avg_quality=f0(quality), rated=int(rated or 0),
+            avg_measured_quality=f0(measured), avg_declared_quality=f0(declared),
             outcomes={str(o): int(c) for o, c in outcomes},
             skill_distribution={str(s): int(c) for s, c in dist},
             hourly=tuple(HourlyTrend(float(h), int(c), f0(a), f0(t), f0(q)) for h, c, a, t, q in hourly),

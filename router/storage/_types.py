@@ -20,6 +20,12 @@ FEEDBACK_COLUMNS = ("query_id", "timestamp", "skill", "implementation", "score",
 # Outcomes (``status``) of answered queries; every other one is an error.
 ANSWERED = ("ok", "partial")
 ANSWERED_SQL = "('ok', 'partial')"
+# Rated queries, their mean measured quality, and the mean declared quality of
+# answered queries (declared_quality, or quality_score for rows written
+# before the column existed).
+QUALITY_SQL = ("count(CASE WHEN quality_source = 'feedback' THEN 1 END),"
+               " avg(CASE WHEN quality_source = 'feedback' THEN quality_score END),"
+               f" avg(CASE WHEN status IN {ANSWERED_SQL} THEN coalesce(declared_quality, quality_score) END)")
 
 # The seed's columns, plus the ids and lists this router adds. Order matters:
 # rows are written as tuples in this order.
@@ -124,6 +130,9 @@ class WindowAggregate:
     # skill → queries that selected it, most selected first
     skill_distribution: Mapping[str, int] = field(default_factory=dict)
     hourly: tuple[HourlyTrend, ...] = ()
+    rated: int = 0  # queries with a Feedback rating
+    avg_measured_quality: float = 0.0  # their mean rating
+    avg_declared_quality: float = 0.0  # the mean declared quality of answered queries
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +146,8 @@ class WindowAggregate:
             "p50_response_time_ms": self.p50_response_time_ms,
             "p99_response_time_ms": self.p99_response_time_ms,
             "avg_quality": self.avg_quality,
+            "rated": self.rated, "avg_measured_quality": self.avg_measured_quality,
+            "avg_declared_quality": self.avg_declared_quality,
             "outcomes": dict(self.outcomes),
             "skill_distribution": dict(self.skill_distribution),
             "hourly": [

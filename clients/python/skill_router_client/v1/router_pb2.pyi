@@ -596,7 +596,7 @@ class HourlyTrend(_message.Message):
     def __init__(self, hour: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queries: _Optional[int] = ..., avg_cost_usd: _Optional[float] = ..., avg_response_ms: _Optional[float] = ..., avg_quality: _Optional[float] = ...) -> None: ...
 
 class WindowStats(_message.Message):
-    __slots__ = ("available", "store", "since", "until", "queries", "errors", "avg_skills_selected", "avg_cost_per_query_usd", "cost_saved_usd", "avg_cost_saved_usd", "avg_response_ms", "p99_response_ms", "avg_quality", "skill_distribution", "hourly", "rows_dropped", "outcomes", "answered")
+    __slots__ = ("available", "store", "since", "until", "queries", "errors", "avg_skills_selected", "avg_cost_per_query_usd", "cost_saved_usd", "avg_cost_saved_usd", "avg_response_ms", "p99_response_ms", "avg_quality", "skill_distribution", "hourly", "rows_dropped", "outcomes", "answered", "rated_queries", "avg_measured_quality", "avg_declared_quality")
     class SkillDistributionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -629,6 +629,9 @@ class WindowStats(_message.Message):
     ROWS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    RATED_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    AVG_MEASURED_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    AVG_DECLARED_QUALITY_FIELD_NUMBER: _ClassVar[int]
     available: bool
     store: str
     since: _timestamp_pb2.Timestamp
@@ -647,4 +650,7 @@ class WindowStats(_message.Message):
     rows_dropped: int
     outcomes: _containers.ScalarMap[str, int]
     answered: int
-    def __init__(self, available: _Optional[bool] = ..., store: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queries: _Optional[int] = ..., errors: _Optional[int] = ..., avg_skills_selected: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., avg_cost_saved_usd: _Optional[float] = ..., avg_response_ms: _Optional[float] = ..., p99_response_ms: _Optional[float] = ..., avg_quality: _Optional[float] = ..., skill_distribution: _Optional[_Mapping[str, int]] = ..., hourly: _Optional[_Iterable[_Union[HourlyTrend, _Mapping]]] = ..., rows_dropped: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ...) -> None: ...
+    rated_queries: int
+    avg_measured_quality: float
+    avg_declared_quality: float
+    def __init__(self, available: _Optional[bool] = ..., store: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queries: _Optional[int] = ..., errors: _Optional[int] = ..., avg_skills_selected: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., avg_cost_saved_usd: _Optional[float] = ..., avg_response_ms: _Optional[float] = ..., p99_response_ms: _Optional[float] = ..., avg_quality: _Optional[float] = ..., skill_distribution: _Optional[_Mapping[str, int]] = ..., hourly: _Optional[_Iterable[_Union[HourlyTrend, _Mapping]]] = ..., rows_dropped: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ..., rated_queries: _Optional[int] = ..., avg_measured_quality: _Optional[float] = ..., avg_declared_quality: _Optional[float] = ...) -> None: ...
