@@ -255,7 +255,7 @@ class FeedbackDesk:
             s = per_skill.get(skill, overall)
             if s is None:
                 continue
-            post = self.quality.rate(skill, impl, answered.domain, answered.complexity, s, now)
+            post = self.quality.rate(skill, impl, answered.domain, answered.complexity, s)  # its own clock
             rated.append(Rated(skill, impl, s, post.mean, post.ratings))
             rows.append(FeedbackRecord(query_id, now, skill, impl, s, answered.domain, answered.complexity, band,
                                        answered.arm))
