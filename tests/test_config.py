@@ -15,6 +15,7 @@ from router.config import (
     ENV_VARS,
     AdmissionSettings,
     BatchingSettings,
+    FeedbackSettings,
     InvalidConfig,
     RouterConfig,
     ServerSettings,
@@ -86,6 +87,7 @@ def test_default_sections_equal_the_documented_defaults(default: RouterConfig) -
     assert default.batching == BatchingSettings()
     assert default.telemetry == TelemetrySettings()
     assert default.storage == StorageSettings()
+    assert default.feedback == FeedbackSettings() and default.experiments == {}
     assert default.env_overrides == ()
 
 

@@ -98,3 +98,35 @@ async def test_shadows_are_bounded_and_never_awaited_by_the_caller() -> None:
     await runner.aclose(0.0)
     assert runner.shadows_in_flight == 0
     await pipeline.aclose()
+
+
+@pytest.mark.parametrize(("experiments", "routing", "path"), [
+    ({"ab": {"control": "nope", "arms": {"a": {}, "b": {}}}}, {}, "experiments.ab.control"),
+    ({"ab": {"control": "a", "arms": {"a": {}}}}, {}, "experiments.ab.arms"),
+    ({"ab": {"control": "a", "arms": {"a": {}, "b": {"top_k": 3, "all_skills": True}}}}, {},
+     "experiments.ab.arms.b.all_skills"),
+    ({"ab": {"control": "a", "arms": {"a": {}, "b": {"k_schedule": {"start_k": 3, "end_k": 5}}}}}, {},
+     "experiments.ab.arms.b.k_schedule.end_k"),
+    ({"ab": {"control": "a", "share": 1.5, "arms": {"a": {}, "b": {}}}}, {}, "experiments.ab.share"),
+    ({}, {"implementation_policy": "best"}, "routing.implementation_policy"),
+    ({}, {"cost_weight": -1}, "routing.cost_weight"),
+])
+def test_bad_feedback_and_experiment_config_names_the_key(experiments, routing, path) -> None:  # type: ignore[no-untyped-def]
+    from support.configs import config_data
+
+    from router.config import InvalidConfig, parse_config
+    data = config_data("http://127.0.0.1:9", routing=routing)
+    data["experiments"] = experiments
+    with pytest.raises(InvalidConfig) as e:
+        parse_config(data, "<t>", {})
+    assert path in str(e.value), str(e.value)
+
+
+def test_complexity_bands_must_ascend() -> None:
+    from support.configs import config_data
+
+    from router.config import InvalidConfig, parse_config
+    data = config_data("http://127.0.0.1:9")
+    data["feedback"] = {"complexity_bands": [7.0, 3.0]}
+    with pytest.raises(InvalidConfig, match="feedback.complexity_bands"):
+        parse_config(data, "<t>", {})
