@@ -128,5 +128,5 @@ def test_complexity_bands_must_ascend() -> None:
     from router.config import InvalidConfig, parse_config
     data = config_data("http://127.0.0.1:9")
     data["feedback"] = {"complexity_bands": [7.0, 3.0]}
-    with pytest.raises(InvalidConfig, match="feedback.complexity_bands"):
+    with pytest.raises(InvalidConfig, match=r"feedback\.complexity_bands"):
         parse_config(data, "<t>", {})
