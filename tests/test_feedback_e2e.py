@@ -108,6 +108,13 @@ async def test_feedback_moves_measured_quality_the_right_way(sidecar: Sidecar) -
     assert down.measured_quality_low < down.measured_quality < down.measured_quality_high
     totals = (await c.stats()).totals
     assert totals.feedback_received >= 9 and 0 < totals.avg_feedback_score < 1
+    # Skill scoring's success factor reads the measured answer quality: the
+    # backend never failed, but its answers are rated below what was declared.
+    route = await c.route("a contract question", domain="legal")
+    legal = next(x for x in route.selections if x.skill == "legal")
+    assert legal.parts.success_rate < 1.0
+    assert legal.parts.success_rate == pytest.approx(down.measured_quality / 0.9, rel=1e-3)
+    assert legal.parts.success_factor == pytest.approx(0.7 + 0.3 * legal.parts.success_rate)
 
 
 async def test_the_store_keeps_every_rating_and_says_the_quality_is_measured(sidecar: Sidecar) -> None:
