@@ -130,3 +130,23 @@ def test_complexity_bands_must_ascend() -> None:
     data["feedback"] = {"complexity_bands": [7.0, 3.0]}
     with pytest.raises(InvalidConfig, match=r"feedback\.complexity_bands"):
         parse_config(data, "<t>", {})
+
+
+def test_prometheus_shows_declared_and_measured_quality() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from router.admin import SnapshotCollector
+    from router.core.breaker import BreakerState
+    from router.runtime.registry import Totals
+    from router.runtime.stats import ImplementationSnapshot, SkillSnapshot, Snapshot
+
+    impl_snap = ImplementationSnapshot("a-impl", BreakerState.CLOSED, None, 0, 0.0, 0, 0.9, 0.7, 12, 0.5, 0.85)
+    skill_snap = SkillSnapshot("a", 0, 10, 0, 12, 0, 1.0, 1.0, 2.0, implementations=(impl_snap,),
+                               queue_by_priority={})
+    reg = CollectorRegistry()
+    reg.register(SnapshotCollector(lambda: Snapshot((skill_snap,), Totals(), 1.0, True, feedback_received=12)))
+    text = generate_latest(reg).decode()
+    assert 'skill_router_implementation_quality{implementation="a-impl",kind="declared",skill="a"} 0.9' in text
+    assert 'skill_router_implementation_quality{implementation="a-impl",kind="measured",skill="a"} 0.7' in text
+    assert 'skill_router_implementation_ratings_total{implementation="a-impl",skill="a"} 12.0' in text
+    assert "skill_router_feedback_total 12.0" in text
