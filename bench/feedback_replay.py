@@ -50,7 +50,7 @@ from typing import Any
 from bench._common import machine, quiet_logs, timestamp
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm-gsm8k"
-KNOBS = (0.0, 0.05, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.25, 0.3, 0.4, 0.6, 1.0)
+KNOBS = (0.0, 0.05, 0.08, 0.1, 0.12, 0.13, 0.14, 0.15, 0.16, 0.18, 0.2, 0.25, 0.3, 0.4, 0.6, 1.0)
 QUICK_KNOBS = (0.0, 0.1, 0.15, 0.2, 0.3, 1.0)
 BANDS = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
 WEAK, STRONG = "mixtral", "gpt4"
