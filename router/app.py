@@ -27,6 +27,7 @@ import dataclasses
 import gc
 import logging
 import os
+import random
 import re
 import signal
 import time
@@ -42,16 +43,21 @@ from router.config import RouterConfig
 from router.core.batching import BatchKeyMode
 from router.core.breaker import BreakerConfig, Transition
 from router.core.errors import BackendError, ConfigError, StartupError
+from router.core.implementations import Learned
 from router.core.limits import AIMDLimit, Gradient2Limit, LimitAlgorithm
+from router.core.quality import QualitySettings
 from router.core.ratelimit import RateLimit, split_share
 from router.core.redact import Redactor
 from router.core.retry import RetryPolicy
 from router.core.routing import SkillIndex
 from router.core.signals import DEFAULT_OUT_OF_SCOPE_THRESHOLD
-from router.core.types import ImplementationSpec, SkillSpec
+from router.core.types import ImplementationSpec, Query, SkillSpec
 from router.runtime.cache import CacheOptions, CacheStore, MemoryCache
 from router.runtime.calls import BatchingOptions
-from router.runtime.pipeline import Pipeline
+from router.runtime.experiments import ArmSpec, ExperimentRunner, Experiments, ExperimentSpec, KSchedule
+from router.runtime.feedback import AnswerMemory, FeedbackDesk, FeedbackReceipt, FeedbackRecord, QualityRegistry
+from router.runtime.observer import QueryRecord
+from router.runtime.pipeline import ExecuteOutcome, Pipeline
 from router.runtime.ports import Backend, Understanding
 from router.runtime.registry import LiveRegistry
 from router.runtime.shared import Ask, LocalState, SharedState, StateStatus, StateSync
@@ -162,10 +168,38 @@ def _same_settings(a: SkillSettings, b: SkillSettings, old: RouterConfig, new: R
             and adaptive(old) == adaptive(new))
 
 
+@dataclass(frozen=True, slots=True)
+class Learning:
+    """Feedback, measured quality and experiments (docs/feedback.md)."""
+
+    quality: QualityRegistry
+    memory: AnswerMemory
+    desk: FeedbackDesk
+    experiments: Experiments
+    runner: ExperimentRunner
+
+
+class RecordFanout:
+    """The pipeline's record sink: remembers who answered (for Feedback),
+    counts experiment arms, and hands the row to the metrics store."""
+
+    def __init__(self, memory: AnswerMemory, experiments: Experiments, store: MetricsStore | None) -> None:
+        self._memory = memory
+        self._experiments = experiments
+        self._store = store
+
+    def submit(self, record: QueryRecord) -> None:
+        if not record.shadow:
+            self._memory.remember_record(record)
+        self._experiments.record(record)
+        if self._store is not None:
+            self._store.submit(record)
+
+
 class App:
     """The running sidecar: what the servicer serves (``pipeline``,
-    ``snapshot``, ``window``), its lifecycle (``start``, ``stop``) and its
-    config generations (``reload``)."""
+    ``execute``, ``feedback``, ``snapshot``, ``window``), its lifecycle
+    (``start``, ``stop``) and its config generations (``reload``)."""
 
     def __init__(self, config: RouterConfig, pool: BackendPool, registry: LiveRegistry,
                  runtimes: Mapping[str, SkillRuntime], pipeline: Pipeline, telemetry: Telemetry,
@@ -173,11 +207,12 @@ class App:
                  loader: Callable[[], RouterConfig] | None = None,
                  hash_query: Callable[[str], str] | None = None, shared: SharedState | None = None,
                  worker: Worker = Worker(), state_sync: StateSync | None = None,
-                 cache: CacheStore | None = None) -> None:
+                 cache: CacheStore | None = None, learning: Learning | None = None) -> None:
         self._generation = Generation(1, config, dict(runtimes), dict(pool.items()), pipeline)
         self.front = front
         self._hash_query = hash_query
         self.cache = cache  # the response cache, shared by every generation's runtimes
+        self.learning = learning  # feedback, measured quality, experiments: they span generations
         self.pool = pool
         self.registry = registry
         self.telemetry = telemetry
@@ -238,10 +273,14 @@ class App:
     def snapshot(self) -> Snapshot:
         now = time.monotonic()
         g = self._generation
-        return Snapshot(skill_snapshots(self.registry, g.runtimes, now), self.registry.totals,
-                        now - self.started_at, g.pipeline.policy.moe_enabled,
+        ln = self.learning
+        return Snapshot(skill_snapshots(self.registry, g.runtimes, now, ln.quality if ln is not None else None),
+                        self.registry.totals, now - self.started_at, g.pipeline.policy.moe_enabled,
                         config_generation=g.number, config_loaded_at=g.loaded_at, config_source=g.config.source,
-                        shared=self.shared.status())
+                        shared=self.shared.status(),
+                        feedback_received=ln.desk.received if ln is not None else 0,
+                        avg_feedback_score=ln.desk.avg_score if ln is not None else 0.0,
+                        experiments=tuple(ln.experiments.live.values()) if ln is not None else ())
 
     def state_changed(self, status: StateStatus) -> None:
         """The shared state went down or came back: health says so."""
@@ -249,6 +288,20 @@ class App:
             self.server.set_skill_serving(STATE_HEALTH, status.connected))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def execute(self, query: Query, timeout_s: float | None, *, explain_all: bool = False,
+                      **run: object) -> tuple[ExecuteOutcome, str]:
+        """Execute on the generation serving now, in the query's experiment
+        arm (if any): (outcome, "experiment/arm")."""
+        pipeline = self.pipeline
+        if self.learning is None:
+            return await pipeline.execute(query, timeout_s, explain_all=explain_all, **run), ""  # type: ignore[arg-type]
+        return await self.learning.runner.execute(query, timeout_s, explain_all=explain_all, pipeline=pipeline, **run)
+
+    def feedback(self, query_id: str, score: float | None, skill_scores: Mapping[str, float]) -> FeedbackReceipt:
+        if self.learning is None:
+            raise StartupError("feedback", "feedback is not wired in this App")
+        return self.learning.desk.submit(query_id, score, skill_scores)
 
     async def window(self, window_s: float) -> tuple[WindowAggregate | None, str, int]:
         """Stats over time, read from the metrics store (None when there is none)."""
@@ -300,6 +353,8 @@ class App:
         await self.server.set_serving(False)
         self.pipeline.start_draining()
         await self.server.stop(grace)
+        if self.learning is not None:  # shadows in flight get what is left of the grace
+            await self.learning.runner.aclose(max(0.0, min(2.0, deadline - time.monotonic())))
         if self.admin is not None:  # after the drain, so the dashboard and scrapes can watch it
             await self.admin.stop()
         async with self._reload_lock:  # no reload swaps while the rest shuts down
@@ -397,10 +452,10 @@ class App:
             if understanding is not None:
                 await understanding.start()
             pipeline = Pipeline(SkillIndex(config.skills), config.policy, runtimes, self.registry,
-                                observer=old.pipeline.observer, sink=self.store,
+                                observer=old.pipeline.observer, sink=old.pipeline.sink,
                                 load_bias=config.admission.load_bias,
                                 default_deadline_s=config.server.default_deadline_s, hash_query=self._hash_query,
-                                understanding=understanding)
+                                understanding=understanding, learned=old.pipeline.learned)
         except BaseException:
             await asyncio.shield(BackendPool(fresh).aclose())  # nothing of the failed generation stays open
             raise
@@ -686,16 +741,46 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
     st = store_settings(config)
     store = make_store(st) if st is not None else None
     hash_query = query_hasher(config.storage.sqlite_path, config.storage.postgres_dsn, environ)
+    fb = config.feedback
+    rng = random.Random(fb.seed)
+    quality = QualityRegistry(config.skills, QualitySettings(fb.prior_strength, fb.half_life_s,
+                                                             tuple(fb.complexity_bands)), max_cells=fb.max_cells)
+    memory = AnswerMemory(fb.memory_ttl_s, fb.memory_max_entries)
+    experiments = Experiments(experiment_specs(config), config.policy, rng)
+    sink = RecordFanout(memory, experiments, store)
+    learned = Learned(quality, rng, config.policy.cost_weight, config.policy.exploration)
     pipeline = Pipeline(SkillIndex(config.skills), config.policy, runtimes, registry, observer=telemetry.observer,
-                        sink=store, load_bias=config.admission.load_bias,
+                        sink=sink, load_bias=config.admission.load_bias,
                         default_deadline_s=config.server.default_deadline_s, hash_query=hash_query,
-                        understanding=build_understanding(config))
+                        understanding=build_understanding(config), learned=learned)
+
+    def to_store(rows: list[FeedbackRecord], q: float) -> None:
+        if store is not None:
+            store.submit_feedback(rows, q)
+
+    desk = FeedbackDesk(memory, quality, registry, sink=to_store, on_rated=lambda a, q: experiments.rated(a.arm, q))
+    learning = Learning(quality, memory, desk, experiments, ExperimentRunner(pipeline, experiments))
     front = FrontDoor(listen or config.server.listen, redact=redact, tls=_tls(config), token=token)
     app = App(config, pool, registry, runtimes, pipeline, telemetry, store, front, loader=loader,
-              hash_query=hash_query, shared=shared, worker=worker, state_sync=sync, cache=cache)
+              hash_query=hash_query, shared=shared, worker=worker, state_sync=sync, cache=cache, learning=learning)
     if isinstance(shared, RedisState):
         shared.on_change = app.state_changed
     return app
+
+
+def experiment_specs(config: RouterConfig) -> list[ExperimentSpec]:
+    """The enabled experiments of the config, as the runtime's specs."""
+    out = []
+    for name, e in config.experiments.items():
+        if not e.enabled:
+            continue
+        arms = tuple(ArmSpec(arm, a.top_k, a.all_skills, a.implementation_policy,
+                             None if a.k_schedule is None else KSchedule(
+                                 a.k_schedule.start_k, a.k_schedule.end_k, a.k_schedule.margin,
+                                 a.k_schedule.min_ratings, a.k_schedule.probe_share))
+                     for arm, a in e.arms.items())
+        out.append(ExperimentSpec(name, e.control, arms, e.share, e.key, e.shadow.share, e.shadow.max_concurrent))
+    return out
 
 
 def loop_factory(env: Mapping[str, str] | None = None) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -134,6 +134,27 @@ def render_stats(resp: pb.StatsResponse) -> None:
                   f"{s.latency_p99_ms:.0f}", str(s.batches), f"{s.mean_batch_size:.1f}" if s.batches else "-",
                   str(s.coalesced_calls))
     console.print(c)
+    rated = [(s.skill, i) for s in resp.skills for i in s.implementations if i.ratings]
+    if rated:  # measured quality (Feedback) next to declared
+        qt = Table(title="quality: declared vs measured (feedback)")
+        for col in ("skill", "implementation", "declared", "measured (95 %)", "ratings"):
+            qt.add_column(col)
+        for skill, i in rated:
+            qt.add_row(skill, i.name, f"{i.declared_quality:.3f}",
+                       f"{i.measured_quality:.3f} ({i.measured_quality_low:.2f}-{i.measured_quality_high:.2f})",
+                       str(i.ratings))
+        console.print(qt)
+    if resp.experiments:
+        et = Table(title="experiments")
+        for col in ("experiment", "arm", "queries", "cost", "latency ms", "quality (95 %)", "ratings", "note"):
+            et.add_column(col)
+        for a in resp.experiments:
+            note = (f"shadow, agreement {a.agreement:.0%}" if a.shadow
+                    else f"k {a.current_k}" if a.current_k else "")
+            et.add_row(a.experiment, a.arm, str(a.queries), f"${a.cost_usd:.4f}", f"{a.avg_latency_ms:.0f}",
+                       f"{a.measured_quality:.3f} ({a.measured_quality_low:.2f}-{a.measured_quality_high:.2f})"
+                       if a.ratings else "-", str(a.ratings), note)
+        console.print(et)
     tt = resp.totals
     console.print(f"since start: queries {tt.queries} (failed {tt.failed_queries}) · routes {tt.routes} · "
                   f"skills/query {tt.avg_skills_per_query:.2f} · cost ${tt.cost_usd:.4f} · "
@@ -158,7 +179,9 @@ def render_stats(resp: pb.StatsResponse) -> None:
     console.print(f"\nlast {hours:g} h ({w.store}): queries {w.queries} (errors {w.errors}) · "
                   f"skills/query {w.avg_skills_selected:.2f} · cost/query ${w.avg_cost_per_query_usd:.4f} · "
                   f"saved ${w.cost_saved_usd:.4f} · response {w.avg_response_ms:.0f} ms (p99 {w.p99_response_ms:.0f}) · "
-                  f"quality {w.avg_quality:.3f}" + (f" · rows dropped {w.rows_dropped}" if w.rows_dropped else ""))
+                  f"quality {w.avg_quality:.3f}" + (f" · rows dropped {w.rows_dropped}" if w.rows_dropped else "")
+                  + (f" · rated {w.rated_queries}: measured {w.avg_measured_quality:.3f}"
+                     f" vs declared {w.avg_declared_quality:.3f}" if w.rated_queries else ""))
     if w.skill_distribution:
         dist = sorted(w.skill_distribution.items(), key=lambda kv: -kv[1])
         console.print("skill distribution: " + ", ".join(f"{k} {v}" for k, v in dist))

@@ -16,6 +16,7 @@ from router.config import (
     AdmissionSettings,
     BatchingSettings,
     CacheSettings,
+    FeedbackSettings,
     InvalidConfig,
     RouterConfig,
     ServerSettings,
@@ -88,6 +89,7 @@ def test_default_sections_equal_the_documented_defaults(default: RouterConfig) -
     assert default.telemetry == TelemetrySettings()
     assert default.storage == StorageSettings()
     assert default.cache == CacheSettings()
+    assert default.feedback == FeedbackSettings() and default.experiments == {}
     assert default.env_overrides == ()
 
 

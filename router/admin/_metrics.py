@@ -73,6 +73,7 @@ class SnapshotCollector(Collector):
             lat.add_metric([s.skill, "0.99"], s.latency_p99_ms / 1000.0)
         yield lat
         yield from _breakers(snap)
+        yield from _quality(snap)
         yield from _totals(snap)
 
 
@@ -91,6 +92,21 @@ def _breakers(snap: Snapshot) -> Iterator[Metric]:
             failures.add_metric([s.skill, i.name], float(i.consecutive_failures))
             opened.add_metric([s.skill, i.name], float(i.times_opened))
     yield from (state, failures, opened)
+
+
+def _quality(snap: Snapshot) -> Iterator[Metric]:
+    q = GaugeMetricFamily(PREFIX + "implementation_quality",
+                          "Quality of an implementation: declared (config) and measured (Feedback posterior mean).",
+                          labels=["skill", "implementation", "kind"])
+    ratings = CounterMetricFamily(PREFIX + "implementation_ratings", "Feedback ratings, per implementation.",
+                                  labels=["skill", "implementation"])
+    for s in snap.skills:
+        for i in s.implementations:
+            q.add_metric([s.skill, i.name, "declared"], i.declared_quality)
+            q.add_metric([s.skill, i.name, "measured"], i.measured_quality)
+            ratings.add_metric([s.skill, i.name], float(i.ratings))
+    yield from (q, ratings)
+    yield CounterMetricFamily(PREFIX + "feedback", "Feedback calls accepted.", value=snap.feedback_received)
 
 
 def _totals(snap: Snapshot) -> Iterator[Metric]:

@@ -358,6 +358,8 @@ def _router_config(cfg: ConfigFile, source: str, overrides: tuple[EnvOverride, .
         telemetry=cfg.telemetry,
         storage=cfg.storage,
         state=cfg.state,
+        feedback=cfg.feedback,
+        experiments=dict(cfg.experiments),
         source=source,
         env_overrides=overrides,
         skill_opts=skill_opts,

@@ -24,6 +24,8 @@ from .schema import (
     AdmissionSettings,
     BatchingSettings,
     CacheSettings,
+    ExperimentEntry,
+    FeedbackSettings,
     RoutingSettings,
     ServerSettings,
     StateSettings,
@@ -93,6 +95,8 @@ class RouterConfig:
     storage: StorageSettings
     source: str
     state: StateSettings = StateSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    experiments: Mapping[str, ExperimentEntry] = field(default_factory=dict)
     env_overrides: tuple[EnvOverride, ...] = ()
     skill_opts: Mapping[str, SkillOptions] = field(default_factory=dict, repr=False)
     implementation_opts: Mapping[tuple[str, str], ImplementationOptions] = field(default_factory=dict, repr=False)

@@ -29,6 +29,7 @@ __all__ = [
     "ActivationEntry",
     "AdaptiveLimitSettings",
     "AdmissionSettings",
+    "ArmEntry",
     "AuthSettings",
     "BatchingSettings",
     "BreakerSettings",
@@ -37,12 +38,16 @@ __all__ = [
     "DomainEntry",
     "DynamicKSettings",
     "EmbeddingsSettings",
+    "ExperimentEntry",
+    "FeedbackSettings",
     "FieldProblem",
     "ImplementationEntry",
+    "KScheduleEntry",
     "RateLimitEntry",
     "RetrySettings",
     "RoutingSettings",
     "ServerSettings",
+    "ShadowEntry",
     "SkillBatchingOverride",
     "SkillCacheOverride",
     "SkillEntry",
@@ -105,6 +110,7 @@ NonNegativeInt = Annotated[int, _range(0)]
 PositiveFloat = Annotated[float, _range(0.0, lo_open=True)]
 NonNegativeFloat = Annotated[float, _range(0.0)]
 TopK = Annotated[int, _range(1, MAX_TOP_K)]
+CostWeight = Annotated[float, _range(0.0, 100.0)]
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 _ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
@@ -206,6 +212,11 @@ class RoutingSettings(Section):
     # Activated when query understanding finds a query out of scope (no
     # skill's examples resemble it enough); None: no skill is activated then.
     fallback_skill: str | None = None
+    # "seed": the fit score (exact); "expected_quality": measured quality per
+    # cost (see docs/feedback.md).
+    implementation_policy: Literal["seed", "expected_quality"] = "seed"
+    cost_weight: CostWeight = 0.5  # expected_quality's default cost knob (context.cost_weight overrides)
+    exploration: Unit = 0.1  # expected_quality: share of choices made on a Thompson sample
 
     def to_policy(self) -> RoutingPolicy:
         return RoutingPolicy(
@@ -218,6 +229,9 @@ class RoutingSettings(Section):
             default_complexity=self.default_complexity,
             default_success_rate=self.default_success_rate,
             fit_weights=self.implementation_weights.to_weights(),
+            implementation_policy=self.implementation_policy,
+            cost_weight=self.cost_weight,
+            exploration=self.exploration,
         )
 
 
@@ -488,6 +502,84 @@ class CacheSettings(Section):
     ttl_s: PositiveFloat = 300.0  # the skills' default time to live
 
 
+# --- feedback and experiments ------------------------------------------------
+
+
+class FeedbackSettings(Section):
+    """Measured quality from the web app's ratings (docs/feedback.md)."""
+
+    prior_strength: PositiveFloat = 10.0  # pseudo-ratings behind the declared quality
+    half_life_s: PositiveFloat = 7 * 24 * 3600.0  # ratings this old weigh half
+    memory_ttl_s: PositiveFloat = 3600.0  # how long an answered query can be rated
+    memory_max_entries: PositiveInt = 100_000
+    complexity_bands: list[Complexity] = [3.5, 7.0]  # boundaries of the context's complexity bands
+    max_cells: PositiveInt = 10_000  # context cells (skill, implementation, domain, band) learned at most
+    seed: int | None = None  # the random source of Thompson sampling and shadow sampling (None: random)
+
+    @field_validator("complexity_bands")
+    @classmethod
+    def _ascending(cls, v: list[float]) -> list[float]:
+        if v != sorted(set(v)):
+            raise ValueError(f"must be strictly ascending, got {v}")
+        return v
+
+
+class KScheduleEntry(Section):
+    """Start at start_k; step down by one (to end_k) while the measured
+    quality at the lower k stays within margin of the current k's."""
+
+    start_k: TopK = 5
+    end_k: TopK = 3
+    margin: Unit = 0.02
+    min_ratings: PositiveInt = 50  # ratings at both k before a step
+    probe_share: Unit = 0.2  # share of the arm's queries run at the lower k to measure it
+
+    @model_validator(mode="after")
+    def _down(self) -> KScheduleEntry:
+        if self.end_k > self.start_k:
+            raise FieldProblem(("end_k",), f"must be at most start_k ({self.start_k}), got {self.end_k}")
+        return self
+
+
+class ArmEntry(Section):
+    """One arm: how its queries are routed (nothing set: as configured)."""
+
+    top_k: TopK | None = None
+    all_skills: bool = False
+    implementation_policy: Literal["seed", "expected_quality", "static"] | None = None
+    k_schedule: KScheduleEntry | None = None
+
+    @model_validator(mode="after")
+    def _one_k(self) -> ArmEntry:
+        set_ = [n for n, v in (("top_k", self.top_k), ("all_skills", self.all_skills or None),
+                               ("k_schedule", self.k_schedule)) if v is not None]
+        if len(set_) > 1:
+            raise FieldProblem((set_[1],), f"set at most one of top_k, all_skills, k_schedule (also {set_[0]})")
+        return self
+
+
+class ShadowEntry(Section):
+    share: Unit = 0.0  # of the treatment arms' queries, run again in the control arm in the background
+    max_concurrent: PositiveInt = 4  # shadow runs at once; beyond it a shadow is skipped (counted)
+
+
+class ExperimentEntry(Section):
+    enabled: bool = True
+    share: Unit = 1.0  # of the queries that carry the key
+    key: NonEmptyStr = "user_id"  # context.metadata key hashed (with the experiment's name) to assign an arm
+    control: NonEmptyStr
+    arms: dict[NonEmptyStr, ArmEntry]
+    shadow: ShadowEntry = ShadowEntry()
+
+    @model_validator(mode="after")
+    def _control_is_an_arm(self) -> ExperimentEntry:
+        if len(self.arms) < 2:
+            raise FieldProblem(("arms",), f"needs at least two arms, got {len(self.arms)}")
+        if self.control not in self.arms:
+            raise FieldProblem(("control",), f"{self.control!r} names no arm (have: {', '.join(self.arms)})")
+        return self
+
+
 # --- skills --------------------------------------------------------------------
 
 
@@ -707,6 +799,8 @@ class ConfigFile(Section):
     domains: dict[Annotated[str, _name("domain")], DomainEntry] = {}
     state: StateSettings = StateSettings()
     cache: CacheSettings = CacheSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    experiments: dict[NonEmptyStr, ExperimentEntry] = {}
     skills: dict[SkillName, SkillEntry] = {}
 
     @model_validator(mode="after")

@@ -6,7 +6,9 @@ psycopg) are wrapped at the edges into these; one interceptor in
 
     RouterError
     ├── InvalidArgument          bad request field      → INVALID_ARGUMENT
-    │   └── UnknownSkill         a skill name not configured → NOT_FOUND
+    │   ├── UnknownSkill         a skill name not configured → NOT_FOUND
+    │   ├── UnknownQuery         Feedback for a query id not remembered (unknown or expired) → NOT_FOUND
+    │   └── AlreadyRated         a second Feedback for the same query (and skill) → ALREADY_EXISTS
     ├── Overloaded               every candidate saturated → RESOURCE_EXHAUSTED (+ RetryInfo)
     ├── AllSkillsFailed          every chosen skill failed → UNAVAILABLE
     ├── NoSkillActivated         no skill's activation rule matches → FAILED_PRECONDITION
@@ -42,6 +44,16 @@ class UnknownSkill(InvalidArgument):
         quoted = repr(name) if len(name) <= 40 else f"{name[:40]!r}… ({len(name)} chars)"
         super().__init__(field, f"unknown skill {quoted} (configured: {shown})")
         self.name = name
+
+
+class UnknownQuery(InvalidArgument):
+    """Feedback names a query id the sidecar does not remember (never issued,
+    or older than ``feedback.memory_ttl_s`` / pushed out of the bounded memory)."""
+
+
+class AlreadyRated(InvalidArgument):
+    """Feedback for a query (skill) that already has a rating: refused, the
+    first rating stands."""
 
 
 class Overloaded(RouterError):

@@ -13,13 +13,30 @@ config ``routing.implementation_weights``). When none meets the floor, the
 highest-quality available one is taken and the choice says so (or, with a
 strict floor, the skill gets no implementation). Unavailable implementations
 (an open circuit breaker) are skipped.
+
+The second scorer, ``implementation_policy: expected_quality``
+(``choose_by_expected_quality``), reads measured quality
+(``core.quality``) in the query's context instead of declared quality:
+
+    utility = q − cost_weight · cost_per_query / max cost of the candidates
+
+where ``q`` is the posterior mean, or, for a bounded share of choices
+(``exploration``), a Thompson sample of the posterior drawn from the
+``random.Random`` passed in, so that an implementation never chosen can
+still prove itself. Candidates whose ``q`` meets the quality floor compete
+on utility (ties: cheaper, then configuration order); when none meets it,
+the highest ``q`` is taken (or none, with a strict floor). ``cost_weight``
+0 always takes the best quality; a large one the cheapest that meets the
+floor (the per-request knob ``context.cost_weight``).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .quality import NoFeedback, QualityView
 from .types import FitWeights, ImplementationSpec, Query, SkillSpec
 
 QUALITY_BONUS = 100.0
@@ -47,6 +64,17 @@ class ImplementationChoice:
     rejected: tuple[ImplRejection, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """What the expected_quality policy reads: the measured-quality view and
+    the seeded random source of its Thompson samples (owned by the runtime)."""
+
+    view: QualityView
+    rng: random.Random
+    cost_weight: float = 0.5
+    exploration: float = 0.1
+
+
 def fit_score(impl: ImplementationSpec, complexity: float, weights: FitWeights = SEED_WEIGHTS) -> float:
     return (
         weights.quality_bonus
@@ -72,14 +100,18 @@ def choose_implementation(
     strict_floor: bool = False,
     unavailable: Mapping[str, str] | None = None,
     weights: FitWeights = SEED_WEIGHTS,
+    learned: Learned | None = None,
 ) -> ImplementationChoice:
     """Pick the implementation of ``skill`` for ``query``.
 
     ``unavailable`` maps implementation names to why they cannot be used now
-    (for example an open circuit breaker).
+    (for example an open circuit breaker). ``learned`` set: the
+    expected_quality policy (``choose_by_expected_quality``) when dynamic.
     """
     unavailable = unavailable or {}
     impls = skill.implementations
+    if dynamic and learned is not None:
+        return choose_by_expected_quality(skill, query, learned, strict_floor=strict_floor, unavailable=unavailable)
     if not dynamic:
         default = skill.default_implementation
         if default.name not in unavailable:
@@ -112,3 +144,64 @@ def choose_implementation(
     _, _, best = max(available, key=lambda t: (t[0], t[1]))
     reason = f"no implementation meets the quality floor {query.required_quality:g}; took the highest quality ({best.quality:g})"
     return ImplementationChoice(best, 0.0, False, reason, tuple(r for r in rejected if r.implementation is not best))
+
+
+def choose_by_expected_quality(
+    skill: SkillSpec,
+    query: Query,
+    learned: Learned,
+    *,
+    strict_floor: bool = False,
+    unavailable: Mapping[str, str] | None = None,
+) -> ImplementationChoice:
+    """The expected_quality policy (see the module's docstring)."""
+    unavailable = unavailable or {}
+    rejected: list[ImplRejection] = [ImplRejection(i, unavailable[i.name]) for i in skill.implementations
+                                     if i.name in unavailable]
+    cands = [(idx, i) for idx, i in enumerate(skill.implementations) if i.name not in unavailable]
+    if not cands:
+        return ImplementationChoice(None, 0.0, False, "every implementation is unavailable", tuple(rejected))
+    w = learned.cost_weight if query.cost_weight is None else query.cost_weight
+    explore = learned.exploration > 0 and learned.rng.random() < learned.exploration
+    max_cost = max(MIN_COST, max(i.cost_per_query for _, i in cands))
+    scored = []
+    for idx, impl in cands:
+        post = learned.view.estimate(skill.name, impl.name, impl.quality, query.domain, query.complexity)
+        q = learned.rng.betavariate(post.alpha, post.beta) if explore else post.mean
+        utility = q - w * impl.cost_per_query / max_cost
+        scored.append((q >= query.required_quality, utility, q, idx, impl, post))
+    how = "Thompson sample" if explore else "posterior mean"
+    meeting = [t for t in scored if t[0]]
+    if meeting:
+        meeting.sort(key=lambda t: (-t[1], t[4].cost_per_query, t[3]))
+        _, best_u, best_q, _, best, post = meeting[0]
+        for _, u, q, _, impl, _ in meeting[1:]:
+            rejected.append(ImplRejection(impl, f"lower utility {u:.3f} < {best_u:.3f} (quality {q:.3f}, {how})", u))
+        for _, u, q, _, impl, _ in scored:
+            if not _ok(impl, meeting):
+                rejected.append(ImplRejection(impl, f"expected quality {q:.3f} below the floor "
+                                                    f"{query.required_quality:g} ({how})", u))
+        ctx = f" in {post.context}" if post.context else ""
+        reason = (f"best quality per cost: expected quality {best_q:.3f}{ctx} ({how}, {post.ratings} ratings), "
+                  f"utility {best_u:.3f} at cost_weight {w:g}")
+        return ImplementationChoice(best, best_u, True, reason, tuple(rejected))
+    if strict_floor:
+        return ImplementationChoice(None, 0.0, False,
+                                    f"no implementation's expected quality meets the floor {query.required_quality:g}",
+                                    tuple(rejected))
+    scored.sort(key=lambda t: (-t[2], t[3]))
+    _, best_u, best_q, _, best, _ = scored[0]
+    for _, u, q, _, impl, _ in scored[1:]:
+        rejected.append(ImplRejection(impl, f"expected quality {q:.3f} below the floor {query.required_quality:g}", u))
+    reason = (f"no implementation's expected quality meets the floor {query.required_quality:g}; "
+              f"took the highest ({best_q:.3f}, {how})")
+    return ImplementationChoice(best, best_u, False, reason, tuple(rejected))
+
+
+def _ok(impl: ImplementationSpec, meeting: list[tuple[bool, float, float, int, ImplementationSpec, object]]) -> bool:
+    return any(t[4] is impl for t in meeting)
+
+
+def no_feedback(seed: int = 0, cost_weight: float = 0.5, exploration: float = 0.0) -> Learned:
+    """The expected_quality policy with no ratings (declared quality as is)."""
+    return Learned(NoFeedback(), random.Random(seed), cost_weight, exploration)

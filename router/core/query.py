@@ -30,6 +30,7 @@ MAX_SKILL_NAME_CHARS = 128
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY_CHARS = 128
 MAX_METADATA_CHARS = 4096
+MAX_COST_WEIGHT = 100.0
 
 
 def _unit(field: str, value: float, lo: float, hi: float) -> float:
@@ -64,6 +65,7 @@ def make_query(
     exclude_skills: Iterable[str] = (),
     all_skills: bool = False,
     metadata: Mapping[str, str] | None = None,
+    cost_weight: float | None = None,
 ) -> Query:
     if not text.strip():
         raise InvalidArgument("query", "must not be empty")
@@ -102,4 +104,5 @@ def make_query(
         metadata=MappingProxyType(meta),
         domain_given=bool(domain.strip()),
         complexity_given=complexity is not None,
+        cost_weight=None if cost_weight is None else _unit("context.cost_weight", cost_weight, 0.0, MAX_COST_WEIGHT),
     )

@@ -19,7 +19,7 @@ import heapq
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from .implementations import ImplementationChoice, choose_implementation
+from .implementations import ImplementationChoice, Learned, choose_implementation
 from .scoring import score_skill, score_skills
 from .selection import (
     MAX_REJECTIONS,
@@ -101,6 +101,9 @@ class RoutePlan:
     # What was unavailable when the plan was made (skill → implementation → why).
     unavailable: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     signals: Signals | None = None  # what the query was routed on (None: the text was not read)
+    # The measured-quality view and random source of the expected_quality
+    # policy (None under the seed policy).
+    learned: Learned | None = None
 
     @property
     def standby(self) -> tuple[PlannedSkill, ...]:
@@ -111,11 +114,17 @@ class RoutePlan:
 
 
 def _choose(c: Chosen, query: Query, policy: RoutingPolicy,
-            unavailable: Mapping[str, Mapping[str, str]]) -> ImplementationChoice:
+            unavailable: Mapping[str, Mapping[str, str]], learned: Learned | None = None) -> ImplementationChoice:
     return choose_implementation(c.score.skill, query,
                                  dynamic=policy.moe_enabled and policy.dynamic_routing_enabled,
                                  strict_floor=policy.strict_quality_floor,
-                                 unavailable=unavailable.get(c.name, {}), weights=policy.fit_weights)
+                                 unavailable=unavailable.get(c.name, {}), weights=policy.fit_weights,
+                                 learned=learned)
+
+
+def learned_for(policy: RoutingPolicy, learned: Learned | None) -> Learned | None:
+    """The ``learned`` inputs the policy uses: None under the seed policy."""
+    return learned if policy.implementation_policy == "expected_quality" else None
 
 
 class StandbyQueue:
@@ -123,13 +132,14 @@ class StandbyQueue:
     given an implementation as it is popped (skipping those with none
     usable). One per query; mutable, owned by the query's run."""
 
-    __slots__ = ("_heap", "_policy", "_query", "_unavailable")
+    __slots__ = ("_heap", "_learned", "_policy", "_query", "_unavailable")
 
     def __init__(self, plan: RoutePlan) -> None:
         self._heap = list(plan.reserve)  # already a heap
         self._query = plan.query
         self._policy = plan.policy
         self._unavailable = plan.unavailable
+        self._learned = plan.learned
 
     def pop(self, unavailable: Mapping[str, Mapping[str, str]] | None = None) -> PlannedSkill | None:
         """The next best standby with a usable implementation now."""
@@ -137,7 +147,7 @@ class StandbyQueue:
         while self._heap:
             _, score = heapq.heappop(self._heap)
             chosen = Chosen(score)
-            choice = _choose(chosen, self._query, self._policy, down)
+            choice = _choose(chosen, self._query, self._policy, down, self._learned)
             if choice.implementation is not None:
                 return PlannedSkill(chosen, choice)
         return None
@@ -162,13 +172,17 @@ def plan_route(
     explain_all: bool = False,
     max_rejections: int = MAX_REJECTIONS,
     signals: Signals | None = None,
+    learned: Learned | None = None,
 ) -> RoutePlan:
     """``unavailable`` maps skill → implementation → why it cannot be used now
     (an open circuit breaker); ``utilization`` and ``load_bias`` feed the
     optional load bias of the ranking; ``signals`` (from query understanding)
     add the text-relevance term and the out-of-scope rule to scoring.
-    Rejections are spelled out up to ``max_rejections`` unless ``explain_all``."""
+    Rejections are spelled out up to ``max_rejections`` unless ``explain_all``.
+    ``learned``: the measured quality the expected_quality implementation
+    policy reads (ignored under the seed policy)."""
     unavailable = unavailable or {}
+    learned = learned_for(policy, learned)
     index = skills if isinstance(skills, SkillIndex) else SkillIndex(skills)
     every = index.skills
     positions = index.candidates(query.domain)
@@ -206,7 +220,7 @@ def plan_route(
     reserve = list(sel.reserve)
     missing = 0
     for c in sel.chosen:
-        ch = _choose(c, query, policy, unavailable)
+        ch = _choose(c, query, policy, unavailable, learned)
         if ch.implementation is None:
             rejected.append(SkillRejection(c.score, RejectionReason.NO_IMPLEMENTATION, ch.reason))
             missing += 1
@@ -218,7 +232,7 @@ def plan_route(
     while missing and reserve:
         _, nxt = heapq.heappop(reserve)
         rejected = [r for r in rejected if not (r.reason is RejectionReason.BELOW_TOP_K and r.name == nxt.name)]
-        nch = _choose(Chosen(nxt), query, policy, unavailable)
+        nch = _choose(Chosen(nxt), query, policy, unavailable, learned)
         if nch.implementation is not None:
             planned.append(PlannedSkill(Chosen(nxt), nch))
             missing -= 1
@@ -229,4 +243,4 @@ def plan_route(
         rejected = rejected[:max_rejections]
     base, n = baseline_cost(s.skill for s in sel.activated)
     return RoutePlan(query, sel.k, tuple(planned), tuple(rejected), tuple(reserve), base, n, policy.moe_enabled,
-                     max(0, omitted), policy, unavailable, signals)
+                     max(0, omitted), policy, unavailable, signals, learned)

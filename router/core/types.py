@@ -146,6 +146,11 @@ class RoutingPolicy:
     default_complexity: float = 5.0
     default_success_rate: float = 1.0
     fit_weights: FitWeights = FitWeights()
+    # How an implementation is chosen: "seed" (the fit score, exact) or
+    # "expected_quality" (measured quality per cost, core.implementations).
+    implementation_policy: str = "seed"
+    cost_weight: float = 0.5  # expected_quality: quality given up per unit of normalized cost
+    exploration: float = 0.1  # expected_quality: share of choices made on a Thompson sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,3 +171,4 @@ class Query:
     # that query understanding may replace with values read from the text).
     domain_given: bool = False
     complexity_given: bool = False
+    cost_weight: float | None = None  # the request's cost knob (None: the policy's)

@@ -54,6 +54,13 @@ class QueryRecord:
     skills_cached: tuple[str, ...] = ()  # skills answered from the cache
     skills_cache_missed: tuple[str, ...] = ()  # skills looked up in the cache and fetched
     cache_saved: float = 0.0  # what the cached answers would have cost
+    implementations: tuple[str, ...] = ()  # the implementation each of ``skills`` ran
+    # Where quality_score comes from: "declared" (the synthesis of declared
+    # qualities) or "feedback" (the web app's rating, set when it arrives).
+    quality_source: str = "declared"
+    declared_quality: float | None = None  # the synthesis's declared quality (kept when feedback replaces quality_score)
+    arm: str = ""  # "experiment/arm" the query ran in ("" when none)
+    shadow: bool = False  # a shadow run of the control arm: never returned to the caller
 
 
 class SkillObservation(Protocol):

@@ -36,8 +36,8 @@ from router.core.errors import (
     Overloaded,
     ShuttingDown,
 )
-from router.core.implementations import choose_implementation
-from router.core.routing import PlannedSkill, RoutePlan, SkillIndex, StandbyQueue, plan_route
+from router.core.implementations import Learned, choose_implementation
+from router.core.routing import PlannedSkill, RoutePlan, SkillIndex, StandbyQueue, learned_for, plan_route
 from router.core.selection import RejectionReason
 from router.core.signals import apply_signals
 from router.core.synthesis import QueryOutcome, SkillOutcome, Status, Synthesis, account, synthesize
@@ -121,6 +121,9 @@ class _QueryRun:
     events: QueryEvents | None = None  # a streaming caller (ExecuteStream); None for Execute
     cache_hits: list[str] = field(default_factory=list)  # skills answered from the cache
     cache_misses: list[str] = field(default_factory=list)  # skills looked up and fetched
+    policy: RoutingPolicy | None = None  # an experiment arm's policy (None: the pipeline's)
+    arm: str = ""  # "experiment/arm" ("" when none)
+    shadow: bool = False  # a shadow run of the control arm
 
 
 class _Utilization:
@@ -153,6 +156,7 @@ class Pipeline:
         wall: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
         understanding: Understanding | None = None,
+        learned: Learned | None = None,
     ) -> None:
         self.index = index
         self.policy = policy
@@ -170,6 +174,9 @@ class Pipeline:
         self._new_id = new_id
         self._utilization = _Utilization(runtimes)
         self.understanding = understanding
+        # The measured quality and random source the expected_quality
+        # implementation policy reads (runtime.feedback.QualityRegistry).
+        self.learned = learned
         self._draining = False
         self.in_flight = 0  # queries being executed now
 
@@ -207,15 +214,17 @@ class Pipeline:
                 out[name] = down
         return out
 
-    async def _plan(self, query: Query, explain_all: bool) -> tuple[RoutePlan, int, int]:
+    async def _plan(self, query: Query, explain_all: bool,
+                    policy: RoutingPolicy | None = None) -> tuple[RoutePlan, int, int]:
         t0 = time.monotonic_ns()
         # Query understanding: signals from the text where the caller left a gap.
         signals = None if self.understanding is None else await self.understanding.understand(query)
         if signals is not None:
             query = apply_signals(query, signals)
-        plan = plan_route(self.index, query, self.policy, self.registry.rates, self.unavailable(self._clock()),
+        plan = plan_route(self.index, query, policy or self.policy, self.registry.rates,
+                          self.unavailable(self._clock()),
                           utilization=self._utilization if self.load_bias else None, load_bias=self.load_bias,
-                          explain_all=explain_all, signals=signals)
+                          explain_all=explain_all, signals=signals, learned=self.learned)
         return plan, t0, time.monotonic_ns()
 
     async def route(self, query: Query, *, explain_all: bool = False) -> RouteOutcome:
@@ -236,10 +245,13 @@ class Pipeline:
     # ---- execute ---------------------------------------------------------
 
     async def execute(self, query: Query, timeout_s: float | None, *, explain_all: bool = False,
-                      events: QueryEvents | None = None) -> ExecuteOutcome:
+                      events: QueryEvents | None = None, policy: RoutingPolicy | None = None, arm: str = "",
+                      shadow: bool = False) -> ExecuteOutcome:
         """Run one query. ``events`` (ExecuteStream) is told the routing
         decision, each skill's deltas and result and each shed skill as they
-        happen; the run itself is the same."""
+        happen; the run itself is the same. ``policy``/``arm``/``shadow``: an
+        experiment arm's run (see ``runtime.experiments``); its record carries
+        the arm."""
         timeout_s = self.default_deadline_s if timeout_s is None else timeout_s
         now = self._clock()
         # Keep a margin so the skills that did answer are returned before the
@@ -247,7 +259,7 @@ class Pipeline:
         budget_s = max(0.0, timeout_s - min(DEADLINE_MARGIN_S + timeout_s * DEADLINE_MARGIN_FRACTION, timeout_s / 2))
         qid = self._new_id()
         run = _QueryRun(qid, query, self.observer.start_query("execute", qid), self._wall(), time.monotonic_ns(),
-                        now + budget_s, now + timeout_s, events=events)
+                        now + budget_s, now + timeout_s, events=events, policy=policy, arm=arm, shadow=shadow)
         self.in_flight += 1
         outcome = QueryOutcome.FAILED
         error: BaseException | None = None
@@ -275,12 +287,13 @@ class Pipeline:
         finally:
             self.in_flight -= 1
             record = self._record(run, outcome)
-            self.registry.record_query(record)
+            if not run.shadow:  # a shadow's cost is counted apart (runtime.experiments), not in the totals
+                self.registry.record_query(record)
             self.sink.submit(record)
             run.obs.finish(record, error)
 
     async def _execute(self, run: _QueryRun, explain_all: bool) -> QueryOutcome:
-        plan, t0, t1 = await self._plan(run.query, explain_all)
+        plan, t0, t1 = await self._plan(run.query, explain_all, run.policy)
         query = run.query = plan.query  # with the signals' domain and complexity
         run.plan, run.t_select = plan, (t0, t1)
         run.obs.selection(plan, t0, t1)
@@ -391,9 +404,10 @@ class Pipeline:
             return None
         down = dict(rt.unavailable(now))
         down.update({i: "failed for this query" for s, i in tried if s == failed.name})
-        p = self.policy
+        p = run.policy or self.policy
         choice = choose_implementation(failed.skill, run.query, dynamic=p.moe_enabled and p.dynamic_routing_enabled,
-                                       strict_floor=p.strict_quality_floor, unavailable=down, weights=p.fit_weights)
+                                       strict_floor=p.strict_quality_floor, unavailable=down, weights=p.fit_weights,
+                                       learned=learned_for(p, self.learned))
         if choice.implementation is not None:
             return PlannedSkill(failed.chosen, choice)
         return self._standby(run)
@@ -477,6 +491,8 @@ class Pipeline:
             skills_cache_missed=tuple(run.cache_misses),
             cache_saved=run.synthesis.ledger.cache_saved if run.synthesis is not None else 0.0,
             **_signal_columns(plan),
+            implementations=tuple(o.implementation for o in run.outcomes),
+            arm=run.arm, shadow=run.shadow, declared_quality=acc.quality,
         )
 
 

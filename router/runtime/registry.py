@@ -116,6 +116,14 @@ class LiveRegistry:
         # skill → implementations whose breaker is not closed: the only ones
         # a query must look at to know what is unavailable.
         self._impaired: dict[str, set[str]] = {}
+        # skill → measured answer quality relative to declared (min(1,
+        # measured/declared), from Feedback): scoring's success rate is the
+        # transport success rate times it (1 without feedback).
+        self.answer_quality: dict[str, float] = {}
+
+    def set_answer_quality(self, skill: str, factor: float) -> None:
+        self.answer_quality[skill] = factor
+        self.rates[skill] = self.skills[skill].success_rate(self.default_success_rate) * factor
 
     def success_rates(self) -> dict[str, float]:
         return {n: s.success_rate(self.default_success_rate) for n, s in self.skills.items()}
@@ -140,7 +148,7 @@ class LiveRegistry:
             return
         rate = live.record(ok, latency_ms)
         merged = self._merged(skill) if self.peers else None
-        self.rates[skill] = rate if merged is None else merged
+        self.rates[skill] = (rate if merged is None else merged) * self.answer_quality.get(skill, 1.0)
 
     def _merged(self, skill: str) -> float | None:
         s, n = self.skills[skill].window()
@@ -160,7 +168,7 @@ class LiveRegistry:
             if rate is None:
                 self.rates.pop(skill, None)
             else:
-                self.rates[skill] = rate
+                self.rates[skill] = rate * self.answer_quality.get(skill, 1.0)
 
     def breaker_moved(self, skill: str, implementation: str, transition: Transition) -> None:
         log.info("breaker %s: %s → %s (%s)", transition.breaker, transition.from_state, transition.to_state,

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from router.core.breaker import BreakerState
 from router.core.types import Priority
 
+from .experiments import ArmLive
+from .feedback import QualityRegistry
 from .registry import LiveRegistry, Totals
 from .shared import StateStatus
 from .skills import SkillRuntime
@@ -22,6 +24,11 @@ class ImplementationSnapshot:
     consecutive_failures: int
     failure_rate: float
     times_opened: int
+    declared_quality: float = 0.0
+    measured_quality: float = 0.0  # the posterior mean (= declared without ratings)
+    ratings: int = 0
+    measured_low: float = 0.0  # 95 % credible interval
+    measured_high: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,21 +72,30 @@ class Snapshot:
     config_loaded_at: float = 0.0  # unix seconds: when that generation started serving
     config_source: str = ""  # the file it was read from
     shared: StateStatus | None = None  # where limits are held (None: not reported)
+    feedback_received: int = 0
+    avg_feedback_score: float = 0.0
+    experiments: tuple[ArmLive, ...] = ()  # one per experiment arm (and its shadow runs)
 
 
-def skill_snapshots(registry: LiveRegistry, runtimes: Mapping[str, SkillRuntime], now: float) -> tuple[SkillSnapshot, ...]:
+def skill_snapshots(registry: LiveRegistry, runtimes: Mapping[str, SkillRuntime], now: float,
+                    quality: QualityRegistry | None = None) -> tuple[SkillSnapshot, ...]:
     out = []
     for name, live in registry.skills.items():
         rt = runtimes[name]
         g = rt.gate.stats()
         p50, p99 = live.latency_quantiles(0.5, 0.99)
         impls = []
+        declared = {i.name: i.quality for i in rt.spec.implementations}
         for impl_name, b in rt.breakers.items():
             state = b.state(now)
             at = b.half_open_at
+            q = declared.get(impl_name, 0.0)
+            post = quality.implementation(name, impl_name, q) if quality is not None else None
+            low, high = post.interval() if post is not None else (q, q)
             impls.append(ImplementationSnapshot(
                 impl_name, state, max(0.0, at - now) if state is BreakerState.OPEN and at is not None else None,
-                b.consecutive_failures, b.failure_rate, b.times_opened))
+                b.consecutive_failures, b.failure_rate, b.times_opened, q,
+                post.mean if post is not None else q, post.ratings if post is not None else 0, low, high))
         bs = rt.batch_stats()
         cs = rt.cache_stats()
         out.append(SkillSnapshot(

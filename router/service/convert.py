@@ -18,6 +18,8 @@ from router.core.selection import RejectionReason
 from router.core.signals import Signals, SignalSource
 from router.core.synthesis import QueryOutcome, SkillOutcome, Status
 from router.core.types import ImplementationSpec, Priority, Query, RoutingPolicy
+from router.runtime.experiments import ArmLive
+from router.runtime.feedback import FeedbackReceipt
 from router.runtime.pipeline import ShedSkill
 from router.runtime.stats import SkillSnapshot
 from router.v1 import router_pb2 as pb
@@ -77,6 +79,7 @@ def query_from_request(req: pb.RouteRequest | pb.ExecuteRequest, policy: Routing
         exclude_skills=list(ctx.exclude_skills),
         all_skills=ctx.all_skills,
         metadata=dict(ctx.metadata),
+        cost_weight=ctx.cost_weight if ctx.HasField("cost_weight") else None,
     )
 
 
@@ -187,7 +190,9 @@ def skill_stats_pb(s: SkillSnapshot, wall_now: float) -> pb.SkillStats:
     for i in s.implementations:
         m = msg.implementations.add(name=i.name, breaker_state=_BREAKER[i.breaker_state],
                                     consecutive_failures=i.consecutive_failures, failure_rate=i.failure_rate,
-                                    times_opened=i.times_opened)
+                                    times_opened=i.times_opened, declared_quality=i.declared_quality,
+                                    measured_quality=i.measured_quality, ratings=i.ratings,
+                                    measured_quality_low=i.measured_low, measured_quality_high=i.measured_high)
         if i.half_open_in_s is not None:
             m.half_open_at.FromNanoseconds(int((wall_now + i.half_open_in_s) * 1e9))
     return msg
@@ -197,6 +202,19 @@ def timestamp_pb(unix_s: float) -> Timestamp:
     t = Timestamp()
     t.FromNanoseconds(int(unix_s * 1e9))
     return t
+
+
+def arm_stats_pb(a: ArmLive) -> pb.ArmStats:
+    m, lo, hi = a.quality()
+    return pb.ArmStats(experiment=a.experiment, arm=a.arm, shadow=a.shadow, queries=a.queries, cost_usd=a.cost,
+                       avg_latency_ms=a.avg_latency_ms, measured_quality=m, measured_quality_low=lo,
+                       measured_quality_high=hi, ratings=a.ratings, agreement=a.agreement, current_k=a.current_k)
+
+
+def feedback_pb(r: FeedbackReceipt) -> pb.FeedbackResponse:
+    return pb.FeedbackResponse(query_id=r.query_id, query_score=r.query_score, rated=[
+        pb.RatedImplementation(skill=x.skill, implementation=x.implementation, score=x.score,
+                               measured_quality=x.measured_quality, ratings=x.ratings) for x in r.rated])
 
 
 def window_pb(agg: WindowAggregate | None, store: str, dropped: int) -> pb.WindowStats:
@@ -209,7 +227,8 @@ def window_pb(agg: WindowAggregate | None, store: str, dropped: int) -> pb.Windo
         avg_response_ms=agg.avg_response_time_ms, p99_response_ms=agg.p99_response_time_ms,
         avg_quality=agg.avg_quality, skill_distribution=dict(agg.skill_distribution), rows_dropped=dropped,
         outcomes=dict(agg.outcomes), answered=agg.queries - agg.errors, cache_hits=dict(agg.cache_hits),
-        cache_misses=dict(agg.cache_misses), cache_saved_usd=agg.cache_saved_total)
+        cache_misses=dict(agg.cache_misses), cache_saved_usd=agg.cache_saved_total, rated_queries=agg.rated,
+        avg_measured_quality=agg.avg_measured_quality, avg_declared_quality=agg.avg_declared_quality)
     msg.since.FromNanoseconds(int(agg.since * 1e9))
     msg.until.FromNanoseconds(int(agg.until * 1e9))
     for h in agg.hourly:

@@ -2,6 +2,8 @@
 
     InvalidArgument  → INVALID_ARGUMENT (+ google.rpc.BadRequest naming the field)
     UnknownSkill     → NOT_FOUND        (+ google.rpc.BadRequest)
+    UnknownQuery     → NOT_FOUND        (+ google.rpc.BadRequest)
+    AlreadyRated     → ALREADY_EXISTS   (+ google.rpc.BadRequest)
     Overloaded       → RESOURCE_EXHAUSTED (+ google.rpc.RetryInfo)
     AllSkillsFailed  → UNAVAILABLE
     NoSkillActivated → FAILED_PRECONDITION
@@ -31,12 +33,14 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from router.core.errors import (
     AllSkillsFailed,
+    AlreadyRated,
     DeadlineExceeded,
     InvalidArgument,
     NoSkillActivated,
     Overloaded,
     RouterError,
     ShuttingDown,
+    UnknownQuery,
     UnknownSkill,
 )
 from router.core.redact import clip
@@ -71,7 +75,9 @@ def _status_for(exc: BaseException, redact: Redact) -> tuple[grpc.StatusCode, st
                 field=clip(redact(exc.field), MAX_FIELD_CHARS),
                 description=clip(redact(exc.problem), MAX_DESCRIPTION_CHARS))]))
         details.append(d)
-        code = grpc.StatusCode.NOT_FOUND if isinstance(exc, UnknownSkill) else grpc.StatusCode.INVALID_ARGUMENT
+        code = (grpc.StatusCode.NOT_FOUND if isinstance(exc, UnknownSkill | UnknownQuery)
+                else grpc.StatusCode.ALREADY_EXISTS if isinstance(exc, AlreadyRated)
+                else grpc.StatusCode.INVALID_ARGUMENT)
         return code, str(exc), details
     if isinstance(exc, Overloaded):
         seconds = max(0.0, exc.retry_after_s)

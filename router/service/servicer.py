@@ -14,6 +14,8 @@ import grpc
 from router.core.errors import InvalidArgument
 from router.core.routing import RoutePlan
 from router.core.synthesis import SkillOutcome
+from router.core.types import Query
+from router.runtime.feedback import FeedbackReceipt
 from router.runtime.pipeline import ExecuteOutcome, Pipeline, ShedSkill
 from router.runtime.stats import Snapshot
 from router.v1 import router_pb2 as pb
@@ -23,6 +25,8 @@ if TYPE_CHECKING:  # plain data from the metrics store; no import at run time
     from router.storage import WindowAggregate
 
 from .convert import (
+    arm_stats_pb,
+    feedback_pb,
     outcome_pb,
     plan_parts,
     query_from_request,
@@ -49,6 +53,12 @@ class Application(Protocol):
 
     def snapshot(self) -> Snapshot: ...
 
+    async def execute(self, query: Query, timeout_s: float | None, *,
+                      explain_all: bool = False) -> tuple[ExecuteOutcome, str]:
+        """Run the query (in its experiment arm): (outcome, "experiment/arm" or "")."""
+
+    def feedback(self, query_id: str, score: float | None, skill_scores: dict[str, float]) -> FeedbackReceipt: ...
+
     async def window(self, window_s: float) -> tuple[WindowAggregate | None, str, int]:
         """(aggregate or None, store name, rows dropped) over ``window_s``."""
 
@@ -74,8 +84,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def Execute(self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext) -> pb.ExecuteResponse:
         p = self._app.pipeline
         query = query_from_request(request, p.policy, p.skill_names)
-        out = await p.execute(query, context.time_remaining(), explain_all=request.explain_all)
-        return execute_response_pb(out, self._redact)
+        out, arm = await self._app.execute(query, context.time_remaining(), explain_all=request.explain_all)
+        return execute_response_pb(out, self._redact, arm)
 
     async def ExecuteStream(self, request: pb.ExecuteRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExecuteEvent]:
@@ -90,22 +100,26 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         except Exception as exc:
             await abort_with(context, exc)
             return
-        run = asyncio.ensure_future(p.execute(query, context.time_remaining(), explain_all=request.explain_all,
-                                              events=events))
+        run = asyncio.ensure_future(self._app.execute(query, context.time_remaining(),
+                                                      explain_all=request.explain_all, events=events))
         run.add_done_callback(lambda _: events.queue.put_nowait(None))
         try:
             while (event := await events.queue.get()) is not None:
                 yield event
             try:
-                out = run.result()
+                out, arm = run.result()
             except Exception as exc:
                 await abort_with(context, exc)
                 return
-            yield events.stamp(pb.ExecuteEvent(done=execute_response_pb(out, self._redact)))
+            yield events.stamp(pb.ExecuteEvent(done=execute_response_pb(out, self._redact, arm)))
         finally:
             if not run.done():
                 run.cancel()
                 await asyncio.wait([run])
+
+    async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext) -> pb.FeedbackResponse:
+        score = request.score if request.HasField("score") else None
+        return feedback_pb(self._app.feedback(request.query_id, score, dict(request.skill_scores)))
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
         window_s = DEFAULT_WINDOW_S
@@ -123,7 +137,9 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                              cost_saved_usd=t.cost_saved, baseline_cost_usd=t.baseline_cost, routes=t.routes,
                              failed_queries=t.failed_queries, outcomes=dict(t.outcomes), answered=t.answered,
                              avg_quality=t.avg_quality, avg_cost_per_query_usd=t.avg_cost_per_query,
-                             cache_hits=t.cache_hits, cache_misses=t.cache_misses, cache_saved_usd=t.cache_saved),
+                             cache_hits=t.cache_hits, cache_misses=t.cache_misses, cache_saved_usd=t.cache_saved,
+                             feedback_received=snap.feedback_received, avg_feedback_score=snap.avg_feedback_score),
+            experiments=[arm_stats_pb(a) for a in snap.experiments],
             uptime_seconds=snap.uptime_s, moe_enabled=snap.moe_enabled, window=window_pb(agg, store, dropped),
             config_generation=snap.config_generation, config_source=snap.config_source,
             config_loaded_at=timestamp_pb(snap.config_loaded_at) if snap.config_loaded_at else None,
@@ -134,7 +150,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         )
 
 
-def execute_response_pb(out: ExecuteOutcome, redact: Redact = _same) -> pb.ExecuteResponse:
+def execute_response_pb(out: ExecuteOutcome, redact: Redact = _same, arm: str = "") -> pb.ExecuteResponse:
     selections, rejections = plan_parts(out.plan, out.ran)
     ledger = out.synthesis.ledger
     return pb.ExecuteResponse(
@@ -147,7 +163,7 @@ def execute_response_pb(out: ExecuteOutcome, redact: Redact = _same) -> pb.Execu
         timing=pb.Timing(selection_us=out.selection_us, execution_us=out.execution_us, total_us=out.total_us),
         quality=out.synthesis.quality, k=out.plan.k, moe_enabled=out.plan.moe_enabled,
         shed=[shed_pb(s, redact) for s in out.shed], outcome=outcome_pb(out.outcome),
-        rejections_omitted=out.plan.rejections_omitted, signals=signals_pb(out.plan.signals),
+        rejections_omitted=out.plan.rejections_omitted, signals=signals_pb(out.plan.signals), experiment_arm=arm,
     )
 
 

@@ -14,9 +14,22 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
+from router.runtime.feedback import FeedbackRecord
 from router.runtime.observer import QueryRecord
 
-from ._types import ANSWERED_SQL, COLUMNS, TABLE, HourlyTrend, StoreError, WindowAggregate, f0, missing_columns
+from ._types import (
+    ANSWERED_SQL,
+    COLUMNS,
+    FEEDBACK_COLUMNS,
+    FEEDBACK_TABLE,
+    QUALITY_SQL,
+    TABLE,
+    HourlyTrend,
+    StoreError,
+    WindowAggregate,
+    f0,
+    missing_columns,
+)
 
 _TYPES = {
     "query_id": "TEXT NOT NULL", "timestamp": "TIMESTAMPTZ NOT NULL DEFAULT NOW()", "rpc": "TEXT NOT NULL",
@@ -30,6 +43,9 @@ _TYPES = {
     "domain_source": "TEXT", "complexity_source": "TEXT", "signal_method": "TEXT",
     "skills_cached": "TEXT[] NOT NULL DEFAULT '{}'", "skills_cache_missed": "TEXT[] NOT NULL DEFAULT '{}'",
     "cache_saved": "DOUBLE PRECISION NOT NULL DEFAULT 0",
+    "implementations": "TEXT[] NOT NULL DEFAULT '{}'", "quality_source": "TEXT NOT NULL DEFAULT 'declared'",
+    "arm": "TEXT NOT NULL DEFAULT ''", "shadow": "BOOLEAN NOT NULL DEFAULT FALSE",
+    "declared_quality": "DOUBLE PRECISION",
 }
 assert set(_TYPES) == set(COLUMNS)
 
@@ -39,7 +55,18 @@ SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  id BIGSERIAL PRIMARY KEY,\n"
     + ",\n".join(f"  {c} {_TYPES[c]}" for c in COLUMNS) + "\n)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_timestamp_idx ON {TABLE} (timestamp)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_query_id_idx ON {TABLE} (query_id)",
+    f"CREATE TABLE IF NOT EXISTS {FEEDBACK_TABLE} (\n  id BIGSERIAL PRIMARY KEY,\n"
+    "  query_id TEXT NOT NULL, timestamp TIMESTAMPTZ NOT NULL, skill TEXT NOT NULL, implementation TEXT NOT NULL,\n"
+    "  score DOUBLE PRECISION NOT NULL, domain TEXT, complexity DOUBLE PRECISION, band TEXT,"
+    " arm TEXT NOT NULL DEFAULT '')",
+    f"CREATE INDEX IF NOT EXISTS {FEEDBACK_TABLE}_timestamp_idx ON {FEEDBACK_TABLE} (timestamp)",
 )
+INSERT_FEEDBACK = (f"INSERT INTO {FEEDBACK_TABLE} ({', '.join(FEEDBACK_COLUMNS)}) VALUES ("
+                   + ", ".join("to_timestamp(%s)" if c == "timestamp" else "%s" for c in FEEDBACK_COLUMNS) + ")")
+UPDATE_QUALITY = f"UPDATE {TABLE} SET quality_score = %s, quality_source = 'feedback' WHERE query_id = %s"
+_SELECT_FEEDBACK = ", ".join("extract(epoch FROM timestamp)::float8" if c == "timestamp" else c
+                             for c in FEEDBACK_COLUMNS)
 INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('%s' for _ in COLUMNS)})"
 _SELECT_RECORD = ", ".join("extract(epoch FROM timestamp)::float8" if c == "timestamp" else c for c in COLUMNS)
 
@@ -68,7 +95,7 @@ def _row(r: QueryRecord) -> tuple[object, ...]:
 def _record(row: tuple[object, ...]) -> QueryRecord:
     values = dict(zip(COLUMNS, row))
     values["skills"] = tuple(values["skills"] or ())
-    for c in ("skills_ok", "skills_cached", "skills_cache_missed"):
+    for c in ("skills_ok", "skills_cached", "skills_cache_missed", "implementations"):
         values[c] = tuple(values[c] or ())
     return QueryRecord(**values)
 
@@ -116,8 +143,21 @@ class PostgresBackend:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.executemany(INSERT, [_row(r) for r in rows])
 
+    async def write_feedback(self, rows: list[FeedbackRecord], updates: list[tuple[float, str]]) -> None:
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(INSERT_FEEDBACK, [tuple(getattr(r, c) for c in FEEDBACK_COLUMNS) for r in rows])
+            await cur.executemany(UPDATE_QUALITY, updates)
+
+    async def feedback(self, limit: int) -> list[FeedbackRecord]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(f"SELECT {_SELECT_FEEDBACK} FROM {FEEDBACK_TABLE}"
+                                     " ORDER BY timestamp DESC, id DESC LIMIT %s", (limit,))
+            return [FeedbackRecord(*r) for r in await cur.fetchall()]
+
     async def aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate:
-        where = "timestamp > to_timestamp(%s) AND timestamp <= to_timestamp(%s)" + (" AND rpc = %s" if rpc else "")
+        # Shadow runs (experiments) are never answers: not in the window.
+        where = ("timestamp > to_timestamp(%s) AND timestamp <= to_timestamp(%s) AND NOT shadow"
+                 + (" AND rpc = %s" if rpc else ""))
         args: tuple[object, ...] = (since, until) + ((rpc,) if rpc else ())
         async with self._pool.connection() as conn:
             cur = await conn.execute(
@@ -134,6 +174,10 @@ class PostgresBackend:
                 return WindowAggregate(until - since, since, until)
             cur = await conn.execute(f"SELECT status, count(*) FROM {TABLE} WHERE {where} GROUP BY status", args)
             outcomes = await cur.fetchall()
+            cur = await conn.execute(f"SELECT {QUALITY_SQL} FROM {TABLE} WHERE {where}", args)
+            qrow = await cur.fetchone()
+            assert qrow is not None
+            rated, measured, declared = qrow
             cur = await conn.execute(
                 f"SELECT s, count(*) AS n FROM {TABLE}, unnest(skills) AS s WHERE {where}"
                 " GROUP BY s ORDER BY n DESC, s COLLATE \"C\"", args)
@@ -155,7 +199,8 @@ class PostgresBackend:
             avg_skills_selected=f0(skills), avg_cost_per_query=f0(avg_cost), total_cost=f0(total_cost),
             cost_saved_total=f0(saved), avg_cost_saved=f0(avg_saved), avg_selection_time_ms=f0(sel_ms),
             avg_response_time_ms=f0(avg_ms), p50_response_time_ms=f0(p50), p99_response_time_ms=f0(p99),
-            avg_quality=f0(quality), outcomes={str(o): int(c) for o, c in outcomes},
+            avg_quality=f0(quality), outcomes={str(o): int(c) for o, c in outcomes}, rated=int(rated or 0),
+            avg_measured_quality=f0(measured), avg_declared_quality=f0(declared),
             skill_distribution={str(s): int(c) for s, c in dist},
             hourly=tuple(HourlyTrend(float(h), int(c), f0(a), f0(t), f0(q)) for h, c, a, t, q in hourly),
             cache_hits=cache[0], cache_misses=cache[1], cache_saved_total=f0(saved_row[0] if saved_row else None),
@@ -163,6 +208,7 @@ class PostgresBackend:
 
     async def purge(self, before: float) -> int:
         async with self._pool.connection() as conn:
+            await conn.execute(f"DELETE FROM {FEEDBACK_TABLE} WHERE timestamp < to_timestamp(%s)", (before,))
             cur = await conn.execute(f"DELETE FROM {TABLE} WHERE timestamp < to_timestamp(%s)", (before,))
             return cur.rowcount
 

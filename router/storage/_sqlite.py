@@ -15,11 +15,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from router.runtime.feedback import FeedbackRecord
 from router.runtime.observer import QueryRecord
 
 from ._types import (
     ANSWERED_SQL,
     COLUMNS,
+    FEEDBACK_COLUMNS,
+    FEEDBACK_TABLE,
+    QUALITY_SQL,
     TABLE,
     HourlyTrend,
     StoreError,
@@ -43,6 +47,8 @@ _TYPES = {
     "domain_source": "TEXT", "complexity_source": "TEXT", "signal_method": "TEXT",
     "skills_cached": "TEXT NOT NULL DEFAULT '[]'", "skills_cache_missed": "TEXT NOT NULL DEFAULT '[]'",
     "cache_saved": "REAL NOT NULL DEFAULT 0",
+    "implementations": "TEXT NOT NULL DEFAULT '[]'", "quality_source": "TEXT NOT NULL DEFAULT 'declared'",
+    "arm": "TEXT NOT NULL DEFAULT ''", "shadow": "INTEGER NOT NULL DEFAULT 0", "declared_quality": "REAL",
 }
 assert set(_TYPES) == set(COLUMNS)
 
@@ -50,7 +56,15 @@ SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
     + ",\n".join(f"  {c} {_TYPES[c]}" for c in COLUMNS) + "\n)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_timestamp_idx ON {TABLE} (timestamp)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_query_id_idx ON {TABLE} (query_id)",
+    f"CREATE TABLE IF NOT EXISTS {FEEDBACK_TABLE} (\n  id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+    "  query_id TEXT NOT NULL, timestamp REAL NOT NULL, skill TEXT NOT NULL, implementation TEXT NOT NULL,\n"
+    "  score REAL NOT NULL, domain TEXT, complexity REAL, band TEXT, arm TEXT NOT NULL DEFAULT '')",
+    f"CREATE INDEX IF NOT EXISTS {FEEDBACK_TABLE}_timestamp_idx ON {FEEDBACK_TABLE} (timestamp)",
 )
+INSERT_FEEDBACK = (f"INSERT INTO {FEEDBACK_TABLE} ({', '.join(FEEDBACK_COLUMNS)}) "
+                   f"VALUES ({', '.join('?' for _ in FEEDBACK_COLUMNS)})")
+UPDATE_QUALITY = f"UPDATE {TABLE} SET quality_score = ?, quality_source = 'feedback' WHERE query_id = ?"
 INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
 
@@ -61,8 +75,9 @@ def _row(r: QueryRecord) -> tuple[object, ...]:
 def _record(row: tuple[object, ...]) -> QueryRecord:
     values = dict(zip(COLUMNS, row))
     values["skills"] = tuple(json.loads(values["skills"] or "[]"))
-    for c in ("skills_ok", "skills_cached", "skills_cache_missed"):
+    for c in ("skills_ok", "skills_cached", "skills_cache_missed", "implementations"):
         values[c] = tuple(json.loads(values[c] or "[]"))
+    values["shadow"] = bool(values["shadow"])
     return QueryRecord(**values)
 
 
@@ -115,10 +130,29 @@ class SqliteBackend:
             raise
         conn.execute("COMMIT")
 
+    def _sync_write_feedback(self, rows: list[tuple[object, ...]], updates: list[tuple[float, str]]) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(INSERT_FEEDBACK, rows)
+            conn.executemany(UPDATE_QUALITY, updates)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _sync_feedback(self, limit: int) -> list[FeedbackRecord]:
+        assert self._conn is not None
+        rows = self._conn.execute(f"SELECT {', '.join(FEEDBACK_COLUMNS)} FROM {FEEDBACK_TABLE}"
+                                  " ORDER BY timestamp DESC, id DESC LIMIT ?", (limit,)).fetchall()
+        return [FeedbackRecord(*r) for r in rows]
+
     def _sync_aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate:
         conn = self._conn
         assert conn is not None
-        where = "timestamp > ? AND timestamp <= ?" + (" AND rpc = ?" if rpc is not None else "")
+        # Shadow runs (experiments) are never answers: not in the window.
+        where = "timestamp > ? AND timestamp <= ? AND shadow = 0" + (" AND rpc = ?" if rpc is not None else "")
         args: tuple[object, ...] = (since, until) + ((rpc,) if rpc is not None else ())
         (n, errors, skills, avg_cost, total_cost, saved, avg_saved, sel_ms, avg_ms, quality) = conn.execute(
             f"SELECT count(*), coalesce(sum(status NOT IN {ANSWERED_SQL}), 0), avg(skills_selected), avg(total_cost),"
@@ -134,6 +168,7 @@ class SqliteBackend:
             return f0(v)
 
         outcomes = conn.execute(f"SELECT status, count(*) FROM {TABLE} WHERE {where} GROUP BY status", args).fetchall()
+        rated, measured, declared = conn.execute(f"SELECT {QUALITY_SQL} FROM {TABLE} WHERE {where}", args).fetchone()
         dist = conn.execute(
             f"SELECT j.value, count(*) AS n FROM {TABLE} m, json_each(m.skills) j"
             f" WHERE {where}"  # json_each has no timestamp or rpc column: these are m's
@@ -153,7 +188,8 @@ class SqliteBackend:
             avg_skills_selected=f0(skills), avg_cost_per_query=f0(avg_cost), total_cost=f0(total_cost),
             cost_saved_total=f0(saved), avg_cost_saved=f0(avg_saved), avg_selection_time_ms=f0(sel_ms),
             avg_response_time_ms=f0(avg_ms), p50_response_time_ms=quantile(0.5),
-            p99_response_time_ms=quantile(0.99), avg_quality=f0(quality),
+            p99_response_time_ms=quantile(0.99), avg_quality=f0(quality), rated=int(rated or 0),
+            avg_measured_quality=f0(measured), avg_declared_quality=f0(declared),
             outcomes={str(o): int(c) for o, c in outcomes},
             skill_distribution={str(s): int(c) for s, c in dist},
             hourly=tuple(HourlyTrend(float(h), int(c), f0(a), f0(t), f0(q)) for h, c, a, t, q in hourly),
@@ -163,6 +199,7 @@ class SqliteBackend:
 
     def _sync_purge(self, before: float) -> int:
         assert self._conn is not None
+        self._conn.execute(f"DELETE FROM {FEEDBACK_TABLE} WHERE timestamp < ?", (before,))
         return self._conn.execute(f"DELETE FROM {TABLE} WHERE timestamp < ?", (before,)).rowcount
 
     def _sync_recent(self, limit: int) -> list[QueryRecord]:
@@ -185,6 +222,13 @@ class SqliteBackend:
         # The records become rows on the worker thread too: the event loop
         # only hands the batch over.
         await self._run(self._sync_write_records, rows)
+
+    async def write_feedback(self, rows: list[FeedbackRecord], updates: list[tuple[float, str]]) -> None:
+        await self._run(self._sync_write_feedback, [tuple(getattr(r, c) for c in FEEDBACK_COLUMNS) for r in rows],
+                        updates)
+
+    async def feedback(self, limit: int) -> list[FeedbackRecord]:
+        return await self._run(self._sync_feedback, limit)
 
     async def aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate:
         return await self._run(self._sync_aggregate, since, until, rpc)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, Self
 
+from router.runtime.feedback import FeedbackRecord
 from router.runtime.observer import QueryRecord
 
 from ._types import StoreSettings, StoreStats, WindowAggregate
@@ -31,6 +32,13 @@ class StoreBackend(Protocol):
 
     async def write(self, rows: list[QueryRecord]) -> None:
         """Insert the rows in one transaction."""
+
+    async def write_feedback(self, rows: list[FeedbackRecord], updates: list[tuple[float, str]]) -> None:
+        """Insert the ratings and set the rated queries' quality_score
+        (``updates``: (quality, query_id)) in one transaction."""
+
+    async def feedback(self, limit: int) -> list[FeedbackRecord]:
+        """The newest ratings, newest first."""
 
     async def aggregate(self, since: float, until: float, rpc: str | None) -> WindowAggregate: ...
 
@@ -50,6 +58,7 @@ class MetricsStore:
         self._settings = settings
         self._clock = clock
         self._buffer: collections.deque[QueryRecord] = collections.deque()
+        self._feedback: collections.deque[tuple[list[FeedbackRecord], float]] = collections.deque()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
@@ -82,6 +91,16 @@ class MetricsStore:
             return
         self._buffer.append(record)
         if len(self._buffer) >= self._settings.batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    def submit_feedback(self, rows: list[FeedbackRecord], query_quality: float) -> None:
+        """Keep one Feedback's ratings (written after the query rows buffered
+        before them, so the query's row gets the measured quality)."""
+        if self._closing or len(self._feedback) >= self._settings.buffer_size:
+            self._dropped += len(rows)
+            return
+        self._feedback.append((rows, query_quality))
+        if not self._wake.is_set():
             self._wake.set()
 
     # ---- lifecycle -------------------------------------------------------------
@@ -145,6 +164,10 @@ class MetricsStore:
         """The newest rows, newest first."""
         return await self._backend.recent(limit)
 
+    async def feedback(self, limit: int = 100) -> list[FeedbackRecord]:
+        """The newest feedback rows, newest first."""
+        return await self._backend.feedback(limit)
+
     async def purge(self, now: float | None = None) -> int:
         """Apply the retention now; how many rows were deleted."""
         days = self._settings.retention_days
@@ -181,6 +204,19 @@ class MetricsStore:
                     log.warning("metrics store (%s): could not write %d rows: %s", self._backend.name, len(batch), exc)
                 else:
                     self._written += len(batch)
+            while self._feedback:
+                items = [self._feedback.popleft() for _ in range(min(len(self._feedback), self._settings.batch_size))]
+                rows = [r for rs, _ in items for r in rs]
+                updates = [(q, rs[0].query_id) for rs, q in items if rs]
+                try:
+                    await self._backend.write_feedback(rows, updates)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._errors += 1
+                    self._failed += len(rows)
+                    log.warning("metrics store (%s): could not write %d feedback rows: %s", self._backend.name,
+                                len(rows), exc)
 
     async def _retention_loop(self) -> None:
         while True:

@@ -11,10 +11,21 @@ from router.core.errors import RouterError
 from router.runtime.observer import QueryRecord
 
 TABLE = "brain_moe_metrics"
+# Every Feedback rating, one row per (query, skill) rated; the query's row in
+# TABLE gets quality_score = the rating and quality_source = 'feedback'.
+FEEDBACK_TABLE = "brain_moe_feedback"
+FEEDBACK_COLUMNS = ("query_id", "timestamp", "skill", "implementation", "score", "domain", "complexity", "band",
+                    "arm")
 
 # Outcomes (``status``) of answered queries; every other one is an error.
 ANSWERED = ("ok", "partial")
 ANSWERED_SQL = "('ok', 'partial')"
+# Rated queries, their mean measured quality, and the mean declared quality of
+# answered queries (declared_quality, or quality_score for rows written
+# before the column existed).
+QUALITY_SQL = ("count(CASE WHEN quality_source = 'feedback' THEN 1 END),"
+               " avg(CASE WHEN quality_source = 'feedback' THEN quality_score END),"
+               f" avg(CASE WHEN status IN {ANSWERED_SQL} THEN coalesce(declared_quality, quality_score) END)")
 
 # The seed's columns, plus the ids and lists this router adds. Order matters:
 # rows are written as tuples in this order.
@@ -123,6 +134,9 @@ class WindowAggregate:
     cache_hits: Mapping[str, int] = field(default_factory=dict)
     cache_misses: Mapping[str, int] = field(default_factory=dict)
     cache_saved_total: float = 0.0
+    rated: int = 0  # queries with a Feedback rating
+    avg_measured_quality: float = 0.0  # their mean rating
+    avg_declared_quality: float = 0.0  # the mean declared quality of answered queries
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +150,8 @@ class WindowAggregate:
             "p50_response_time_ms": self.p50_response_time_ms,
             "p99_response_time_ms": self.p99_response_time_ms,
             "avg_quality": self.avg_quality,
+            "rated": self.rated, "avg_measured_quality": self.avg_measured_quality,
+            "avg_declared_quality": self.avg_declared_quality,
             "outcomes": dict(self.outcomes),
             "skill_distribution": dict(self.skill_distribution),
             "cache_hits": dict(self.cache_hits), "cache_misses": dict(self.cache_misses),

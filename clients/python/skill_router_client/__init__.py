@@ -32,9 +32,10 @@ from ._client import (
     TlsConfig,
     build_context,
     error_details,
+    feedback_request,
     stats_request,
 )
 from .v1 import router_pb2 as pb
 
 __all__ = ["AsyncRouterClient", "ErrorDetails", "Priority", "RouterClient", "TlsConfig", "build_context",
-           "error_details", "pb", "stats_request"]
+           "error_details", "feedback_request", "pb", "stats_request"]

@@ -32,6 +32,7 @@ def build_context(
     exclude_skills: Iterable[str] = (),
     all_skills: bool = False,
     metadata: Mapping[str, str] | None = None,
+    cost_weight: float | None = None,
 ) -> pb.QueryContext:
     ctx = pb.QueryContext(domain=domain, priority=int(priority), force_skills=list(force_skills),
                           exclude_skills=list(exclude_skills), all_skills=all_skills, metadata=dict(metadata or {}))
@@ -41,6 +42,8 @@ def build_context(
         ctx.required_quality = required_quality
     if top_k is not None:
         ctx.top_k = top_k
+    if cost_weight is not None:
+        ctx.cost_weight = cost_weight
     return ctx
 
 
@@ -85,6 +88,16 @@ def stats_request(window: float | datetime.timedelta | None = None) -> pb.StatsR
     if not seconds > 0:
         raise ValueError(f"window: must be a positive duration, got {window!r}")
     req.window.FromTimedelta(datetime.timedelta(seconds=seconds))
+    return req
+
+
+def feedback_request(query_id: str, score: float | None = None,
+                     skill_scores: Mapping[str, float] | None = None) -> pb.FeedbackRequest:
+    """A FeedbackRequest: ``score`` 0 to 1 for the whole answer (thumbs up 1,
+    down 0), ``skill_scores`` per skill that answered."""
+    req = pb.FeedbackRequest(query_id=query_id, skill_scores=dict(skill_scores or {}))
+    if score is not None:
+        req.score = float(score)
     return req
 
 
@@ -204,6 +217,13 @@ class AsyncRouterClient:
         """Live load, totals since start, and the stored aggregates of the last ``window`` (seconds or timedelta)."""
         return await self._stub.Stats(_stats_req(request, window), **self._opts(timeout, metadata))
 
+    async def feedback(self, query_id: str, score: float | None = None, *,
+                       skill_scores: Mapping[str, float] | None = None, timeout: float | None = None,
+                       metadata: Metadata = ()) -> pb.FeedbackResponse:
+        """Rate the answer to an executed query (once per query: a second rating is ALREADY_EXISTS)."""
+        return await self._stub.Feedback(feedback_request(query_id, score, skill_scores),
+                                         **self._opts(timeout, metadata))
+
 
 class RouterClient:
     """Blocking client with the same methods (and ``tls``, ``token``) as ``AsyncRouterClient``."""
@@ -262,3 +282,8 @@ class RouterClient:
               metadata: Metadata = (), request: pb.StatsRequest | None = None) -> pb.StatsResponse:
         """Live load, totals since start, and the stored aggregates of the last ``window`` (seconds or timedelta)."""
         return self._stub.Stats(_stats_req(request, window), **self._opts(timeout, metadata))
+
+    def feedback(self, query_id: str, score: float | None = None, *, skill_scores: Mapping[str, float] | None = None,
+                 timeout: float | None = None, metadata: Metadata = ()) -> pb.FeedbackResponse:
+        """Rate the answer to an executed query (once per query: a second rating is ALREADY_EXISTS)."""
+        return self._stub.Feedback(feedback_request(query_id, score, skill_scores), **self._opts(timeout, metadata))

@@ -18,6 +18,7 @@ import {
   type QueryContextSchema,
   type RouteResponse,
   type StatsResponse,
+  type FeedbackResponse,
 } from "./gen/router/v1/router_pb.js";
 import { RouterError, toRouterError } from "./errors.js";
 
@@ -140,6 +141,17 @@ export interface RouterClient {
    */
   stats(options?: StatsOptions): Promise<StatsResponse>;
   /**
+   * Rate the answer to an executed query: `score` 0 to 1 for the whole
+   * answer (thumbs up 1, down 0), `skillScores` per skill that answered.
+   * A query is rated once (a second rating fails with ALREADY_EXISTS).
+   */
+  feedback(
+    queryId: string,
+    score?: number,
+    skillScores?: Record<string, number>,
+    options?: CallOptions,
+  ): Promise<FeedbackResponse>;
+  /**
    * Resolves once the sidecar answers a call (retrying while it is
    * UNAVAILABLE, e.g. still starting); rejects with the last error after
    * `timeoutMs` (default 10000).
@@ -261,6 +273,8 @@ export function createRouterClient(options: RouterClientOptions = {}): RouterCli
       call("Stats", () =>
         raw.stats({ window: o?.windowMs === undefined ? undefined : durationFromMs(o.windowMs) }, callOptions(o)),
       ),
+    feedback: (queryId, score, skillScores, o) =>
+      call("Feedback", () => raw.feedback({ queryId, score, skillScores: skillScores ?? {} }, callOptions(o))),
     async waitForReady(timeoutMs = 10_000) {
       const until = Date.now() + timeoutMs;
       for (let pause = 25; ; pause = Math.min(pause * 2, 500)) {

@@ -94,7 +94,7 @@ export class RouterError extends Error {
   readonly code: Code;
   /** The gRPC status code name, e.g. `INVALID_ARGUMENT`. */
   readonly codeName: GrpcCodeName;
-  /** The RPC that failed: `Route`, `Execute` or `Stats`. */
+  /** The RPC that failed: `Route`, `Execute`, `Stats` or `Feedback`. */
   readonly method: string;
   /** The status message as the sidecar (or the transport) wrote it. */
   readonly rawMessage: string;

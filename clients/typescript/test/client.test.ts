@@ -129,6 +129,21 @@ describe("against the real sidecar", { timeout: 60_000 }, () => {
     );
     assert.equal(err.codeName, "INVALID_ARGUMENT");
     assert.equal(err.method, "ExecuteStream");
+  it("feedback rates an executed query once", async () => {
+    const res = await sidecar.client.execute("Write a python function that sorts a list", { domain: "code" });
+    const ok = res.results.filter((r) => r.status === SkillStatus.OK);
+    const rated = await sidecar.client.feedback(res.queryId, 1);
+    assert.equal(rated.queryId, res.queryId);
+    assert.equal(rated.queryScore, 1);
+    assert.deepEqual(rated.rated.map((r) => r.skill).sort(), ok.map((r) => r.skill).sort());
+    assert.ok(rated.rated.every((r) => r.ratings >= 1n && r.measuredQuality > 0));
+    const again = await rejectsWith(sidecar.client.feedback(res.queryId, 0));
+    assert.equal(again.codeName, "ALREADY_EXISTS");
+    assert.equal(again.field, "query_id");
+    assert.equal(again.method, "Feedback");
+    const bad = await rejectsWith(sidecar.client.feedback("no-such-query", 1));
+    assert.equal(bad.codeName, "NOT_FOUND");
+    assert.equal(bad.field, "query_id");
   });
 
   it("stats counts what was routed and executed", async () => {

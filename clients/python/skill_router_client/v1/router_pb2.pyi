@@ -117,7 +117,7 @@ BREAKER_STATE_OPEN: BreakerState
 BREAKER_STATE_HALF_OPEN: BreakerState
 
 class QueryContext(_message.Message):
-    __slots__ = ("domain", "complexity", "required_quality", "priority", "top_k", "force_skills", "exclude_skills", "all_skills", "metadata")
+    __slots__ = ("domain", "complexity", "required_quality", "priority", "top_k", "force_skills", "exclude_skills", "all_skills", "metadata", "cost_weight")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class QueryContext(_message.Message):
     EXCLUDE_SKILLS_FIELD_NUMBER: _ClassVar[int]
     ALL_SKILLS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    COST_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     domain: str
     complexity: float
     required_quality: float
@@ -143,7 +144,8 @@ class QueryContext(_message.Message):
     exclude_skills: _containers.RepeatedScalarFieldContainer[str]
     all_skills: bool
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, domain: _Optional[str] = ..., complexity: _Optional[float] = ..., required_quality: _Optional[float] = ..., priority: _Optional[_Union[Priority, str]] = ..., top_k: _Optional[int] = ..., force_skills: _Optional[_Iterable[str]] = ..., exclude_skills: _Optional[_Iterable[str]] = ..., all_skills: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    cost_weight: float
+    def __init__(self, domain: _Optional[str] = ..., complexity: _Optional[float] = ..., required_quality: _Optional[float] = ..., priority: _Optional[_Union[Priority, str]] = ..., top_k: _Optional[int] = ..., force_skills: _Optional[_Iterable[str]] = ..., exclude_skills: _Optional[_Iterable[str]] = ..., all_skills: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., cost_weight: _Optional[float] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
     __slots__ = ("query", "context", "explain_all")
@@ -400,7 +402,7 @@ class Timing(_message.Message):
     def __init__(self, selection_us: _Optional[int] = ..., execution_us: _Optional[int] = ..., total_us: _Optional[int] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
-    __slots__ = ("query_id", "trace_id", "text", "selections", "results", "rejections", "cost", "timing", "quality", "k", "moe_enabled", "shed", "outcome", "rejections_omitted", "signals")
+    __slots__ = ("query_id", "trace_id", "text", "selections", "results", "rejections", "cost", "timing", "quality", "k", "moe_enabled", "shed", "outcome", "rejections_omitted", "signals", "experiment_arm")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -416,6 +418,7 @@ class ExecuteResponse(_message.Message):
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ARM_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     trace_id: str
     text: str
@@ -431,7 +434,8 @@ class ExecuteResponse(_message.Message):
     outcome: QueryOutcome
     rejections_omitted: int
     signals: Signals
-    def __init__(self, query_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., text: _Optional[str] = ..., selections: _Optional[_Iterable[_Union[Selection, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[SkillResult, _Mapping]]] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., cost: _Optional[_Union[CostLedger, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., quality: _Optional[float] = ..., k: _Optional[int] = ..., moe_enabled: _Optional[bool] = ..., shed: _Optional[_Iterable[_Union[ShedSkill, _Mapping]]] = ..., outcome: _Optional[_Union[QueryOutcome, str]] = ..., rejections_omitted: _Optional[int] = ..., signals: _Optional[_Union[Signals, _Mapping]] = ...) -> None: ...
+    experiment_arm: str
+    def __init__(self, query_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., text: _Optional[str] = ..., selections: _Optional[_Iterable[_Union[Selection, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[SkillResult, _Mapping]]] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., cost: _Optional[_Union[CostLedger, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., quality: _Optional[float] = ..., k: _Optional[int] = ..., moe_enabled: _Optional[bool] = ..., shed: _Optional[_Iterable[_Union[ShedSkill, _Mapping]]] = ..., outcome: _Optional[_Union[QueryOutcome, str]] = ..., rejections_omitted: _Optional[int] = ..., signals: _Optional[_Union[Signals, _Mapping]] = ..., experiment_arm: _Optional[str] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ("window",)
@@ -499,23 +503,33 @@ class SkillStats(_message.Message):
     def __init__(self, skill: _Optional[str] = ..., in_flight: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., utilization: _Optional[float] = ..., queue_depth: _Optional[int] = ..., calls: _Optional[int] = ..., failures: _Optional[int] = ..., success_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., rejected: _Optional[int] = ..., shed: _Optional[int] = ..., timed_out: _Optional[int] = ..., queue_depth_by_priority: _Optional[_Mapping[str, int]] = ..., queue_capacity: _Optional[int] = ..., mean_queue_wait_ms: _Optional[float] = ..., implementations: _Optional[_Iterable[_Union[ImplementationStats, _Mapping]]] = ..., batches: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., mean_batch_wait_ms: _Optional[float] = ..., coalesced_calls: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., cache_saved_usd: _Optional[float] = ...) -> None: ...
 
 class ImplementationStats(_message.Message):
-    __slots__ = ("name", "breaker_state", "half_open_at", "consecutive_failures", "failure_rate", "times_opened")
+    __slots__ = ("name", "breaker_state", "half_open_at", "consecutive_failures", "failure_rate", "times_opened", "declared_quality", "measured_quality", "ratings", "measured_quality_low", "measured_quality_high")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BREAKER_STATE_FIELD_NUMBER: _ClassVar[int]
     HALF_OPEN_AT_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
     TIMES_OPENED_FIELD_NUMBER: _ClassVar[int]
+    DECLARED_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    RATINGS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_QUALITY_LOW_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_QUALITY_HIGH_FIELD_NUMBER: _ClassVar[int]
     name: str
     breaker_state: BreakerState
     half_open_at: _timestamp_pb2.Timestamp
     consecutive_failures: int
     failure_rate: float
     times_opened: int
-    def __init__(self, name: _Optional[str] = ..., breaker_state: _Optional[_Union[BreakerState, str]] = ..., half_open_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., consecutive_failures: _Optional[int] = ..., failure_rate: _Optional[float] = ..., times_opened: _Optional[int] = ...) -> None: ...
+    declared_quality: float
+    measured_quality: float
+    ratings: int
+    measured_quality_low: float
+    measured_quality_high: float
+    def __init__(self, name: _Optional[str] = ..., breaker_state: _Optional[_Union[BreakerState, str]] = ..., half_open_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., consecutive_failures: _Optional[int] = ..., failure_rate: _Optional[float] = ..., times_opened: _Optional[int] = ..., declared_quality: _Optional[float] = ..., measured_quality: _Optional[float] = ..., ratings: _Optional[int] = ..., measured_quality_low: _Optional[float] = ..., measured_quality_high: _Optional[float] = ...) -> None: ...
 
 class Totals(_message.Message):
-    __slots__ = ("queries", "avg_skills_per_query", "cost_usd", "cost_saved_usd", "baseline_cost_usd", "routes", "failed_queries", "outcomes", "answered", "avg_quality", "avg_cost_per_query_usd", "cache_hits", "cache_misses", "cache_saved_usd")
+    __slots__ = ("queries", "avg_skills_per_query", "cost_usd", "cost_saved_usd", "baseline_cost_usd", "routes", "failed_queries", "outcomes", "answered", "avg_quality", "avg_cost_per_query_usd", "cache_hits", "cache_misses", "cache_saved_usd", "feedback_received", "avg_feedback_score")
     class OutcomesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -537,6 +551,8 @@ class Totals(_message.Message):
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
     CACHE_SAVED_USD_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    AVG_FEEDBACK_SCORE_FIELD_NUMBER: _ClassVar[int]
     queries: int
     avg_skills_per_query: float
     cost_usd: float
@@ -551,10 +567,12 @@ class Totals(_message.Message):
     cache_hits: int
     cache_misses: int
     cache_saved_usd: float
-    def __init__(self, queries: _Optional[int] = ..., avg_skills_per_query: _Optional[float] = ..., cost_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., routes: _Optional[int] = ..., failed_queries: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ..., avg_quality: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., cache_saved_usd: _Optional[float] = ...) -> None: ...
+    feedback_received: int
+    avg_feedback_score: float
+    def __init__(self, queries: _Optional[int] = ..., avg_skills_per_query: _Optional[float] = ..., cost_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., routes: _Optional[int] = ..., failed_queries: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ..., avg_quality: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., cache_saved_usd: _Optional[float] = ..., feedback_received: _Optional[int] = ..., avg_feedback_score: _Optional[float] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("skills", "totals", "uptime_seconds", "moe_enabled", "window", "config_generation", "config_loaded_at", "config_source", "shared_state")
+    __slots__ = ("skills", "totals", "uptime_seconds", "moe_enabled", "window", "config_generation", "config_loaded_at", "config_source", "shared_state", "experiments")
     SKILLS_FIELD_NUMBER: _ClassVar[int]
     TOTALS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -564,6 +582,7 @@ class StatsResponse(_message.Message):
     CONFIG_LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_SOURCE_FIELD_NUMBER: _ClassVar[int]
     SHARED_STATE_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
     skills: _containers.RepeatedCompositeFieldContainer[SkillStats]
     totals: Totals
     uptime_seconds: float
@@ -573,7 +592,8 @@ class StatsResponse(_message.Message):
     config_loaded_at: _timestamp_pb2.Timestamp
     config_source: str
     shared_state: SharedStateStats
-    def __init__(self, skills: _Optional[_Iterable[_Union[SkillStats, _Mapping]]] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., uptime_seconds: _Optional[float] = ..., moe_enabled: _Optional[bool] = ..., window: _Optional[_Union[WindowStats, _Mapping]] = ..., config_generation: _Optional[int] = ..., config_loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., config_source: _Optional[str] = ..., shared_state: _Optional[_Union[SharedStateStats, _Mapping]] = ...) -> None: ...
+    experiments: _containers.RepeatedCompositeFieldContainer[ArmStats]
+    def __init__(self, skills: _Optional[_Iterable[_Union[SkillStats, _Mapping]]] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., uptime_seconds: _Optional[float] = ..., moe_enabled: _Optional[bool] = ..., window: _Optional[_Union[WindowStats, _Mapping]] = ..., config_generation: _Optional[int] = ..., config_loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., config_source: _Optional[str] = ..., shared_state: _Optional[_Union[SharedStateStats, _Mapping]] = ..., experiments: _Optional[_Iterable[_Union[ArmStats, _Mapping]]] = ...) -> None: ...
 
 class SharedStateStats(_message.Message):
     __slots__ = ("backend", "connected", "detail", "fallbacks", "reconnects", "worker", "workers")
@@ -593,6 +613,75 @@ class SharedStateStats(_message.Message):
     workers: int
     def __init__(self, backend: _Optional[str] = ..., connected: _Optional[bool] = ..., detail: _Optional[str] = ..., fallbacks: _Optional[int] = ..., reconnects: _Optional[int] = ..., worker: _Optional[int] = ..., workers: _Optional[int] = ...) -> None: ...
 
+class ArmStats(_message.Message):
+    __slots__ = ("experiment", "arm", "shadow", "queries", "cost_usd", "avg_latency_ms", "measured_quality", "measured_quality_low", "measured_quality_high", "ratings", "agreement", "current_k")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    AVG_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_QUALITY_LOW_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_QUALITY_HIGH_FIELD_NUMBER: _ClassVar[int]
+    RATINGS_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_K_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    arm: str
+    shadow: bool
+    queries: int
+    cost_usd: float
+    avg_latency_ms: float
+    measured_quality: float
+    measured_quality_low: float
+    measured_quality_high: float
+    ratings: int
+    agreement: float
+    current_k: int
+    def __init__(self, experiment: _Optional[str] = ..., arm: _Optional[str] = ..., shadow: _Optional[bool] = ..., queries: _Optional[int] = ..., cost_usd: _Optional[float] = ..., avg_latency_ms: _Optional[float] = ..., measured_quality: _Optional[float] = ..., measured_quality_low: _Optional[float] = ..., measured_quality_high: _Optional[float] = ..., ratings: _Optional[int] = ..., agreement: _Optional[float] = ..., current_k: _Optional[int] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("query_id", "score", "skill_scores")
+    class SkillScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SKILL_SCORES_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    score: float
+    skill_scores: _containers.ScalarMap[str, float]
+    def __init__(self, query_id: _Optional[str] = ..., score: _Optional[float] = ..., skill_scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class RatedImplementation(_message.Message):
+    __slots__ = ("skill", "implementation", "score", "measured_quality", "ratings")
+    SKILL_FIELD_NUMBER: _ClassVar[int]
+    IMPLEMENTATION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    RATINGS_FIELD_NUMBER: _ClassVar[int]
+    skill: str
+    implementation: str
+    score: float
+    measured_quality: float
+    ratings: int
+    def __init__(self, skill: _Optional[str] = ..., implementation: _Optional[str] = ..., score: _Optional[float] = ..., measured_quality: _Optional[float] = ..., ratings: _Optional[int] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("query_id", "rated", "query_score")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    RATED_FIELD_NUMBER: _ClassVar[int]
+    QUERY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    rated: _containers.RepeatedCompositeFieldContainer[RatedImplementation]
+    query_score: float
+    def __init__(self, query_id: _Optional[str] = ..., rated: _Optional[_Iterable[_Union[RatedImplementation, _Mapping]]] = ..., query_score: _Optional[float] = ...) -> None: ...
+
 class HourlyTrend(_message.Message):
     __slots__ = ("hour", "queries", "avg_cost_usd", "avg_response_ms", "avg_quality")
     HOUR_FIELD_NUMBER: _ClassVar[int]
@@ -608,7 +697,7 @@ class HourlyTrend(_message.Message):
     def __init__(self, hour: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queries: _Optional[int] = ..., avg_cost_usd: _Optional[float] = ..., avg_response_ms: _Optional[float] = ..., avg_quality: _Optional[float] = ...) -> None: ...
 
 class WindowStats(_message.Message):
-    __slots__ = ("available", "store", "since", "until", "queries", "errors", "avg_skills_selected", "avg_cost_per_query_usd", "cost_saved_usd", "avg_cost_saved_usd", "avg_response_ms", "p99_response_ms", "avg_quality", "skill_distribution", "hourly", "rows_dropped", "outcomes", "answered", "cache_hits", "cache_misses", "cache_saved_usd")
+    __slots__ = ("available", "store", "since", "until", "queries", "errors", "avg_skills_selected", "avg_cost_per_query_usd", "cost_saved_usd", "avg_cost_saved_usd", "avg_response_ms", "p99_response_ms", "avg_quality", "skill_distribution", "hourly", "rows_dropped", "outcomes", "answered", "cache_hits", "cache_misses", "cache_saved_usd", "rated_queries", "avg_measured_quality", "avg_declared_quality")
     class SkillDistributionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -658,6 +747,9 @@ class WindowStats(_message.Message):
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
     CACHE_SAVED_USD_FIELD_NUMBER: _ClassVar[int]
+    RATED_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    AVG_MEASURED_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    AVG_DECLARED_QUALITY_FIELD_NUMBER: _ClassVar[int]
     available: bool
     store: str
     since: _timestamp_pb2.Timestamp
@@ -679,7 +771,10 @@ class WindowStats(_message.Message):
     cache_hits: _containers.ScalarMap[str, int]
     cache_misses: _containers.ScalarMap[str, int]
     cache_saved_usd: float
-    def __init__(self, available: _Optional[bool] = ..., store: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queries: _Optional[int] = ..., errors: _Optional[int] = ..., avg_skills_selected: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., avg_cost_saved_usd: _Optional[float] = ..., avg_response_ms: _Optional[float] = ..., p99_response_ms: _Optional[float] = ..., avg_quality: _Optional[float] = ..., skill_distribution: _Optional[_Mapping[str, int]] = ..., hourly: _Optional[_Iterable[_Union[HourlyTrend, _Mapping]]] = ..., rows_dropped: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ..., cache_hits: _Optional[_Mapping[str, int]] = ..., cache_misses: _Optional[_Mapping[str, int]] = ..., cache_saved_usd: _Optional[float] = ...) -> None: ...
+    rated_queries: int
+    avg_measured_quality: float
+    avg_declared_quality: float
+    def __init__(self, available: _Optional[bool] = ..., store: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queries: _Optional[int] = ..., errors: _Optional[int] = ..., avg_skills_selected: _Optional[float] = ..., avg_cost_per_query_usd: _Optional[float] = ..., cost_saved_usd: _Optional[float] = ..., avg_cost_saved_usd: _Optional[float] = ..., avg_response_ms: _Optional[float] = ..., p99_response_ms: _Optional[float] = ..., avg_quality: _Optional[float] = ..., skill_distribution: _Optional[_Mapping[str, int]] = ..., hourly: _Optional[_Iterable[_Union[HourlyTrend, _Mapping]]] = ..., rows_dropped: _Optional[int] = ..., outcomes: _Optional[_Mapping[str, int]] = ..., answered: _Optional[int] = ..., cache_hits: _Optional[_Mapping[str, int]] = ..., cache_misses: _Optional[_Mapping[str, int]] = ..., cache_saved_usd: _Optional[float] = ..., rated_queries: _Optional[int] = ..., avg_measured_quality: _Optional[float] = ..., avg_declared_quality: _Optional[float] = ...) -> None: ...
 
 class ExecuteEvent(_message.Message):
     __slots__ = ("routed", "delta", "skill_result", "shed", "done", "elapsed_ms")

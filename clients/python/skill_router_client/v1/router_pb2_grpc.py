@@ -55,6 +55,11 @@ class RouterServiceStub:
                 request_serializer=router_dot_v1_dot_router__pb2.StatsRequest.SerializeToString,
                 response_deserializer=router_dot_v1_dot_router__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/router.v1.RouterService/Feedback',
+                request_serializer=router_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=router_dot_v1_dot_router__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -106,6 +111,19 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Feedback rates the answer to one executed query (by the query_id Execute
+        returned): a score 0 to 1 for the whole answer (thumbs up 1, down 0, a
+        correctness label as is) and optionally one per skill. It moves the
+        measured quality of the implementations that answered. A query is rated
+        once: a second Feedback for the same query_id is refused
+        (ALREADY_EXISTS) and the first rating stands. Unknown or expired ids are
+        NOT_FOUND; a score out of range INVALID_ARGUMENT (the field named).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +146,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=router_dot_v1_dot_router__pb2.StatsRequest.FromString,
                     response_serializer=router_dot_v1_dot_router__pb2.StatsResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=router_dot_v1_dot_router__pb2.FeedbackRequest.FromString,
+                    response_serializer=router_dot_v1_dot_router__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -239,6 +262,33 @@ class RouterService:
             '/router.v1.RouterService/Stats',
             router_dot_v1_dot_router__pb2.StatsRequest.SerializeToString,
             router_dot_v1_dot_router__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/router.v1.RouterService/Feedback',
+            router_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
+            router_dot_v1_dot_router__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file router/v1/router.proto.
  */
 export const file_router_v1_router: GenFile = /*@__PURE__*/
-  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEi6wIKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUINCgtfY29tcGxleGl0eUITChFfcmVxdWlyZWRfcXVhbGl0eUIICgZfdG9wX2siXAoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIvEBCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFEiMKB3NpZ25hbHMYFCABKAsyEi5yb3V0ZXIudjEuU2lnbmFscyIsCgtEb21haW5TY29yZRIOCgZkb21haW4YASABKAkSDQoFc2NvcmUYAiABKAEisAIKB1NpZ25hbHMSDgoGZG9tYWluGAEgASgJEi4KDWRvbWFpbl9zb3VyY2UYAiABKA4yFy5yb3V0ZXIudjEuU2lnbmFsU291cmNlEicKB2RvbWFpbnMYAyADKAsyFi5yb3V0ZXIudjEuRG9tYWluU2NvcmUSEgoKY29tcGxleGl0eRgEIAEoARIyChFjb21wbGV4aXR5X3NvdXJjZRgFIAEoDjIXLnJvdXRlci52MS5TaWduYWxTb3VyY2USDgoGbWV0aG9kGAYgASgJEhQKDG91dF9vZl9zY29wZRgHIAEoCBIWCg5iZXN0X3JlbGV2YW5jZRgIIAEoARIeChZvdXRfb2Zfc2NvcGVfdGhyZXNob2xkGAkgASgBEhYKDmZhbGxiYWNrX3NraWxsGAogASgJIugBCgpTY29yZVBhcnRzEhEKCWFjdGl2YXRlZBgBIAEoCBIUCgxkb21haW5fYm9udXMYAiABKAESFgoOY29tcGxleGl0eV9maXQYAyABKAESFAoMc3VjY2Vzc19yYXRlGAQgASgBEhYKDnN1Y2Nlc3NfZmFjdG9yGAUgASgBEhcKD3ByaW9yaXR5X3dlaWdodBgGIAEoARISCgpyYW5rX3Njb3JlGAcgASgBEhMKC2xvYWRfZmFjdG9yGAggASgBEhYKDnRleHRfcmVsZXZhbmNlGBQgASgBEhEKCXRleHRfdGVybRgVIAEoASKkAQoOSW1wbGVtZW50YXRpb24SDAoEbmFtZRgBIAEoCRINCgVtb2RlbBgCIAEoCRIPCgdiYWNrZW5kGAMgASgJEg8KB3F1YWxpdHkYBCABKAESGgoSY29zdF9wZXJfcXVlcnlfdXNkGAUgASgBEhsKE2V4cGVjdGVkX2xhdGVuY3lfbXMYBiABKAESGgoSb3B0aW1hbF9jb21wbGV4aXR5GAcgASgBIsEBChRJbXBsZW1lbnRhdGlvbkNob2ljZRIxCg5pbXBsZW1lbnRhdGlvbhgBIAEoCzIZLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvbhIRCglmaXRfc2NvcmUYAiABKAESGwoTbWVldHNfcXVhbGl0eV9mbG9vchgDIAEoCBIOCgZyZWFzb24YBCABKAkSNgoKcmVqZWN0aW9ucxgFIAMoCzIiLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvblJlamVjdGlvbiJKChdJbXBsZW1lbnRhdGlvblJlamVjdGlvbhIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIRCglmaXRfc2NvcmUYAyABKAEimAEKCVNlbGVjdGlvbhINCgVza2lsbBgBIAEoCRINCgVzY29yZRgCIAEoARIkCgVwYXJ0cxgDIAEoCzIVLnJvdXRlci52MS5TY29yZVBhcnRzEjcKDmltcGxlbWVudGF0aW9uGAQgASgLMh8ucm91dGVyLnYxLkltcGxlbWVudGF0aW9uQ2hvaWNlEg4KBmZvcmNlZBgFIAEoCCJ5CglSZWplY3Rpb24SDQoFc2tpbGwYASABKAkSKgoGcmVhc29uGAIgASgOMhoucm91dGVyLnYxLlJlamVjdGlvblJlYXNvbhIOCgZkZXRhaWwYAyABKAkSDQoFc2NvcmUYBCABKAESEgoKcmFua19zY29yZRgFIAEoASJeCg5FeGVjdXRlUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIoCgdjb250ZXh0GAIgASgLMhcucm91dGVyLnYxLlF1ZXJ5Q29udGV4dBITCgtleHBsYWluX2FsbBgDIAEoCCLUAwoLU2tpbGxSZXN1bHQSDQoFc2tpbGwYASABKAkSFgoOaW1wbGVtZW50YXRpb24YAiABKAkSDQoFbW9kZWwYAyABKAkSDgoGd2VpZ2h0GAQgASgBEiYKBnN0YXR1cxgFIAEoDjIWLnJvdXRlci52MS5Ta2lsbFN0YXR1cxIOCgZvdXRwdXQYBiABKAkSDQoFZXJyb3IYByABKAkSEAoIY29zdF91c2QYCCABKAESEgoKbGF0ZW5jeV9tcxgJIAEoARIUCgxpbnB1dF90b2tlbnMYCiABKAMSFQoNb3V0cHV0X3Rva2VucxgLIAEoAxIPCgdxdWFsaXR5GAwgASgBEhUKDXF1ZXVlX3dhaXRfbXMYDSABKAESEAoIYXR0ZW1wdHMYDiABKAUSEgoKYmF0Y2hfc2l6ZRgPIAEoBRIRCglzaGFyZWRfYnkYECABKAUSFgoOc3RlcHBlZF9pbl9mb3IYESABKAkSLQoOc3RlcF9pbl9yZWFzb24YEiABKA4yFS5yb3V0ZXIudjEuU2hlZFJlYXNvbhIOCgZjYWNoZWQYKCABKAgSFAoMY2FjaGVfYWdlX21zGCkgASgBEhcKD2NhY2hlX3NhdmVkX3VzZBgqIAEoASKiAQoJU2hlZFNraWxsEg0KBXNraWxsGAEgASgJEiUKBnJlYXNvbhgCIAEoDjIVLnJvdXRlci52MS5TaGVkUmVhc29uEg4KBmRldGFpbBgDIAEoCRITCgtyZXBsYWNlZF9ieRgEIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgFIAEoCRIiChpyZXBsYWNlZF9ieV9pbXBsZW1lbnRhdGlvbhgGIAEoCSKTAQoKQ29zdExlZGdlchISCgphY3R1YWxfdXNkGAEgASgBEhQKDGJhc2VsaW5lX3VzZBgCIAEoARIRCglzYXZlZF91c2QYAyABKAESFgoOc2F2ZWRfZnJhY3Rpb24YBCABKAESFwoPYmFzZWxpbmVfc2tpbGxzGAUgASgFEhcKD2NhY2hlX3NhdmVkX3VzZBgoIAEoASJGCgZUaW1pbmcSFAoMc2VsZWN0aW9uX3VzGAEgASgDEhQKDGV4ZWN1dGlvbl91cxgCIAEoAxIQCgh0b3RhbF91cxgDIAEoAyLIAwoPRXhlY3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEgwKBHRleHQYAyABKAkSKAoKc2VsZWN0aW9ucxgEIAMoCzIULnJvdXRlci52MS5TZWxlY3Rpb24SJwoHcmVzdWx0cxgFIAMoCzIWLnJvdXRlci52MS5Ta2lsbFJlc3VsdBIoCgpyZWplY3Rpb25zGAYgAygLMhQucm91dGVyLnYxLlJlamVjdGlvbhIjCgRjb3N0GAcgASgLMhUucm91dGVyLnYxLkNvc3RMZWRnZXISIQoGdGltaW5nGAggASgLMhEucm91dGVyLnYxLlRpbWluZxIPCgdxdWFsaXR5GAkgASgBEgkKAWsYCiABKAUSEwoLbW9lX2VuYWJsZWQYCyABKAgSIgoEc2hlZBgMIAMoCzIULnJvdXRlci52MS5TaGVkU2tpbGwSKAoHb3V0Y29tZRgNIAEoDjIXLnJvdXRlci52MS5RdWVyeU91dGNvbWUSGgoScmVqZWN0aW9uc19vbWl0dGVkGA4gASgFEiMKB3NpZ25hbHMYFCABKAsyEi5yb3V0ZXIudjEuU2lnbmFscyI5CgxTdGF0c1JlcXVlc3QSKQoGd2luZG93GAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIqsFCgpTa2lsbFN0YXRzEg0KBXNraWxsGAEgASgJEhEKCWluX2ZsaWdodBgCIAEoBRIZChFjb25jdXJyZW5jeV9saW1pdBgDIAEoBRITCgt1dGlsaXphdGlvbhgEIAEoARITCgtxdWV1ZV9kZXB0aBgFIAEoBRINCgVjYWxscxgGIAEoAxIQCghmYWlsdXJlcxgHIAEoAxIUCgxzdWNjZXNzX3JhdGUYCCABKAESFgoObGF0ZW5jeV9wNTBfbXMYCSABKAESFgoObGF0ZW5jeV9wOTlfbXMYCiABKAESEAoIcmVqZWN0ZWQYCyABKAMSDAoEc2hlZBgMIAEoAxIRCgl0aW1lZF9vdXQYDSABKAMSUAoXcXVldWVfZGVwdGhfYnlfcHJpb3JpdHkYDiADKAsyLy5yb3V0ZXIudjEuU2tpbGxTdGF0cy5RdWV1ZURlcHRoQnlQcmlvcml0eUVudHJ5EhYKDnF1ZXVlX2NhcGFjaXR5GA8gASgFEhoKEm1lYW5fcXVldWVfd2FpdF9tcxgQIAEoARI3Cg9pbXBsZW1lbnRhdGlvbnMYESADKAsyHi5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25TdGF0cxIPCgdiYXRjaGVzGBIgASgDEhcKD21lYW5fYmF0Y2hfc2l6ZRgTIAEoARIaChJtZWFuX2JhdGNoX3dhaXRfbXMYFCABKAESFwoPY29hbGVzY2VkX2NhbGxzGBUgASgDEhIKCmNhY2hlX2hpdHMYKCABKAMSFAoMY2FjaGVfbWlzc2VzGCkgASgDEhcKD2NhY2hlX3NhdmVkX3VzZBgqIAEoARo7ChlRdWV1ZURlcHRoQnlQcmlvcml0eUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBToCOAEizwEKE0ltcGxlbWVudGF0aW9uU3RhdHMSDAoEbmFtZRgBIAEoCRIuCg1icmVha2VyX3N0YXRlGAIgASgOMhcucm91dGVyLnYxLkJyZWFrZXJTdGF0ZRIwCgxoYWxmX29wZW5fYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGNvbnNlY3V0aXZlX2ZhaWx1cmVzGAQgASgFEhQKDGZhaWx1cmVfcmF0ZRgFIAEoARIUCgx0aW1lc19vcGVuZWQYBiABKAMikgMKBlRvdGFscxIPCgdxdWVyaWVzGAEgASgDEhwKFGF2Z19za2lsbHNfcGVyX3F1ZXJ5GAIgASgBEhAKCGNvc3RfdXNkGAMgASgBEhYKDmNvc3Rfc2F2ZWRfdXNkGAQgASgBEhkKEWJhc2VsaW5lX2Nvc3RfdXNkGAUgASgBEg4KBnJvdXRlcxgGIAEoAxIWCg5mYWlsZWRfcXVlcmllcxgHIAEoAxIxCghvdXRjb21lcxgIIAMoCzIfLnJvdXRlci52MS5Ub3RhbHMuT3V0Y29tZXNFbnRyeRIQCghhbnN3ZXJlZBgJIAEoAxITCgthdmdfcXVhbGl0eRgKIAEoARIeChZhdmdfY29zdF9wZXJfcXVlcnlfdXNkGAsgASgBEhIKCmNhY2hlX2hpdHMYKCABKAMSFAoMY2FjaGVfbWlzc2VzGCkgASgDEhcKD2NhY2hlX3NhdmVkX3VzZBgqIAEoARovCg1PdXRjb21lc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEiyQIKDVN0YXRzUmVzcG9uc2USJQoGc2tpbGxzGAEgAygLMhUucm91dGVyLnYxLlNraWxsU3RhdHMSIQoGdG90YWxzGAIgASgLMhEucm91dGVyLnYxLlRvdGFscxIWCg51cHRpbWVfc2Vjb25kcxgDIAEoARITCgttb2VfZW5hYmxlZBgEIAEoCBImCgZ3aW5kb3cYBSABKAsyFi5yb3V0ZXIudjEuV2luZG93U3RhdHMSGQoRY29uZmlnX2dlbmVyYXRpb24YKCABKAMSNAoQY29uZmlnX2xvYWRlZF9hdBgpIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNY29uZmlnX3NvdXJjZRgqIAEoCRIxCgxzaGFyZWRfc3RhdGUYPCABKAsyGy5yb3V0ZXIudjEuU2hhcmVkU3RhdGVTdGF0cyKOAQoQU2hhcmVkU3RhdGVTdGF0cxIPCgdiYWNrZW5kGAEgASgJEhEKCWNvbm5lY3RlZBgCIAEoCBIOCgZkZXRhaWwYAyABKAkSEQoJZmFsbGJhY2tzGAQgASgDEhIKCnJlY29ubmVjdHMYBSABKAMSDgoGd29ya2VyGAYgASgFEg8KB3dvcmtlcnMYByABKAUijAEKC0hvdXJseVRyZW5kEigKBGhvdXIYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYAiABKAMSFAoMYXZnX2Nvc3RfdXNkGAMgASgBEhcKD2F2Z19yZXNwb25zZV9tcxgEIAEoARITCgthdmdfcXVhbGl0eRgFIAEoASKVBwoLV2luZG93U3RhdHMSEQoJYXZhaWxhYmxlGAEgASgIEg0KBXN0b3JlGAIgASgJEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgV1bnRpbBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcXVlcmllcxgFIAEoAxIOCgZlcnJvcnMYBiABKAMSGwoTYXZnX3NraWxsc19zZWxlY3RlZBgHIAEoARIeChZhdmdfY29zdF9wZXJfcXVlcnlfdXNkGAggASgBEhYKDmNvc3Rfc2F2ZWRfdXNkGAkgASgBEhoKEmF2Z19jb3N0X3NhdmVkX3VzZBgKIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYCyABKAESFwoPcDk5X3Jlc3BvbnNlX21zGAwgASgBEhMKC2F2Z19xdWFsaXR5GA0gASgBEkkKEnNraWxsX2Rpc3RyaWJ1dGlvbhgOIAMoCzItLnJvdXRlci52MS5XaW5kb3dTdGF0cy5Ta2lsbERpc3RyaWJ1dGlvbkVudHJ5EiYKBmhvdXJseRgPIAMoCzIWLnJvdXRlci52MS5Ib3VybHlUcmVuZBIUCgxyb3dzX2Ryb3BwZWQYECABKAMSNgoIb3V0Y29tZXMYESADKAsyJC5yb3V0ZXIudjEuV2luZG93U3RhdHMuT3V0Y29tZXNFbnRyeRIQCghhbnN3ZXJlZBgSIAEoAxI5CgpjYWNoZV9oaXRzGCggAygLMiUucm91dGVyLnYxLldpbmRvd1N0YXRzLkNhY2hlSGl0c0VudHJ5Ej0KDGNhY2hlX21pc3NlcxgpIAMoCzInLnJvdXRlci52MS5XaW5kb3dTdGF0cy5DYWNoZU1pc3Nlc0VudHJ5EhcKD2NhY2hlX3NhdmVkX3VzZBgqIAEoARo4ChZTa2lsbERpc3RyaWJ1dGlvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEaLwoNT3V0Y29tZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBGjAKDkNhY2hlSGl0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEaMgoQQ2FjaGVNaXNzZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBIoACCgxFeGVjdXRlRXZlbnQSKQoGcm91dGVkGAEgASgLMhcucm91dGVyLnYxLlN0cmVhbVJvdXRlZEgAEiYKBWRlbHRhGAIgASgLMhUucm91dGVyLnYxLlNraWxsRGVsdGFIABIuCgxza2lsbF9yZXN1bHQYAyABKAsyFi5yb3V0ZXIudjEuU2tpbGxSZXN1bHRIABIkCgRzaGVkGAQgASgLMhQucm91dGVyLnYxLlNoZWRTa2lsbEgAEioKBGRvbmUYBSABKAsyGi5yb3V0ZXIudjEuRXhlY3V0ZVJlc3BvbnNlSAASEgoKZWxhcHNlZF9tcxgKIAEoAUIHCgVldmVudCLCAQoMU3RyZWFtUm91dGVkEhAKCHF1ZXJ5X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEigKCnNlbGVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYBCADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBSABKAUSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFIlIKClNraWxsRGVsdGESDQoFc2tpbGwYASABKAkSFgoOaW1wbGVtZW50YXRpb24YAiABKAkSDAoEdGV4dBgDIAEoCRIPCgdhdHRlbXB0GAQgASgFKl4KCFByaW9yaXR5EhgKFFBSSU9SSVRZX1VOU1BFQ0lGSUVEEAASEAoMUFJJT1JJVFlfTE9XEAESEwoPUFJJT1JJVFlfTk9STUFMEAISEQoNUFJJT1JJVFlfSElHSBADKn4KDFNpZ25hbFNvdXJjZRIdChlTSUdOQUxfU09VUkNFX1VOU1BFQ0lGSUVEEAASGAoUU0lHTkFMX1NPVVJDRV9DQUxMRVIQARIaChZTSUdOQUxfU09VUkNFX0lORkVSUkVEEAISGQoVU0lHTkFMX1NPVVJDRV9ERUZBVUxUEAMq3wEKD1JlamVjdGlvblJlYXNvbhIgChxSRUpFQ1RJT05fUkVBU09OX1VOU1BFQ0lGSUVEEAASIgoeUkVKRUNUSU9OX1JFQVNPTl9OT1RfQUNUSVZBVEVEEAESIAocUkVKRUNUSU9OX1JFQVNPTl9CRUxPV19UT1BfSxACEh0KGVJFSkVDVElPTl9SRUFTT05fRVhDTFVERUQQAxImCiJSRUpFQ1RJT05fUkVBU09OX05PX0lNUExFTUVOVEFUSU9OEAQSHQoZUkVKRUNUSU9OX1JFQVNPTl9ESVNBQkxFRBAFKrMBCgtTa2lsbFN0YXR1cxIcChhTS0lMTF9TVEFUVVNfVU5TUEVDSUZJRUQQABITCg9TS0lMTF9TVEFUVVNfT0sQARIXChNTS0lMTF9TVEFUVVNfRkFJTEVEEAISGgoWU0tJTExfU1RBVFVTX1RJTUVEX09VVBADEiIKHlNLSUxMX1NUQVRVU19ERUFETElORV9FWENFRURFRBAEEhgKFFNLSUxMX1NUQVRVU19SRUZVU0VEEAUqrwIKClNoZWRSZWFzb24SGwoXU0hFRF9SRUFTT05fVU5TUEVDSUZJRUQQABIaChZTSEVEX1JFQVNPTl9RVUVVRV9GVUxMEAESHAoYU0hFRF9SRUFTT05fQlJFQUtFUl9PUEVOEAISHQoZU0hFRF9SRUFTT05fRVhQRUNURURfV0FJVBADEh0KGVNIRURfUkVBU09OX1FVRVVFX1RJTUVPVVQQBBIYChRTSEVEX1JFQVNPTl9ERUFETElORRAFEhkKFVNIRURfUkVBU09OX0RJU1BMQUNFRBAGEhsKF1NIRURfUkVBU09OX0NBTExfRkFJTEVEEAcSHAoYU0hFRF9SRUFTT05fU0hBUkVEX0xJTUlUEBQSHAoYU0hFRF9SRUFTT05fUkFURV9MSU1JVEVEEBUq6AEKDFF1ZXJ5T3V0Y29tZRIdChlRVUVSWV9PVVRDT01FX1VOU1BFQ0lGSUVEEAASFAoQUVVFUllfT1VUQ09NRV9PSxABEhkKFVFVRVJZX09VVENPTUVfUEFSVElBTBACEhgKFFFVRVJZX09VVENPTUVfRkFJTEVEEAMSGQoVUVVFUllfT1VUQ09NRV9SRUZVU0VEEAQSGgoWUVVFUllfT1VUQ09NRV9VTlJPVVRFRBAFEhoKFlFVRVJZX09VVENPTUVfREVBRExJTkUQBhIbChdRVUVSWV9PVVRDT01FX0NBTkNFTExFRBAHKnwKDEJyZWFrZXJTdGF0ZRIdChlCUkVBS0VSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQlJFQUtFUl9TVEFURV9DTE9TRUQQARIWChJCUkVBS0VSX1NUQVRFX09QRU4QAhIbChdCUkVBS0VSX1NUQVRFX0hBTEZfT1BFThADMpACCg1Sb3V0ZXJTZXJ2aWNlEjoKBVJvdXRlEhcucm91dGVyLnYxLlJvdXRlUmVxdWVzdBoYLnJvdXRlci52MS5Sb3V0ZVJlc3BvbnNlEkAKB0V4ZWN1dGUSGS5yb3V0ZXIudjEuRXhlY3V0ZVJlcXVlc3QaGi5yb3V0ZXIudjEuRXhlY3V0ZVJlc3BvbnNlEkUKDUV4ZWN1dGVTdHJlYW0SGS5yb3V0ZXIudjEuRXhlY3V0ZVJlcXVlc3QaFy5yb3V0ZXIudjEuRXhlY3V0ZUV2ZW50MAESOgoFU3RhdHMSFy5yb3V0ZXIudjEuU3RhdHNSZXF1ZXN0Ghgucm91dGVyLnYxLlN0YXRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZyb3V0ZXIvdjEvcm91dGVyLnByb3RvEglyb3V0ZXIudjEilQMKDFF1ZXJ5Q29udGV4dBIOCgZkb21haW4YASABKAkSFwoKY29tcGxleGl0eRgCIAEoAUgAiAEBEh0KEHJlcXVpcmVkX3F1YWxpdHkYAyABKAFIAYgBARIlCghwcmlvcml0eRgEIAEoDjITLnJvdXRlci52MS5Qcmlvcml0eRISCgV0b3BfaxgFIAEoBUgCiAEBEhQKDGZvcmNlX3NraWxscxgGIAMoCRIWCg5leGNsdWRlX3NraWxscxgHIAMoCRISCgphbGxfc2tpbGxzGAggASgIEjcKCG1ldGFkYXRhGAkgAygLMiUucm91dGVyLnYxLlF1ZXJ5Q29udGV4dC5NZXRhZGF0YUVudHJ5EhgKC2Nvc3Rfd2VpZ2h0GDIgASgBSAOIAQEaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg0KC19jb21wbGV4aXR5QhMKEV9yZXF1aXJlZF9xdWFsaXR5QggKBl90b3Bfa0IOCgxfY29zdF93ZWlnaHQiXAoMUm91dGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJEigKB2NvbnRleHQYAiABKAsyFy5yb3V0ZXIudjEuUXVlcnlDb250ZXh0EhMKC2V4cGxhaW5fYWxsGAMgASgIIvEBCg1Sb3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEigKCnNlbGVjdGlvbnMYAiADKAsyFC5yb3V0ZXIudjEuU2VsZWN0aW9uEigKCnJlamVjdGlvbnMYAyADKAsyFC5yb3V0ZXIudjEuUmVqZWN0aW9uEgkKAWsYBCABKAUSGQoRc2VsZWN0aW9uX3RpbWVfdXMYBSABKAMSEwoLbW9lX2VuYWJsZWQYBiABKAgSGgoScmVqZWN0aW9uc19vbWl0dGVkGAcgASgFEiMKB3NpZ25hbHMYFCABKAsyEi5yb3V0ZXIudjEuU2lnbmFscyIsCgtEb21haW5TY29yZRIOCgZkb21haW4YASABKAkSDQoFc2NvcmUYAiABKAEisAIKB1NpZ25hbHMSDgoGZG9tYWluGAEgASgJEi4KDWRvbWFpbl9zb3VyY2UYAiABKA4yFy5yb3V0ZXIudjEuU2lnbmFsU291cmNlEicKB2RvbWFpbnMYAyADKAsyFi5yb3V0ZXIudjEuRG9tYWluU2NvcmUSEgoKY29tcGxleGl0eRgEIAEoARIyChFjb21wbGV4aXR5X3NvdXJjZRgFIAEoDjIXLnJvdXRlci52MS5TaWduYWxTb3VyY2USDgoGbWV0aG9kGAYgASgJEhQKDG91dF9vZl9zY29wZRgHIAEoCBIWCg5iZXN0X3JlbGV2YW5jZRgIIAEoARIeChZvdXRfb2Zfc2NvcGVfdGhyZXNob2xkGAkgASgBEhYKDmZhbGxiYWNrX3NraWxsGAogASgJIugBCgpTY29yZVBhcnRzEhEKCWFjdGl2YXRlZBgBIAEoCBIUCgxkb21haW5fYm9udXMYAiABKAESFgoOY29tcGxleGl0eV9maXQYAyABKAESFAoMc3VjY2Vzc19yYXRlGAQgASgBEhYKDnN1Y2Nlc3NfZmFjdG9yGAUgASgBEhcKD3ByaW9yaXR5X3dlaWdodBgGIAEoARISCgpyYW5rX3Njb3JlGAcgASgBEhMKC2xvYWRfZmFjdG9yGAggASgBEhYKDnRleHRfcmVsZXZhbmNlGBQgASgBEhEKCXRleHRfdGVybRgVIAEoASKkAQoOSW1wbGVtZW50YXRpb24SDAoEbmFtZRgBIAEoCRINCgVtb2RlbBgCIAEoCRIPCgdiYWNrZW5kGAMgASgJEg8KB3F1YWxpdHkYBCABKAESGgoSY29zdF9wZXJfcXVlcnlfdXNkGAUgASgBEhsKE2V4cGVjdGVkX2xhdGVuY3lfbXMYBiABKAESGgoSb3B0aW1hbF9jb21wbGV4aXR5GAcgASgBIsEBChRJbXBsZW1lbnRhdGlvbkNob2ljZRIxCg5pbXBsZW1lbnRhdGlvbhgBIAEoCzIZLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvbhIRCglmaXRfc2NvcmUYAiABKAESGwoTbWVldHNfcXVhbGl0eV9mbG9vchgDIAEoCBIOCgZyZWFzb24YBCABKAkSNgoKcmVqZWN0aW9ucxgFIAMoCzIiLnJvdXRlci52MS5JbXBsZW1lbnRhdGlvblJlamVjdGlvbiJKChdJbXBsZW1lbnRhdGlvblJlamVjdGlvbhIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIRCglmaXRfc2NvcmUYAyABKAEimAEKCVNlbGVjdGlvbhINCgVza2lsbBgBIAEoCRINCgVzY29yZRgCIAEoARIkCgVwYXJ0cxgDIAEoCzIVLnJvdXRlci52MS5TY29yZVBhcnRzEjcKDmltcGxlbWVudGF0aW9uGAQgASgLMh8ucm91dGVyLnYxLkltcGxlbWVudGF0aW9uQ2hvaWNlEg4KBmZvcmNlZBgFIAEoCCJ5CglSZWplY3Rpb24SDQoFc2tpbGwYASABKAkSKgoGcmVhc29uGAIgASgOMhoucm91dGVyLnYxLlJlamVjdGlvblJlYXNvbhIOCgZkZXRhaWwYAyABKAkSDQoFc2NvcmUYBCABKAESEgoKcmFua19zY29yZRgFIAEoASJeCg5FeGVjdXRlUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIoCgdjb250ZXh0GAIgASgLMhcucm91dGVyLnYxLlF1ZXJ5Q29udGV4dBITCgtleHBsYWluX2FsbBgDIAEoCCLUAwoLU2tpbGxSZXN1bHQSDQoFc2tpbGwYASABKAkSFgoOaW1wbGVtZW50YXRpb24YAiABKAkSDQoFbW9kZWwYAyABKAkSDgoGd2VpZ2h0GAQgASgBEiYKBnN0YXR1cxgFIAEoDjIWLnJvdXRlci52MS5Ta2lsbFN0YXR1cxIOCgZvdXRwdXQYBiABKAkSDQoFZXJyb3IYByABKAkSEAoIY29zdF91c2QYCCABKAESEgoKbGF0ZW5jeV9tcxgJIAEoARIUCgxpbnB1dF90b2tlbnMYCiABKAMSFQoNb3V0cHV0X3Rva2VucxgLIAEoAxIPCgdxdWFsaXR5GAwgASgBEhUKDXF1ZXVlX3dhaXRfbXMYDSABKAESEAoIYXR0ZW1wdHMYDiABKAUSEgoKYmF0Y2hfc2l6ZRgPIAEoBRIRCglzaGFyZWRfYnkYECABKAUSFgoOc3RlcHBlZF9pbl9mb3IYESABKAkSLQoOc3RlcF9pbl9yZWFzb24YEiABKA4yFS5yb3V0ZXIudjEuU2hlZFJlYXNvbhIOCgZjYWNoZWQYKCABKAgSFAoMY2FjaGVfYWdlX21zGCkgASgBEhcKD2NhY2hlX3NhdmVkX3VzZBgqIAEoASKiAQoJU2hlZFNraWxsEg0KBXNraWxsGAEgASgJEiUKBnJlYXNvbhgCIAEoDjIVLnJvdXRlci52MS5TaGVkUmVhc29uEg4KBmRldGFpbBgDIAEoCRITCgtyZXBsYWNlZF9ieRgEIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgFIAEoCRIiChpyZXBsYWNlZF9ieV9pbXBsZW1lbnRhdGlvbhgGIAEoCSKTAQoKQ29zdExlZGdlchISCgphY3R1YWxfdXNkGAEgASgBEhQKDGJhc2VsaW5lX3VzZBgCIAEoARIRCglzYXZlZF91c2QYAyABKAESFgoOc2F2ZWRfZnJhY3Rpb24YBCABKAESFwoPYmFzZWxpbmVfc2tpbGxzGAUgASgFEhcKD2NhY2hlX3NhdmVkX3VzZBgoIAEoASJGCgZUaW1pbmcSFAoMc2VsZWN0aW9uX3VzGAEgASgDEhQKDGV4ZWN1dGlvbl91cxgCIAEoAxIQCgh0b3RhbF91cxgDIAEoAyLgAwoPRXhlY3V0ZVJlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEhAKCHRyYWNlX2lkGAIgASgJEgwKBHRleHQYAyABKAkSKAoKc2VsZWN0aW9ucxgEIAMoCzIULnJvdXRlci52MS5TZWxlY3Rpb24SJwoHcmVzdWx0cxgFIAMoCzIWLnJvdXRlci52MS5Ta2lsbFJlc3VsdBIoCgpyZWplY3Rpb25zGAYgAygLMhQucm91dGVyLnYxLlJlamVjdGlvbhIjCgRjb3N0GAcgASgLMhUucm91dGVyLnYxLkNvc3RMZWRnZXISIQoGdGltaW5nGAggASgLMhEucm91dGVyLnYxLlRpbWluZxIPCgdxdWFsaXR5GAkgASgBEgkKAWsYCiABKAUSEwoLbW9lX2VuYWJsZWQYCyABKAgSIgoEc2hlZBgMIAMoCzIULnJvdXRlci52MS5TaGVkU2tpbGwSKAoHb3V0Y29tZRgNIAEoDjIXLnJvdXRlci52MS5RdWVyeU91dGNvbWUSGgoScmVqZWN0aW9uc19vbWl0dGVkGA4gASgFEiMKB3NpZ25hbHMYFCABKAsyEi5yb3V0ZXIudjEuU2lnbmFscxIWCg5leHBlcmltZW50X2FybRgyIAEoCSI5CgxTdGF0c1JlcXVlc3QSKQoGd2luZG93GAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIqsFCgpTa2lsbFN0YXRzEg0KBXNraWxsGAEgASgJEhEKCWluX2ZsaWdodBgCIAEoBRIZChFjb25jdXJyZW5jeV9saW1pdBgDIAEoBRITCgt1dGlsaXphdGlvbhgEIAEoARITCgtxdWV1ZV9kZXB0aBgFIAEoBRINCgVjYWxscxgGIAEoAxIQCghmYWlsdXJlcxgHIAEoAxIUCgxzdWNjZXNzX3JhdGUYCCABKAESFgoObGF0ZW5jeV9wNTBfbXMYCSABKAESFgoObGF0ZW5jeV9wOTlfbXMYCiABKAESEAoIcmVqZWN0ZWQYCyABKAMSDAoEc2hlZBgMIAEoAxIRCgl0aW1lZF9vdXQYDSABKAMSUAoXcXVldWVfZGVwdGhfYnlfcHJpb3JpdHkYDiADKAsyLy5yb3V0ZXIudjEuU2tpbGxTdGF0cy5RdWV1ZURlcHRoQnlQcmlvcml0eUVudHJ5EhYKDnF1ZXVlX2NhcGFjaXR5GA8gASgFEhoKEm1lYW5fcXVldWVfd2FpdF9tcxgQIAEoARI3Cg9pbXBsZW1lbnRhdGlvbnMYESADKAsyHi5yb3V0ZXIudjEuSW1wbGVtZW50YXRpb25TdGF0cxIPCgdiYXRjaGVzGBIgASgDEhcKD21lYW5fYmF0Y2hfc2l6ZRgTIAEoARIaChJtZWFuX2JhdGNoX3dhaXRfbXMYFCABKAESFwoPY29hbGVzY2VkX2NhbGxzGBUgASgDEhIKCmNhY2hlX2hpdHMYKCABKAMSFAoMY2FjaGVfbWlzc2VzGCkgASgDEhcKD2NhY2hlX3NhdmVkX3VzZBgqIAEoARo7ChlRdWV1ZURlcHRoQnlQcmlvcml0eUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBToCOAEi0QIKE0ltcGxlbWVudGF0aW9uU3RhdHMSDAoEbmFtZRgBIAEoCRIuCg1icmVha2VyX3N0YXRlGAIgASgOMhcucm91dGVyLnYxLkJyZWFrZXJTdGF0ZRIwCgxoYWxmX29wZW5fYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGNvbnNlY3V0aXZlX2ZhaWx1cmVzGAQgASgFEhQKDGZhaWx1cmVfcmF0ZRgFIAEoARIUCgx0aW1lc19vcGVuZWQYBiABKAMSGAoQZGVjbGFyZWRfcXVhbGl0eRgyIAEoARIYChBtZWFzdXJlZF9xdWFsaXR5GDMgASgBEg8KB3JhdGluZ3MYNCABKAMSHAoUbWVhc3VyZWRfcXVhbGl0eV9sb3cYNSABKAESHQoVbWVhc3VyZWRfcXVhbGl0eV9oaWdoGDYgASgBIskDCgZUb3RhbHMSDwoHcXVlcmllcxgBIAEoAxIcChRhdmdfc2tpbGxzX3Blcl9xdWVyeRgCIAEoARIQCghjb3N0X3VzZBgDIAEoARIWCg5jb3N0X3NhdmVkX3VzZBgEIAEoARIZChFiYXNlbGluZV9jb3N0X3VzZBgFIAEoARIOCgZyb3V0ZXMYBiABKAMSFgoOZmFpbGVkX3F1ZXJpZXMYByABKAMSMQoIb3V0Y29tZXMYCCADKAsyHy5yb3V0ZXIudjEuVG90YWxzLk91dGNvbWVzRW50cnkSEAoIYW5zd2VyZWQYCSABKAMSEwoLYXZnX3F1YWxpdHkYCiABKAESHgoWYXZnX2Nvc3RfcGVyX3F1ZXJ5X3VzZBgLIAEoARISCgpjYWNoZV9oaXRzGCggASgDEhQKDGNhY2hlX21pc3NlcxgpIAEoAxIXCg9jYWNoZV9zYXZlZF91c2QYKiABKAESGQoRZmVlZGJhY2tfcmVjZWl2ZWQYMiABKAMSGgoSYXZnX2ZlZWRiYWNrX3Njb3JlGDMgASgBGi8KDU91dGNvbWVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASLzAgoNU3RhdHNSZXNwb25zZRIlCgZza2lsbHMYASADKAsyFS5yb3V0ZXIudjEuU2tpbGxTdGF0cxIhCgZ0b3RhbHMYAiABKAsyES5yb3V0ZXIudjEuVG90YWxzEhYKDnVwdGltZV9zZWNvbmRzGAMgASgBEhMKC21vZV9lbmFibGVkGAQgASgIEiYKBndpbmRvdxgFIAEoCzIWLnJvdXRlci52MS5XaW5kb3dTdGF0cxIZChFjb25maWdfZ2VuZXJhdGlvbhgoIAEoAxI0ChBjb25maWdfbG9hZGVkX2F0GCkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1jb25maWdfc291cmNlGCogASgJEjEKDHNoYXJlZF9zdGF0ZRg8IAEoCzIbLnJvdXRlci52MS5TaGFyZWRTdGF0ZVN0YXRzEigKC2V4cGVyaW1lbnRzGDIgAygLMhMucm91dGVyLnYxLkFybVN0YXRzIo4BChBTaGFyZWRTdGF0ZVN0YXRzEg8KB2JhY2tlbmQYASABKAkSEQoJY29ubmVjdGVkGAIgASgIEg4KBmRldGFpbBgDIAEoCRIRCglmYWxsYmFja3MYBCABKAMSEgoKcmVjb25uZWN0cxgFIAEoAxIOCgZ3b3JrZXIYBiABKAUSDwoHd29ya2VycxgHIAEoBSKEAgoIQXJtU3RhdHMSEgoKZXhwZXJpbWVudBgBIAEoCRILCgNhcm0YAiABKAkSDgoGc2hhZG93GAMgASgIEg8KB3F1ZXJpZXMYBCABKAMSEAoIY29zdF91c2QYBSABKAESFgoOYXZnX2xhdGVuY3lfbXMYBiABKAESGAoQbWVhc3VyZWRfcXVhbGl0eRgHIAEoARIcChRtZWFzdXJlZF9xdWFsaXR5X2xvdxgIIAEoARIdChVtZWFzdXJlZF9xdWFsaXR5X2hpZ2gYCSABKAESDwoHcmF0aW5ncxgKIAEoAxIRCglhZ3JlZW1lbnQYCyABKAESEQoJY3VycmVudF9rGAwgASgFIrgBCg9GZWVkYmFja1JlcXVlc3QSEAoIcXVlcnlfaWQYASABKAkSEgoFc2NvcmUYAiABKAFIAIgBARJBCgxza2lsbF9zY29yZXMYAyADKAsyKy5yb3V0ZXIudjEuRmVlZGJhY2tSZXF1ZXN0LlNraWxsU2NvcmVzRW50cnkaMgoQU2tpbGxTY29yZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBQggKBl9zY29yZSJ2ChNSYXRlZEltcGxlbWVudGF0aW9uEg0KBXNraWxsGAEgASgJEhYKDmltcGxlbWVudGF0aW9uGAIgASgJEg0KBXNjb3JlGAMgASgBEhgKEG1lYXN1cmVkX3F1YWxpdHkYBCABKAESDwoHcmF0aW5ncxgFIAEoAyJoChBGZWVkYmFja1Jlc3BvbnNlEhAKCHF1ZXJ5X2lkGAEgASgJEi0KBXJhdGVkGAIgAygLMh4ucm91dGVyLnYxLlJhdGVkSW1wbGVtZW50YXRpb24SEwoLcXVlcnlfc2NvcmUYAyABKAEijAEKC0hvdXJseVRyZW5kEigKBGhvdXIYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3F1ZXJpZXMYAiABKAMSFAoMYXZnX2Nvc3RfdXNkGAMgASgBEhcKD2F2Z19yZXNwb25zZV9tcxgEIAEoARITCgthdmdfcXVhbGl0eRgFIAEoASLoBwoLV2luZG93U3RhdHMSEQoJYXZhaWxhYmxlGAEgASgIEg0KBXN0b3JlGAIgASgJEikKBXNpbmNlGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgV1bnRpbBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcXVlcmllcxgFIAEoAxIOCgZlcnJvcnMYBiABKAMSGwoTYXZnX3NraWxsc19zZWxlY3RlZBgHIAEoARIeChZhdmdfY29zdF9wZXJfcXVlcnlfdXNkGAggASgBEhYKDmNvc3Rfc2F2ZWRfdXNkGAkgASgBEhoKEmF2Z19jb3N0X3NhdmVkX3VzZBgKIAEoARIXCg9hdmdfcmVzcG9uc2VfbXMYCyABKAESFwoPcDk5X3Jlc3BvbnNlX21zGAwgASgBEhMKC2F2Z19xdWFsaXR5GA0gASgBEkkKEnNraWxsX2Rpc3RyaWJ1dGlvbhgOIAMoCzItLnJvdXRlci52MS5XaW5kb3dTdGF0cy5Ta2lsbERpc3RyaWJ1dGlvbkVudHJ5EiYKBmhvdXJseRgPIAMoCzIWLnJvdXRlci52MS5Ib3VybHlUcmVuZBIUCgxyb3dzX2Ryb3BwZWQYECABKAMSNgoIb3V0Y29tZXMYESADKAsyJC5yb3V0ZXIudjEuV2luZG93U3RhdHMuT3V0Y29tZXNFbnRyeRIQCghhbnN3ZXJlZBgSIAEoAxI5CgpjYWNoZV9oaXRzGCggAygLMiUucm91dGVyLnYxLldpbmRvd1N0YXRzLkNhY2hlSGl0c0VudHJ5Ej0KDGNhY2hlX21pc3NlcxgpIAMoCzInLnJvdXRlci52MS5XaW5kb3dTdGF0cy5DYWNoZU1pc3Nlc0VudHJ5EhcKD2NhY2hlX3NhdmVkX3VzZBgqIAEoARIVCg1yYXRlZF9xdWVyaWVzGDIgASgDEhwKFGF2Z19tZWFzdXJlZF9xdWFsaXR5GDMgASgBEhwKFGF2Z19kZWNsYXJlZF9xdWFsaXR5GDQgASgBGjgKFlNraWxsRGlzdHJpYnV0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ARovCg1PdXRjb21lc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEaMAoOQ2FjaGVIaXRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ARoyChBDYWNoZU1pc3Nlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEigAIKDEV4ZWN1dGVFdmVudBIpCgZyb3V0ZWQYASABKAsyFy5yb3V0ZXIudjEuU3RyZWFtUm91dGVkSAASJgoFZGVsdGEYAiABKAsyFS5yb3V0ZXIudjEuU2tpbGxEZWx0YUgAEi4KDHNraWxsX3Jlc3VsdBgDIAEoCzIWLnJvdXRlci52MS5Ta2lsbFJlc3VsdEgAEiQKBHNoZWQYBCABKAsyFC5yb3V0ZXIudjEuU2hlZFNraWxsSAASKgoEZG9uZRgFIAEoCzIaLnJvdXRlci52MS5FeGVjdXRlUmVzcG9uc2VIABISCgplbGFwc2VkX21zGAogASgBQgcKBWV2ZW50IsIBCgxTdHJlYW1Sb3V0ZWQSEAoIcXVlcnlfaWQYASABKAkSEAoIdHJhY2VfaWQYAiABKAkSKAoKc2VsZWN0aW9ucxgDIAMoCzIULnJvdXRlci52MS5TZWxlY3Rpb24SKAoKcmVqZWN0aW9ucxgEIAMoCzIULnJvdXRlci52MS5SZWplY3Rpb24SCQoBaxgFIAEoBRITCgttb2VfZW5hYmxlZBgGIAEoCBIaChJyZWplY3Rpb25zX29taXR0ZWQYByABKAUiUgoKU2tpbGxEZWx0YRINCgVza2lsbBgBIAEoCRIWCg5pbXBsZW1lbnRhdGlvbhgCIAEoCRIMCgR0ZXh0GAMgASgJEg8KB2F0dGVtcHQYBCABKAUqXgoIUHJpb3JpdHkSGAoUUFJJT1JJVFlfVU5TUEVDSUZJRUQQABIQCgxQUklPUklUWV9MT1cQARITCg9QUklPUklUWV9OT1JNQUwQAhIRCg1QUklPUklUWV9ISUdIEAMqfgoMU2lnbmFsU291cmNlEh0KGVNJR05BTF9TT1VSQ0VfVU5TUEVDSUZJRUQQABIYChRTSUdOQUxfU09VUkNFX0NBTExFUhABEhoKFlNJR05BTF9TT1VSQ0VfSU5GRVJSRUQQAhIZChVTSUdOQUxfU09VUkNFX0RFRkFVTFQQAyrfAQoPUmVqZWN0aW9uUmVhc29uEiAKHFJFSkVDVElPTl9SRUFTT05fVU5TUEVDSUZJRUQQABIiCh5SRUpFQ1RJT05fUkVBU09OX05PVF9BQ1RJVkFURUQQARIgChxSRUpFQ1RJT05fUkVBU09OX0JFTE9XX1RPUF9LEAISHQoZUkVKRUNUSU9OX1JFQVNPTl9FWENMVURFRBADEiYKIlJFSkVDVElPTl9SRUFTT05fTk9fSU1QTEVNRU5UQVRJT04QBBIdChlSRUpFQ1RJT05fUkVBU09OX0RJU0FCTEVEEAUqswEKC1NraWxsU3RhdHVzEhwKGFNLSUxMX1NUQVRVU19VTlNQRUNJRklFRBAAEhMKD1NLSUxMX1NUQVRVU19PSxABEhcKE1NLSUxMX1NUQVRVU19GQUlMRUQQAhIaChZTS0lMTF9TVEFUVVNfVElNRURfT1VUEAMSIgoeU0tJTExfU1RBVFVTX0RFQURMSU5FX0VYQ0VFREVEEAQSGAoUU0tJTExfU1RBVFVTX1JFRlVTRUQQBSqvAgoKU2hlZFJlYXNvbhIbChdTSEVEX1JFQVNPTl9VTlNQRUNJRklFRBAAEhoKFlNIRURfUkVBU09OX1FVRVVFX0ZVTEwQARIcChhTSEVEX1JFQVNPTl9CUkVBS0VSX09QRU4QAhIdChlTSEVEX1JFQVNPTl9FWFBFQ1RFRF9XQUlUEAMSHQoZU0hFRF9SRUFTT05fUVVFVUVfVElNRU9VVBAEEhgKFFNIRURfUkVBU09OX0RFQURMSU5FEAUSGQoVU0hFRF9SRUFTT05fRElTUExBQ0VEEAYSGwoXU0hFRF9SRUFTT05fQ0FMTF9GQUlMRUQQBxIcChhTSEVEX1JFQVNPTl9TSEFSRURfTElNSVQQFBIcChhTSEVEX1JFQVNPTl9SQVRFX0xJTUlURUQQFSroAQoMUXVlcnlPdXRjb21lEh0KGVFVRVJZX09VVENPTUVfVU5TUEVDSUZJRUQQABIUChBRVUVSWV9PVVRDT01FX09LEAESGQoVUVVFUllfT1VUQ09NRV9QQVJUSUFMEAISGAoUUVVFUllfT1VUQ09NRV9GQUlMRUQQAxIZChVRVUVSWV9PVVRDT01FX1JFRlVTRUQQBBIaChZRVUVSWV9PVVRDT01FX1VOUk9VVEVEEAUSGgoWUVVFUllfT1VUQ09NRV9ERUFETElORRAGEhsKF1FVRVJZX09VVENPTUVfQ0FOQ0VMTEVEEAcqfAoMQnJlYWtlclN0YXRlEh0KGUJSRUFLRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRCUkVBS0VSX1NUQVRFX0NMT1NFRBABEhYKEkJSRUFLRVJfU1RBVEVfT1BFThACEhsKF0JSRUFLRVJfU1RBVEVfSEFMRl9PUEVOEAMy1QIKDVJvdXRlclNlcnZpY2USOgoFUm91dGUSFy5yb3V0ZXIudjEuUm91dGVSZXF1ZXN0Ghgucm91dGVyLnYxLlJvdXRlUmVzcG9uc2USQAoHRXhlY3V0ZRIZLnJvdXRlci52MS5FeGVjdXRlUmVxdWVzdBoaLnJvdXRlci52MS5FeGVjdXRlUmVzcG9uc2USRQoNRXhlY3V0ZVN0cmVhbRIZLnJvdXRlci52MS5FeGVjdXRlUmVxdWVzdBoXLnJvdXRlci52MS5FeGVjdXRlRXZlbnQwARI6CgVTdGF0cxIXLnJvdXRlci52MS5TdGF0c1JlcXVlc3QaGC5yb3V0ZXIudjEuU3RhdHNSZXNwb25zZRJDCghGZWVkYmFjaxIaLnJvdXRlci52MS5GZWVkYmFja1JlcXVlc3QaGy5yb3V0ZXIudjEuRmVlZGJhY2tSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * QueryContext is what the web app knows about a query, plus per-request
@@ -99,6 +99,17 @@ export type QueryContext = Message<"router.v1.QueryContext"> & {
    * @generated from field: map<string, string> metadata = 9;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * The cost knob of routing.implementation_policy expected_quality: the
+   * quality given up per unit of normalized cost (an implementation's cost
+   * divided by the dearest candidate's), 0 to 100. 0 always takes the best
+   * expected quality; larger values the cheaper implementations. Unset means
+   * routing.cost_weight. Ignored under the seed policy.
+   *
+   * @generated from field: optional double cost_weight = 50;
+   */
+  costWeight?: number | undefined;
 };
 
 /**
@@ -366,7 +377,10 @@ export type ScoreParts = Message<"router.v1.ScoreParts"> & {
   complexityFit: number;
 
   /**
-   * The skill's recent success rate, 0 to 1, that the factor was taken from.
+   * The skill's recent success rate, 0 to 1, that the factor was taken
+   * from: the transport success rate times the skill's measured answer
+   * quality relative to declared (min(1, measured / declared) over its rated
+   * implementations; 1 without feedback).
    *
    * @generated from field: double success_rate = 4;
    */
@@ -1142,6 +1156,13 @@ export type ExecuteResponse = Message<"router.v1.ExecuteResponse"> & {
    * @generated from field: router.v1.Signals signals = 20;
    */
   signals?: Signals | undefined;
+
+  /**
+   * "experiment/arm" the query was assigned to; empty when none.
+   *
+   * @generated from field: string experiment_arm = 50;
+   */
+  experimentArm: string;
 };
 
 /**
@@ -1406,6 +1427,44 @@ export type ImplementationStats = Message<"router.v1.ImplementationStats"> & {
    * @generated from field: int64 times_opened = 6;
    */
   timesOpened: bigint;
+
+  /**
+   * Declared quality (from the config), 0 to 1.
+   *
+   * @generated from field: double declared_quality = 50;
+   */
+  declaredQuality: number;
+
+  /**
+   * Measured quality: the posterior mean of its ratings with the declared
+   * quality as prior (feedback.prior_strength pseudo-ratings), old ratings
+   * forgotten with feedback.half_life_s. Equals declared_quality without
+   * ratings.
+   *
+   * @generated from field: double measured_quality = 51;
+   */
+  measuredQuality: number;
+
+  /**
+   * Ratings received since start.
+   *
+   * @generated from field: int64 ratings = 52;
+   */
+  ratings: bigint;
+
+  /**
+   * Lower end of the 95 % credible interval of measured_quality.
+   *
+   * @generated from field: double measured_quality_low = 53;
+   */
+  measuredQualityLow: number;
+
+  /**
+   * Upper end of the 95 % credible interval of measured_quality.
+   *
+   * @generated from field: double measured_quality_high = 54;
+   */
+  measuredQualityHigh: number;
 };
 
 /**
@@ -1522,6 +1581,20 @@ export type Totals = Message<"router.v1.Totals"> & {
    * @generated from field: double cache_saved_usd = 42;
    */
   cacheSavedUsd: number;
+
+  /**
+   * Feedback calls accepted since start.
+   *
+   * @generated from field: int64 feedback_received = 50;
+   */
+  feedbackReceived: bigint;
+
+  /**
+   * Mean score of the rated queries, 0 to 1.
+   *
+   * @generated from field: double avg_feedback_score = 51;
+   */
+  avgFeedbackScore: number;
 };
 
 /**
@@ -1602,6 +1675,13 @@ export type StatsResponse = Message<"router.v1.StatsResponse"> & {
    * @generated from field: router.v1.SharedStateStats shared_state = 60;
    */
   sharedState?: SharedStateStats | undefined;
+
+  /**
+   * One entry per experiment arm (and its shadow runs), since start.
+   *
+   * @generated from field: repeated router.v1.ArmStats experiments = 50;
+   */
+  experiments: ArmStats[];
 };
 
 /**
@@ -1678,6 +1758,228 @@ export const SharedStateStatsSchema: GenMessage<SharedStateStats> = /*@__PURE__*
   messageDesc(file_router_v1_router, 22);
 
 /**
+ * ArmStats is one arm of an experiment since start.
+ *
+ * @generated from message router.v1.ArmStats
+ */
+export type ArmStats = Message<"router.v1.ArmStats"> & {
+  /**
+   * Name of the experiment.
+   *
+   * @generated from field: string experiment = 1;
+   */
+  experiment: string;
+
+  /**
+   * Name of the arm.
+   *
+   * @generated from field: string arm = 2;
+   */
+  arm: string;
+
+  /**
+   * True for the shadow runs of the control arm (run in the background,
+   * never returned to the caller, their cost counted here only).
+   *
+   * @generated from field: bool shadow = 3;
+   */
+  shadow: boolean;
+
+  /**
+   * Executes run in the arm.
+   *
+   * @generated from field: int64 queries = 4;
+   */
+  queries: bigint;
+
+  /**
+   * Spent, in US dollars.
+   *
+   * @generated from field: double cost_usd = 5;
+   */
+  costUsd: number;
+
+  /**
+   * Mean time inside the sidecar, in milliseconds.
+   *
+   * @generated from field: double avg_latency_ms = 6;
+   */
+  avgLatencyMs: number;
+
+  /**
+   * Mean feedback score of the arm's rated queries, 0 to 1.
+   *
+   * @generated from field: double measured_quality = 7;
+   */
+  measuredQuality: number;
+
+  /**
+   * Lower end of the 95 % confidence interval of measured_quality.
+   *
+   * @generated from field: double measured_quality_low = 8;
+   */
+  measuredQualityLow: number;
+
+  /**
+   * Upper end of the 95 % confidence interval of measured_quality.
+   *
+   * @generated from field: double measured_quality_high = 9;
+   */
+  measuredQualityHigh: number;
+
+  /**
+   * Rated queries.
+   *
+   * @generated from field: int64 ratings = 10;
+   */
+  ratings: bigint;
+
+  /**
+   * Shadow runs only: share whose top skill and implementation agreed with
+   * the answer returned.
+   *
+   * @generated from field: double agreement = 11;
+   */
+  agreement: number;
+
+  /**
+   * k schedule arms: the k in use now (0 otherwise).
+   *
+   * @generated from field: int32 current_k = 12;
+   */
+  currentK: number;
+};
+
+/**
+ * Describes the message router.v1.ArmStats.
+ * Use `create(ArmStatsSchema)` to create a new message.
+ */
+export const ArmStatsSchema: GenMessage<ArmStats> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 23);
+
+/**
+ * FeedbackRequest rates one executed query.
+ *
+ * @generated from message router.v1.FeedbackRequest
+ */
+export type FeedbackRequest = Message<"router.v1.FeedbackRequest"> & {
+  /**
+   * The query_id Execute returned. Remembered for feedback.memory_ttl_s
+   * (bounded by feedback.memory_max_entries).
+   *
+   * @generated from field: string query_id = 1;
+   */
+  queryId: string;
+
+  /**
+   * Score of the answer as a whole, 0 to 1. Applies to every skill that
+   * answered unless skill_scores rates it. Required unless skill_scores is
+   * set.
+   *
+   * @generated from field: optional double score = 2;
+   */
+  score?: number | undefined;
+
+  /**
+   * Score per skill that answered, 0 to 1.
+   *
+   * @generated from field: map<string, double> skill_scores = 3;
+   */
+  skillScores: { [key: string]: number };
+};
+
+/**
+ * Describes the message router.v1.FeedbackRequest.
+ * Use `create(FeedbackRequestSchema)` to create a new message.
+ */
+export const FeedbackRequestSchema: GenMessage<FeedbackRequest> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 24);
+
+/**
+ * RatedImplementation is one implementation the feedback moved.
+ *
+ * @generated from message router.v1.RatedImplementation
+ */
+export type RatedImplementation = Message<"router.v1.RatedImplementation"> & {
+  /**
+   * Name of the skill.
+   *
+   * @generated from field: string skill = 1;
+   */
+  skill: string;
+
+  /**
+   * Name of the implementation that answered.
+   *
+   * @generated from field: string implementation = 2;
+   */
+  implementation: string;
+
+  /**
+   * The score it got.
+   *
+   * @generated from field: double score = 3;
+   */
+  score: number;
+
+  /**
+   * Its measured quality after this rating.
+   *
+   * @generated from field: double measured_quality = 4;
+   */
+  measuredQuality: number;
+
+  /**
+   * Ratings it has received since start.
+   *
+   * @generated from field: int64 ratings = 5;
+   */
+  ratings: bigint;
+};
+
+/**
+ * Describes the message router.v1.RatedImplementation.
+ * Use `create(RatedImplementationSchema)` to create a new message.
+ */
+export const RatedImplementationSchema: GenMessage<RatedImplementation> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 25);
+
+/**
+ * FeedbackResponse says what the rating moved.
+ *
+ * @generated from message router.v1.FeedbackResponse
+ */
+export type FeedbackResponse = Message<"router.v1.FeedbackResponse"> & {
+  /**
+   * The rated query.
+   *
+   * @generated from field: string query_id = 1;
+   */
+  queryId: string;
+
+  /**
+   * One entry per skill that answered and was rated.
+   *
+   * @generated from field: repeated router.v1.RatedImplementation rated = 2;
+   */
+  rated: RatedImplementation[];
+
+  /**
+   * The query's rating as stored: score, else the mean of skill_scores.
+   *
+   * @generated from field: double query_score = 3;
+   */
+  queryScore: number;
+};
+
+/**
+ * Describes the message router.v1.FeedbackResponse.
+ * Use `create(FeedbackResponseSchema)` to create a new message.
+ */
+export const FeedbackResponseSchema: GenMessage<FeedbackResponse> = /*@__PURE__*/
+  messageDesc(file_router_v1_router, 26);
+
+/**
  * HourlyTrend is one hour of the window.
  *
  * @generated from message router.v1.HourlyTrend
@@ -1724,7 +2026,7 @@ export type HourlyTrend = Message<"router.v1.HourlyTrend"> & {
  * Use `create(HourlyTrendSchema)` to create a new message.
  */
 export const HourlyTrendSchema: GenMessage<HourlyTrend> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 23);
+  messageDesc(file_router_v1_router, 27);
 
 /**
  * WindowStats are the seed's dashboard figures over a window of time.
@@ -1818,7 +2120,8 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
   p99ResponseMs: number;
 
   /**
-   * Mean quality of the syntheses of answered queries.
+   * Mean quality of answered queries: the Feedback rating where there is
+   * one (measured), else the synthesis's declared quality.
    *
    * @generated from field: double avg_quality = 13;
    */
@@ -1879,6 +2182,27 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
    * @generated from field: double cache_saved_usd = 42;
    */
   cacheSavedUsd: number;
+
+  /**
+   * Executes in the window rated with Feedback.
+   *
+   * @generated from field: int64 rated_queries = 50;
+   */
+  ratedQueries: bigint;
+
+  /**
+   * Mean rating of the rated queries, 0 to 1 (measured quality).
+   *
+   * @generated from field: double avg_measured_quality = 51;
+   */
+  avgMeasuredQuality: number;
+
+  /**
+   * Mean declared quality of the syntheses of answered queries.
+   *
+   * @generated from field: double avg_declared_quality = 52;
+   */
+  avgDeclaredQuality: number;
 };
 
 /**
@@ -1886,7 +2210,7 @@ export type WindowStats = Message<"router.v1.WindowStats"> & {
  * Use `create(WindowStatsSchema)` to create a new message.
  */
 export const WindowStatsSchema: GenMessage<WindowStats> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 24);
+  messageDesc(file_router_v1_router, 28);
 
 /**
  * ExecuteEvent is one event of ExecuteStream.
@@ -1955,7 +2279,7 @@ export type ExecuteEvent = Message<"router.v1.ExecuteEvent"> & {
  * Use `create(ExecuteEventSchema)` to create a new message.
  */
 export const ExecuteEventSchema: GenMessage<ExecuteEvent> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 25);
+  messageDesc(file_router_v1_router, 29);
 
 /**
  * StreamRouted is the routing decision of a streamed Execute.
@@ -2019,7 +2343,7 @@ export type StreamRouted = Message<"router.v1.StreamRouted"> & {
  * Use `create(StreamRoutedSchema)` to create a new message.
  */
 export const StreamRoutedSchema: GenMessage<StreamRouted> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 26);
+  messageDesc(file_router_v1_router, 30);
 
 /**
  * SkillDelta is a piece of one skill's answer.
@@ -2062,7 +2386,7 @@ export type SkillDelta = Message<"router.v1.SkillDelta"> & {
  * Use `create(SkillDeltaSchema)` to create a new message.
  */
 export const SkillDeltaSchema: GenMessage<SkillDelta> = /*@__PURE__*/
-  messageDesc(file_router_v1_router, 27);
+  messageDesc(file_router_v1_router, 31);
 
 /**
  * Priority of a query. Higher-priority queries are admitted first.
@@ -2521,6 +2845,22 @@ export const RouterService: GenService<{
     methodKind: "unary";
     input: typeof StatsRequestSchema;
     output: typeof StatsResponseSchema;
+  },
+  /**
+   * Feedback rates the answer to one executed query (by the query_id Execute
+   * returned): a score 0 to 1 for the whole answer (thumbs up 1, down 0, a
+   * correctness label as is) and optionally one per skill. It moves the
+   * measured quality of the implementations that answered. A query is rated
+   * once: a second Feedback for the same query_id is refused
+   * (ALREADY_EXISTS) and the first rating stands. Unknown or expired ids are
+   * NOT_FOUND; a score out of range INVALID_ARGUMENT (the field named).
+   *
+   * @generated from rpc router.v1.RouterService.Feedback
+   */
+  feedback: {
+    methodKind: "unary";
+    input: typeof FeedbackRequestSchema;
+    output: typeof FeedbackResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_router_v1_router, 0);
