@@ -65,7 +65,7 @@ from router.runtime.skills import SkillRuntime, SkillSettings, build_gate
 from router.runtime.stats import Snapshot, skill_snapshots
 from router.service.server import RouterServer, TlsFiles
 from router.service.servicer import RouterServicer
-from router.state import RedisState, RedisStateSettings
+from router.state import RedisCache, RedisState, RedisStateSettings
 from router.storage import MetricsStore, StoreSettings, WindowAggregate, make_store, query_hasher
 from router.telemetry import Telemetry, TelemetrySettings, setup_telemetry
 from router.understanding import EmbeddingsEncoder, LocalEncoder, TextUnderstanding
@@ -365,6 +365,8 @@ class App:
         if self.state_sync is not None:
             await self.state_sync.aclose()
         await self.shared.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
         await self.pool.aclose()
         if self.pipeline.understanding is not None:
             await self.pipeline.understanding.aclose()
@@ -726,9 +728,14 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
         redact=redact)
     registry = LiveRegistry([s.name for s in config.skills], success_window=config.routing.success_window,
                             default_success_rate=config.policy.default_success_rate)
-    # One response cache for every skill that opts in (in-process LRU; a
-    # store shared by replicas, Redis at state.redis_url, is not built yet).
-    cache = MemoryCache(config.cache.max_entries) if any(s.cache.enabled for s in settings.values()) else None
+    # One response cache for every skill that opts in: in Redis when
+    # state.redis_url is set (shared by every replica and worker), else an
+    # in-process LRU.
+    cache: CacheStore | None = None
+    if any(s.cache.enabled for s in settings.values()):
+        st_ = config.state
+        cache = (RedisCache(st_.redis_url, key_prefix=st_.key_prefix, timeout_s=st_.timeout_ms / 1000.0)
+                 if st_.redis_url else MemoryCache(config.cache.max_entries))
     # Breakers that open here are published, those other processes open trip here; success
     # windows are exchanged (Redis only).
     sync = StateSync(shared, registry=registry) if isinstance(shared, RedisState) else None

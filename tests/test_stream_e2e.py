@@ -39,7 +39,7 @@ def _impl(name: str, backend: str, url: str, model: str, cost: float) -> dict[st
             "model": model, "quality": 0.9, "cost_per_query": cost, "expected_latency_ms": 100}
 
 
-def _config(url: str, sqlite_path: str):  # type: ignore[no-untyped-def]
+def _config(url: str, sqlite_path: str, *, raw: bool = False):  # type: ignore[no-untyped-def]
     def sk(model: str, backend: str, cost: float, keyword: str, **extra: Any) -> dict[str, Any]:
         return {"activation": {"keywords": [keyword]}, "implementations": [_impl(f"{model}-impl", backend, url, model,
                                                                                   cost)], **extra}
@@ -58,7 +58,7 @@ def _config(url: str, sqlite_path: str):  # type: ignore[no-untyped-def]
             "server": {"grace_period_s": 2, "admin_listen": None},
             "cache": {"enabled": True, "ttl_s": 600, "max_entries": 100},
             "admission": {"retry": {"max_attempts": 1}}}
-    return parse_config(data, "<stream tests>", {})
+    return data if raw else parse_config(data, "<stream tests>", {})
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
