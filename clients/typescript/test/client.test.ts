@@ -129,6 +129,8 @@ describe("against the real sidecar", { timeout: 60_000 }, () => {
     );
     assert.equal(err.codeName, "INVALID_ARGUMENT");
     assert.equal(err.method, "ExecuteStream");
+  });
+
   it("feedback rates an executed query once", async () => {
     const res = await sidecar.client.execute("Write a python function that sorts a list", { domain: "code" });
     const ok = res.results.filter((r) => r.status === SkillStatus.OK);
