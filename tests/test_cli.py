@@ -93,10 +93,13 @@ async def test_demo_prints_the_comparison_as_json() -> None:
             "utilization", "peak_utilization", "peak_queue_depth", "utilization_by_skill"}
     for mode in result.values():
         assert keys <= set(mode) and mode["failed"] == 0 and mode["queries"] == 30
-        # Admission holds every skill at its limit; something was busy.
-        assert 0 < mode["utilization"] <= mode["peak_utilization"] <= 1
+        # Admission holds every skill at its limit.
+        assert 0 <= mode["utilization"] <= mode["peak_utilization"] <= 1
         assert mode["utilization_by_skill"] and all(0 <= u <= 1 for u in mode["utilization_by_skill"].values())
     before, choice, moe = result["all_skills_default"], result["all_skills_choice"], result["moe"]
+    # Utilization is sampled from Stats while the queries run: a loaded machine
+    # can miss a fast mode's busy moments, never all three.
+    assert max(m["peak_utilization"] for m in result.values()) > 0
     # Both all-skills columns run every activated skill (less any shed); only the implementations differ.
     assert min(before["skills_per_query"], choice["skills_per_query"]) >= moe["skills_per_query"]
     assert before["cost_per_query"] > choice["cost_per_query"] >= moe["cost_per_query"]
