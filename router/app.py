@@ -67,7 +67,7 @@ from router.service.server import RouterServer, TlsFiles
 from router.service.servicer import RouterServicer
 from router.state import RedisCache, RedisState, RedisStateSettings
 from router.storage import MetricsStore, StoreSettings, WindowAggregate, make_store, query_hasher
-from router.telemetry import Telemetry, TelemetrySettings, setup_telemetry
+from router.telemetry import Telemetry, setup_telemetry
 from router.understanding import EmbeddingsEncoder, LocalEncoder, TextUnderstanding
 
 log = logging.getLogger("router")
@@ -717,11 +717,7 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
             return []
         return [(n, rt.gate.in_flight, rt.gate.utilization, rt.gate.queued) for n, rt in app.runtimes.items()]
 
-    telemetry = setup_telemetry(
-        TelemetrySettings(service_name=config.telemetry.service_name,
-                          record_query_text=config.telemetry.record_query_text,
-                          baggage_allowlist=tuple(config.telemetry.baggage_allowlist)),
-        environ, live_stats=live_stats, redact=redact)
+    telemetry = setup_telemetry(config.telemetry, environ, live_stats=live_stats, redact=redact)
     pool = BackendPool.from_skills(
         config.skills, batch=lambda s, i: config.implementation_options(s.name, i.name).can_batch,
         max_response_bytes=lambda s, i: config.implementation_options(s.name, i.name).max_response_bytes,

@@ -19,6 +19,7 @@ import pytest
 from core_fixtures import impl, query, seed_skills, skill
 from support.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, ReceivedSpan, build_tree
 
+from router.config import TelemetrySettings
 from router.core.routing import RoutePlan, plan_route
 from router.core.synthesis import SkillOutcome, Status, synthesize
 from router.core.types import RoutingPolicy
@@ -26,7 +27,6 @@ from router.runtime.observer import NullObserver, QueryRecord
 from router.telemetry import (
     OtelObserver,
     TelemetryConfigError,
-    TelemetrySettings,
     extract_context,
     read_plan,
     scrub,

@@ -387,8 +387,14 @@ class BatchingSettings(Section):
 
 
 class TelemetrySettings(Section):
+    """What the config decides about telemetry (where to export comes from
+    ``OTEL_*``). The one definition: ``router.telemetry.setup_telemetry``
+    reads these attributes."""
+
     record_query_text: bool = False
+    max_query_text_chars: PositiveInt = 2048  # the query text on a span is cut here
     service_name: NonEmptyStr = "skill-router"
+    service_version: NonEmptyStr | None = None  # the resource's service.version
     # Baggage keys forwarded to the backends (the caller's W3C trace
     # context always is); empty: no baggage leaves the sidecar.
     baggage_allowlist: list[NonEmptyStr] = []

@@ -1,7 +1,7 @@
 """OpenTelemetry traces and metrics for the router; the only package that
 imports OpenTelemetry.
 
-    telemetry = setup_telemetry(TelemetrySettings(...))     # reads OTEL_* variables
+    telemetry = setup_telemetry(config.telemetry)          # + the OTEL_* variables
     pipeline = Pipeline(..., observer=telemetry.observer)
     server = grpc.aio.server(interceptors=[telemetry.server_interceptor(), ...])
     #   or, in a servicer:  with telemetry.server_span(method, context.invocation_metadata()):
@@ -16,7 +16,7 @@ from ._config import TelemetryConfigError, TelemetryPlan, read_plan
 from ._metrics import LiveStat, LiveStats
 from ._observer import OtelObserver, scrub
 from ._server import W3C_PROPAGATOR, ServerSpan, TracingInterceptor, extract_context, split_method
-from ._setup import Telemetry, TelemetrySettings, setup_telemetry
+from ._setup import Telemetry, setup_telemetry
 
 __all__ = [
     "W3C_PROPAGATOR",
@@ -27,7 +27,6 @@ __all__ = [
     "Telemetry",
     "TelemetryConfigError",
     "TelemetryPlan",
-    "TelemetrySettings",
     "TracingInterceptor",
     "extract_context",
     "read_plan",

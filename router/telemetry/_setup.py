@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from opentelemetry import metrics as metrics_api
@@ -52,20 +52,6 @@ log = logging.getLogger(__name__)
 DEFAULT_EXPORT_BATCH = 64
 
 INSTRUMENTATION_SCOPE = "router"
-
-
-@dataclass(frozen=True, slots=True)
-class TelemetrySettings:
-    """What the config decides; where to export comes from ``OTEL_*``."""
-
-    service_name: str = "skill-router"
-    service_version: str | None = None
-    record_query_text: bool = False
-    max_query_text_chars: int = 2048
-    # Also make these providers the process-wide ones (for other instrumentations).
-    install_global: bool = False
-    # Baggage keys forwarded to the backends; the trace context always is.
-    baggage_allowlist: tuple[str, ...] = ()
 
 
 def _sampler(plan: TelemetryPlan) -> sampling.Sampler:
@@ -258,15 +244,19 @@ class Telemetry:
 
 
 def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *,
-                    live_stats: LiveStats | None = None, redact: Callable[[str], str] | None = None) -> Telemetry:
-    """Build the telemetry from ``settings`` (a ``TelemetrySettings`` or any
-    object with the same attributes) and the ``OTEL_*`` variables in ``env``.
+                    live_stats: LiveStats | None = None, redact: Callable[[str], str] | None = None,
+                    install_global: bool = False) -> Telemetry:
+    """Build the telemetry from ``settings`` (the config's ``telemetry``
+    section, ``router.config.TelemetrySettings``, or any object with its
+    attributes; None: its defaults) and the ``OTEL_*`` variables in ``env``.
+    ``install_global`` also makes these providers the process-wide ones
+    (for other instrumentations).
     ``redact`` (the sidecar's secrets) is applied to every error text on a
     span, before the shape-based ``scrub``.
 
     Raises ``TelemetryConfigError`` naming the variable when one is unusable.
     """
-    settings = settings if settings is not None else TelemetrySettings()
+    settings = settings if settings is not None else SimpleNamespace()  # every attribute's default below
     plan = read_plan(env)
     if not plan.exports_anything:
         return Telemetry(plan, NullObserver())
@@ -303,7 +293,7 @@ def setup_telemetry(settings: Any = None, env: Mapping[str, str] = os.environ, *
     instruments = Instruments(meter)
     instruments.set_live_stats(live_stats)
 
-    if getattr(settings, "install_global", False):
+    if install_global:
         if tracer_provider is not None:
             trace.set_tracer_provider(tracer_provider)
         if meter_provider is not None:
