@@ -435,7 +435,7 @@ class App:
                         fresh[key] = backends[key] = build_backend(
                             impl, batch=batch[impl.name],
                             max_response_bytes=config.implementation_options(name, impl.name).max_response_bytes,
-                            redact=self.front.redact)
+                            redact=self.front.redact, transports=self.pool.transports)
                     except ConfigError as exc:
                         await BackendPool(fresh).aclose()
                         log.error("reload: generation %d keeps serving: %s", old.number, exc)
@@ -444,7 +444,7 @@ class App:
             # New backends are warm before they take traffic (one that cannot be
             # reached is logged, as at start-up: its calls fail until it comes up).
             failures = await BackendPool(fresh).warm_all(strict=False)
-            lookup = BackendPool(backends)
+            lookup = BackendPool(backends, transports=self.pool.transports)
             for name in rebuild:
                 runtimes[name] = _runtime(settings[name], lookup, self.telemetry, self.registry,
                                           lambda: self._generation.runtimes, self.shared, self.state_sync,

@@ -35,8 +35,12 @@ class BackendPool:
     """One warm backend per (skill, implementation), built at start-up,
     warmed before the sidecar reports healthy, closed at shutdown."""
 
-    def __init__(self, backends: Mapping[Key, Backend] | None = None) -> None:
+    def __init__(self, backends: Mapping[Key, Backend] | None = None, *,
+                 transports: TransportRegistry | None = None) -> None:
         self._backends: dict[Key, Backend] = dict(backends or {})
+        # The per-origin connection pools its backends share; a later set of
+        # backends (a config reload) joins them with ``transports=``.
+        self.transports = transports if transports is not None else TransportRegistry()
 
     @classmethod
     def from_skills(
@@ -55,7 +59,7 @@ class BackendPool:
         to backend text in errors); the implementations
         that call one origin (scheme, host, port) share its connection pool."""
         pool = cls()
-        transports = TransportRegistry()
+        transports = pool.transports
         for skill in skills:
             for impl in skill.implementations:
                 if factory is not None:
