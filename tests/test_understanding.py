@@ -426,8 +426,9 @@ async def test_query_span_records_signal_sources_never_the_text() -> None:
     from support.otlp_receiver import OtlpGrpcReceiver
     from test_telemetry import TRACEPARENT, by_name, drive, grpc_env, legal_plan
 
+    from router.config import TelemetrySettings
     from router.core.signals import DomainScore
-    from router.telemetry import TelemetrySettings, setup_telemetry
+    from router.telemetry import setup_telemetry
 
     plan = legal_plan()
     sig = Signals(domain="legal", domain_source=SignalSource.INFERRED, complexity=6,
