@@ -238,6 +238,7 @@ class App:
                                    health_listen=srv.health_listen if worker.index == 0 else None,
                                    reuse_port=worker.count > 1)
         telemetry.set_refused(self.server.refused_counts)
+        telemetry.set_live_stats(self.live_stats)
         self.admin: AdminServer | None = None
         if srv.admin_listen and worker.index == 0:  # one admin endpoint per host: worker 0's
             # Behind the same token as the gRPC API when one is set.
@@ -269,6 +270,11 @@ class App:
     @property
     def address(self) -> str:
         return self.server.address
+
+    def live_stats(self) -> list[tuple[str, int, float, int]]:
+        """The per-skill gauges (skill, in flight, utilization, queued) of
+        the generation serving now, read at each metric export."""
+        return [(n, rt.gate.in_flight, rt.gate.utilization, rt.gate.queued) for n, rt in self.runtimes.items()]
 
     def snapshot(self) -> Snapshot:
         now = time.monotonic()
@@ -711,13 +717,7 @@ def build_app(config: RouterConfig, listen: str | None = None, *, env: Mapping[s
     token = _server_token(config, environ)
     redact = _redactor(config, environ, token)
     app: App | None = None
-
-    def live_stats() -> list[tuple[str, int, float, int]]:
-        if app is None:
-            return []
-        return [(n, rt.gate.in_flight, rt.gate.utilization, rt.gate.queued) for n, rt in app.runtimes.items()]
-
-    telemetry = setup_telemetry(config.telemetry, environ, live_stats=live_stats, redact=redact)
+    telemetry = setup_telemetry(config.telemetry, environ, redact=redact)  # App registers its live gauges
     pool = BackendPool.from_skills(
         config.skills, batch=lambda s, i: config.implementation_options(s.name, i.name).can_batch,
         max_response_bytes=lambda s, i: config.implementation_options(s.name, i.name).max_response_bytes,
