@@ -65,10 +65,6 @@ class Redactor:
         self._values = tuple(values)
         self._pattern = re.compile("|".join(re.escape(v) for v in values)) if values else None
 
-    def with_secrets(self, secrets: Iterable[str]) -> Redactor:
-        """A redactor that also knows ``secrets``."""
-        return Redactor((*self._values, *secrets))
-
     def __call__(self, text: str) -> str:
         if not text:
             return text

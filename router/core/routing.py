@@ -105,6 +105,11 @@ class RoutePlan:
     # policy (None under the seed policy).
     learned: Learned | None = None
 
+    def next_best(self, n: int) -> list[str]:
+        """The names of the ``n`` best activated skills below the top k, best
+        first, without choosing their implementations (cheap: for spans)."""
+        return [score.name for _, score in heapq.nsmallest(n, self.reserve)]
+
     @property
     def standby(self) -> tuple[PlannedSkill, ...]:
         """Every standby with an implementation, best first, as things stood

@@ -176,10 +176,6 @@ class Door:
             return Refusal(got.reason, got.detail, got.retry_after_s)
         return Pass(self, permit, got)
 
-    def shed(self, refusal: Refusal) -> None:
-        """The skill was shed for a query because of ``refusal`` (Stats)."""
-        self.gate.note_shed(None if refusal.counted else refusal.reason)
-
     def __repr__(self) -> str:
         g = self.gate
         return (f"<Door {self.name} [in-flight {g.in_flight}/{g.limit} | queued {g.queued}"

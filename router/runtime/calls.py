@@ -237,7 +237,7 @@ class DirectCaller:
         if isinstance(got, Refusal):
             return _refused(self.implementation, got, self._clock() - t0)
         backend, on_delta = self._backend, request.on_delta
-        streamed = on_delta is not None and getattr(backend, "supports_stream", False)
+        streamed = on_delta is not None and backend.supports_stream
         with got:
             if streamed:
                 assert on_delta is not None

@@ -125,9 +125,6 @@ class LiveRegistry:
         self.answer_quality[skill] = factor
         self.rates[skill] = self.skills[skill].success_rate(self.default_success_rate) * factor
 
-    def success_rates(self) -> dict[str, float]:
-        return {n: s.success_rate(self.default_success_rate) for n, s in self.skills.items()}
-
     def set_skills(self, skill_names: Iterable[str], *, fresh: Iterable[str] = ()) -> None:
         """A config reload: the skills are now ``skill_names`` (in this
         order). Kept skills keep their record (calls, success rate,

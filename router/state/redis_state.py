@@ -251,9 +251,6 @@ class RedisState:
                 f"{tag}:slots", f"{tag}:rate:{ask.implementation}", f"{tag}:tokens:{ask.implementation}")
         return k
 
-    def slots_key(self, skill: str) -> str:
-        return f"{{{self.settings.key_prefix}:{skill}}}:slots"
-
     # ---- the port ------------------------------------------------------------
 
     async def admit(self, ask: Ask) -> Grant | Denied:

@@ -58,6 +58,7 @@ SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 
 QUERY_TEXT = "router.query.text"
+STANDBY_ON_SPAN = 5  # next-best skills named on the router.select span
 _MAX_ERROR_CHARS = 256
 _MAX_STACK_CHARS = 8192
 _INACTIVE = (RejectionReason.NOT_ACTIVATED, RejectionReason.DISABLED, RejectionReason.EXCLUDED)
@@ -195,7 +196,9 @@ class QueryObservationSpan:
             "router.selection.scores": [p.chosen.score.score for p in planned],
             "router.selection.rank_scores": [p.chosen.score.rank_score for p in planned],
             "router.selection.forced": [p.name for p in planned if p.chosen.forced],
-            "router.selection.standby": [p.name for p in plan.standby],
+            # The next-best few, not the whole reserve: no implementation is
+            # chosen for them here (that happens only if one steps in).
+            "router.selection.standby": plan.next_best(STANDBY_ON_SPAN),
             "router.moe_enabled": plan.moe_enabled,
             "router.baseline_cost_usd": plan.baseline_cost,
             "router.baseline_skills": plan.baseline_skills,
