@@ -593,8 +593,8 @@ def skill_settings(config: RouterConfig, worker: Worker = Worker()) -> dict[str,
             batching=BatchingOptions(enabled=o.batching_enabled and o.batch_window_ms > 0 and o.max_batch_size > 1,
                                      window_s=o.batch_window_ms / 1000.0, max_batch_size=o.max_batch_size,
                                      key=BatchKeyMode.parse(bat.key), priority_bypass=bat.priority_bypass),
-            batchable=frozenset(i.name for i in s.implementations
-                                if config.implementation_options(s.name, i.name).can_batch),
+            batchable=frozenset(impl.name for impl in s.implementations
+                                if config.implementation_options(s.name, impl.name).can_batch),
             limit_algorithm=limit_algorithm(limit),
             asks=asks(s, s.concurrency_limit if adm.enabled else None, share),
             cache=CacheOptions(enabled=o.cache_enabled, ttl_s=o.cache_ttl_s))
